@@ -1,0 +1,3 @@
+//! A mesh of pods as network namespaces on one Linux host
+
+#![forbid(unsafe_code)]

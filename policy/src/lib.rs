@@ -1,0 +1,3 @@
+//! TrafficPolicy model, validation, compilation and request matching (pure, no I/O)
+
+#![forbid(unsafe_code)]

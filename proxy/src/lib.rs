@@ -1,0 +1,3 @@
+//! The Serin sidecar proxy
+
+#![forbid(unsafe_code)]

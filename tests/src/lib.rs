@@ -1,0 +1,3 @@
+//! End-to-end tests that cross crates
+
+#![forbid(unsafe_code)]
