@@ -1,3 +1,5 @@
 //! The Serin sidecar proxy
 
 #![forbid(unsafe_code)]
+
+pub mod socket;
