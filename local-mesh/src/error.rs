@@ -1,0 +1,154 @@
+//! The crate's error type: every message says what failed, where, and (for commands) the exact
+//! command line and what it printed on stderr.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+/// Everything that can go wrong while building, using or tearing down a local mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The process lacks the privileges to create network namespaces.
+    #[error("needs root or CAP_NET_ADMIN+CAP_SYS_ADMIN: {reason}")]
+    Privileges {
+        /// Why the check failed (which capability is missing, for which uid).
+        reason: String,
+    },
+
+    /// A tool the mesh shells out to is not installed.
+    #[error("`{tool}` not found in PATH: {hint}")]
+    MissingTool {
+        /// The program name.
+        tool: &'static str,
+        /// How to install it.
+        hint: &'static str,
+    },
+
+    /// A command could not be started at all.
+    #[error("failed to start `{command}`: {source}")]
+    Spawn {
+        /// The full command line.
+        command: String,
+        /// The OS error.
+        source: io::Error,
+    },
+
+    /// A command ran and exited unsuccessfully.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    CommandFailed {
+        /// The full command line.
+        command: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr, trimmed.
+        stderr: String,
+    },
+
+    /// Waiting for (or signalling) a spawned process failed.
+    #[error("failed to {action} process {pid} (`{command}`): {source}")]
+    Process {
+        /// What was attempted: "wait for", "kill", "read output of".
+        action: &'static str,
+        /// The process id.
+        pid: u32,
+        /// The command line it was started with.
+        command: String,
+        /// The OS error.
+        source: io::Error,
+    },
+
+    /// A file or directory operation failed.
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        /// What was attempted: "write", "create directory", "remove", ...
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+
+    /// Entering a network namespace from a thread failed.
+    #[error("failed to enter network namespace {netns} ({path}): {source}")]
+    Setns {
+        /// The namespace name.
+        netns: String,
+        /// The namespace file that was opened.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+
+    /// A pod name cannot be used (it becomes part of a namespace name and host names).
+    #[error("invalid pod name {name:?}: {reason}")]
+    InvalidPodName {
+        /// The rejected name.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// A pod with this name already exists in the mesh.
+    #[error("pod {name:?} already exists in mesh {run_id}")]
+    DuplicatePod {
+        /// The pod name.
+        name: String,
+        /// The mesh's run id.
+        run_id: String,
+    },
+
+    /// The mesh has no pod of that name.
+    #[error("no pod {name:?} in mesh {run_id}")]
+    NoSuchPod {
+        /// The pod name.
+        name: String,
+        /// The mesh's run id.
+        run_id: String,
+    },
+
+    /// The mesh was already torn down.
+    #[error("mesh {run_id} is torn down")]
+    TornDown {
+        /// The mesh's run id.
+        run_id: String,
+    },
+
+    /// The pod subnet is used up.
+    #[error("no address left in {subnet} for pod {name:?}")]
+    AddressesExhausted {
+        /// The pod subnet.
+        subnet: &'static str,
+        /// The pod that needed an address.
+        name: String,
+    },
+
+    /// A host name for a hosts file is not usable.
+    #[error("invalid host name {name:?}: {reason}")]
+    InvalidHostName {
+        /// The rejected name.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// Tearing a mesh down hit one or more errors (each one was also logged).
+    #[error("teardown of mesh {run_id} hit {count} error(s), first: {first}")]
+    Teardown {
+        /// The mesh's run id.
+        run_id: String,
+        /// How many steps failed.
+        count: usize,
+        /// The first failure.
+        first: Box<Error>,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
