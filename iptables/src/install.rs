@@ -101,7 +101,7 @@ fn restore(
                 program, stderr, ..
             } = &error
                 && let Some(line) = failed_line(stderr)
-                && let Some(rule) = text.line(line)
+                && let Some((line, rule)) = culprit(text, line, stderr)
             {
                 return InstallError::Rejected {
                     program: program.clone(),
@@ -112,6 +112,31 @@ fn restore(
             }
             InstallError::Exec(error)
         })
+}
+
+/// The line to blame for an error reported at `line`. The nft backend checks some things (a
+/// target chain that does not exist) only when the batch commits, and so reports the `COMMIT`
+/// line: then the first rule naming the quoted word of the message (`Chain 'X' does not exist`)
+/// is the one to show.
+fn culprit<'t>(text: &'t RestoreText, line: usize, stderr: &str) -> Option<(usize, &'t str)> {
+    let reported = text.line(line)?;
+    if reported != "COMMIT" {
+        return Some((line, reported));
+    }
+    let quoted = stderr
+        .split(['\'', '"'])
+        .skip(1)
+        .step_by(2)
+        .filter(|w| !w.is_empty());
+    for word in quoted {
+        let naming = text.lines().iter().enumerate().find(|(_, rule)| {
+            rule.starts_with('-') && rule.split_whitespace().any(|token| token == word)
+        });
+        if let Some((index, rule)) = naming {
+            return Some((index + 1, rule.as_str()));
+        }
+    }
+    Some((line, reported))
 }
 
 /// The tool's own words, without its line-number and usage hints, on one line.
@@ -309,6 +334,24 @@ mod tests {
              :SERIN_REDIRECT - [0:0]\n-D PREROUTING -p tcp -j SERIN_INBOUND\n\
              -D OUTPUT -p tcp -j SERIN_OUTPUT\n-X SERIN_INBOUND\n-X SERIN_IN_REDIRECT\n\
              -X SERIN_OUTPUT\n-X SERIN_REDIRECT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn errors_reported_at_commit_name_the_rule_they_are_about() {
+        let fake = RecordingExecutor::new();
+        let rules = v4_only();
+        let commit = render_family(&rules.families[0]).lines().len();
+        fake.fail_restores_with(&format!(
+            "iptables-nft-restore v1.8.9 (nf_tables): Chain 'SERIN_REDIRECT' does not exist\n\
+             Error occurred at line: {commit}"
+        ));
+        let err = apply(&rules, &fake).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "iptables-restore rejected line 16 `-A SERIN_OUTPUT -j SERIN_REDIRECT`"
+            ),
+            "{err}"
         );
     }
 

@@ -1,3 +1,5 @@
-//! End-to-end tests that cross crates
+//! End-to-end tests that cross crates, and the small tools they run inside pods.
 
 #![forbid(unsafe_code)]
+
+pub mod netprobe;
