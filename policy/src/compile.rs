@@ -446,6 +446,12 @@ mod tests {
     }
 
     #[test]
+    fn compiled_policy_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<CompiledPolicy>();
+    }
+
+    #[test]
     fn mirror_threshold() {
         assert_eq!(CompiledMirror::new("v2".into(), 100.0).threshold, 1 << 32);
         assert_eq!(CompiledMirror::new("v2".into(), 50.0).threshold, 1 << 31);

@@ -1,6 +1,8 @@
 //! The routing decision for one request: which rule took it, which version the split chose (sticky
 //! or random), where it goes given which versions have ready endpoints, and whether to mirror it.
 
+use std::fmt;
+
 use crate::compile::CompiledPolicy;
 use crate::matching::{Facts, RequestView, TakenBy};
 use crate::split::Split;
@@ -72,6 +74,37 @@ impl<'p> Decision<'p> {
     /// True if the chosen version had no ready endpoint and the request fell back.
     pub fn fell_back(&self) -> bool {
         matches!(self.target, Target::FellBack(_))
+    }
+}
+
+/// One line for `serinctl explain` and logs, e.g.
+/// `rule "testers" (rules[0], match[0]), only version with traffic: v3`.
+impl fmt::Display for Decision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.taken_by {
+            TakenBy::Rule { index, name, block } => {
+                write!(f, "rule {name:?} (rules[{index}], match[{block}])")?
+            }
+            TakenBy::Default => f.write_str("default route (no rule matched)")?,
+        }
+        match self.choice {
+            Choice::Single => f.write_str(", only version with traffic: ")?,
+            Choice::Sticky { bucket } => write!(f, ", sticky bucket {bucket}: ")?,
+            Choice::Random => f.write_str(", random by weight: ")?,
+        }
+        match self.target {
+            Target::Version(v) => f.write_str(v),
+            Target::FellBack(v) => write!(
+                f,
+                "{} has no ready endpoint, fell back to {v} (first ready version of the default route)",
+                self.chosen
+            ),
+            Target::Unavailable => write!(
+                f,
+                "{} has no ready endpoint and neither has any version of the default route (503)",
+                self.chosen
+            ),
+        }
     }
 }
 
@@ -261,6 +294,33 @@ spec:
         let on_v2 = p.decide(&request(&[]), u32::MAX, |_| true);
         assert_eq!(on_v2.version(), Some("v2"));
         assert_eq!(p.mirror(&on_v2, 0), None);
+    }
+
+    #[test]
+    fn decisions_explain_themselves() {
+        let p = compiled();
+        let jason = request(&[("end-user", "jason")]);
+        assert_eq!(
+            p.decide(&jason, 0, |_| true).to_string(),
+            "rule \"testers\" (rules[0], match[0]), only version with traffic: v3"
+        );
+        assert_eq!(
+            p.decide(&jason, 0, |v| v == "v2").to_string(),
+            "rule \"testers\" (rules[0], match[0]), only version with traffic: v3 has no ready endpoint, \
+             fell back to v2 (first ready version of the default route)"
+        );
+        assert_eq!(
+            p.decide(&request(&[]), 0, |_| false).to_string(),
+            "default route (no rule matched), random by weight: v1 has no ready endpoint and neither has \
+             any version of the default route (503)"
+        );
+        let sticky = p
+            .decide(&request(&[("cookie", "uid=alice")]), 0, |_| true)
+            .to_string();
+        assert!(
+            sticky.starts_with("default route (no rule matched), sticky bucket "),
+            "{sticky}"
+        );
     }
 
     #[test]

@@ -5,6 +5,34 @@
 //! with field paths, warnings) → [`CompiledPolicy`] → per request [`CompiledPolicy::decide`]
 //! (rule, sticky or random version, fallback) and [`CompiledPolicy::mirror`].
 
+//!
+//! ```
+//! use serin_policy::{CompiledPolicy, Target, parse_policy};
+//!
+//! let policy = parse_policy(
+//!     "apiVersion: serin.io/v1
+//! kind: TrafficPolicy
+//! metadata: {name: reviews, namespace: default}
+//! spec:
+//!   service: reviews
+//!   rules:
+//!   - name: testers
+//!     match: [{headers: {end-user: {exact: jason}}}]
+//!     route: [{version: v3, weight: 100}]
+//!   default:
+//!     route: [{version: v1, weight: 90}, {version: v2, weight: 10}]
+//!   stickiness: {cookie: uid}
+//! ",
+//! )?;
+//! let compiled = CompiledPolicy::new(&policy).expect("valid policy");
+//! let request = http::Request::get("/").header("end-user", "jason").body(())?;
+//! // `random` comes from the caller's RNG; `ready` says which versions have ready endpoints.
+//! let decision = compiled.decide(&request, 12345, |version| version != "v3");
+//! assert_eq!(decision.chosen, "v3");
+//! assert_eq!(decision.target, Target::FellBack("v1"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 #![forbid(unsafe_code)]
 
 pub mod compile;
@@ -21,7 +49,7 @@ pub mod validate;
 
 pub use compile::CompiledPolicy;
 pub use decision::{Choice, Decision, MIRROR_BODY_LIMIT, Selection, Target};
-pub use edit::EditError;
+pub use edit::{EditError, RouteMatch};
 pub use matching::{RequestHead, RequestView, TakenBy};
 pub use model::{
     MatchBlock, Metadata, MirrorPolicy, PolicySpec, Route, Rule, Stickiness, StringMatch,

@@ -68,7 +68,9 @@ pub struct PolicySpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    /// Unique within the policy; shown by `explain` and `/routes`.
+    /// Unique within the policy; shown by `explain` and `/routes`. (Defaults to empty only so
+    /// that validation, not the parser, reports it with the other problems of the rule.)
+    #[serde(default)]
     pub name: String,
     /// Blocks are ORed; the conditions inside one block are ANDed. Written `match:`.
     #[serde(rename = "match", default)]

@@ -295,8 +295,9 @@ pub fn validate(
                 format!("{path}.name"),
                 ErrorKind::Empty { what: "rule name" },
             );
-        } else if let Some(first) = rule_names.insert(&rule.name, i) {
-            rule_names.insert(&rule.name, first);
+        } else if let first = *rule_names.entry(&rule.name).or_insert(i)
+            && first != i
+        {
             v.error(
                 format!("{path}.name"),
                 ErrorKind::DuplicateRuleName {
@@ -473,8 +474,9 @@ impl Validator<'_> {
             let version_path = format!("{path}[{k}].version");
             if !self.version(&version_path, &entry.version) {
                 ok = false;
-            } else if let Some(first) = seen.insert(&entry.version, k) {
-                seen.insert(&entry.version, first);
+            } else if let first = *seen.entry(&entry.version).or_insert(k)
+                && first != k
+            {
                 ok = false;
                 self.error(
                     &*version_path,
@@ -935,6 +937,21 @@ mod tests {
         assert_eq!(
             single_error(spec),
             ("spec.default.route".into(), ErrorKind::EmptyRoute)
+        );
+    }
+
+    #[test]
+    fn an_empty_rule_entry_reports_each_missing_part() {
+        assert_eq!(
+            errors(&with_rule("  - {}\n")),
+            vec![
+                (
+                    "spec.rules[0].name".into(),
+                    ErrorKind::Empty { what: "rule name" }
+                ),
+                ("spec.rules[0].match".into(), ErrorKind::NoMatchBlocks),
+                ("spec.rules[0].route".into(), ErrorKind::EmptyRoute),
+            ]
         );
     }
 
