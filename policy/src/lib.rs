@@ -1,7 +1,7 @@
 //! TrafficPolicy model, validation, compilation and request matching (pure, no I/O): shared by the
 //! sidecar (routes with it), the control plane (validates with it) and serinctl (`explain`).
 //!
-//! The path of a policy: text → [`parse_policies`] → [`TrafficPolicy`] → [`validate`] (errors
+//! The path of a policy: text → [`parse_policies`] → [`TrafficPolicy`] → [`validate()`] (errors
 //! with field paths, warnings) → [`CompiledPolicy`] → per request [`CompiledPolicy::decide`]
 //! (rule, sticky or random version, fallback) and [`CompiledPolicy::mirror`].
 

@@ -1,7 +1,7 @@
 //! The TrafficPolicy schema as users write it (YAML or JSON), with serde matching DESIGN.md exactly.
 //!
 //! These types hold what was written, not what is valid: weights keep any number and OS names any
-//! string, so that [`crate::validate`] can name the field and the reason instead of a parser error.
+//! string, so that [`crate::validate()`] can name the field and the reason instead of a parser error.
 //! Unknown fields are rejected everywhere so a typo is an error, not a silently ignored condition.
 
 use std::collections::BTreeMap;
