@@ -226,6 +226,14 @@ spec:
     }
 
     #[test]
+    fn syntax_error_in_a_later_document_names_that_document() {
+        let text = format!("{ONE}---\nkind: [unclosed\n---\n{ONE}");
+        let err = parse_policies(&text).unwrap_err();
+        assert_eq!(err.document, 1, "{err}");
+        assert!(err.line.is_some_and(|l| l >= 9), "{err}");
+    }
+
+    #[test]
     fn syntax_error_has_position() {
         let err = parse_policies("apiVersion: [\n").unwrap_err();
         assert_eq!(err.document, 0);
