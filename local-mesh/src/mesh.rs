@@ -82,8 +82,8 @@ struct Shared {
     state: Mutex<State>,
 }
 
-/// What exists right now; teardown works from these lists, which are filled in before each
-/// resource is created so that a half-built mesh is cleaned up too.
+/// What exists right now; teardown works from these lists, which are filled in as each
+/// resource is created, so that a half-built mesh is cleaned up too.
 #[derive(Debug, Default)]
 struct State {
     pods: BTreeMap<String, Pod>,
@@ -133,11 +133,11 @@ impl Mesh {
         let node = run_id.node_netns();
         let bridge = run_id.bridge();
         let mut state = self.shared.lock();
-        state.node_netns = Some(node.clone());
         ip::netns_add(&node)?;
+        state.node_netns = Some(node.clone());
         ip::ip_in(&node, &["link", "set", "lo", "up"])?;
-        state.bridge = Some(bridge.clone());
         ip::ip_in(&node, &["link", "add", &bridge, "type", "bridge"])?;
+        state.bridge = Some(bridge.clone());
         let gateway = format!("{GATEWAY}/{POD_PREFIX_LEN}");
         ip::ip_in(&node, &["addr", "add", &gateway, "dev", &bridge])?;
         if self.shared.ipv6 {
@@ -442,9 +442,10 @@ impl Shared {
         let bridge = self.run_id.bridge();
         let ns = pod.netns().name();
         let veth = pod.veth();
-        state.pod_namespaces.push(ns.to_owned());
+        // Each resource is recorded once it exists (not before), so that cleanup after a failure
+        // never deletes something of the same name that this mesh did not make.
         ip::netns_add(ns)?;
-        state.veths.push(veth.to_owned());
+        state.pod_namespaces.push(ns.to_owned());
         // Create the pair in the node namespace with the pod end placed straight into the pod, so
         // no link of ours ever appears in the host's namespace.
         ip::ip_in(
@@ -453,6 +454,7 @@ impl Shared {
                 "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ],
         )?;
+        state.veths.push(veth.to_owned());
         ip::ip_in(&node, &["link", "set", veth, "master", &bridge, "up"])?;
         ip::ip_in(ns, &["link", "set", "lo", "up"])?;
         let address = format!("{}/{POD_PREFIX_LEN}", pod.ip());
@@ -509,19 +511,23 @@ impl Shared {
     }
 
     /// Removes one pod's processes, veth, namespace and hosts directory; returns the failures.
+    /// Only what this mesh recorded as made is touched.
     fn tear_down_pod(&self, state: &mut State, pod: &Pod) -> Vec<Error> {
         let ns = pod.netns().name();
         let mut errors = self.processes.kill_all(Some(ns));
-        errors.extend(kill_lingering(ns).err());
+        let owns_netns = state.pod_namespaces.iter().any(|n| n == ns);
+        if owns_netns {
+            errors.extend(kill_lingering(ns).err());
+        }
         if state.veths.iter().any(|v| v == pod.veth()) {
             errors.extend(delete_link(&self.node_netns(), pod.veth()).err());
             state.veths.retain(|v| v != pod.veth());
         }
-        if state.pod_namespaces.iter().any(|n| n == ns) {
+        if owns_netns {
             errors.extend(ip::netns_del(ns).err());
+            errors.extend(remove_etc_dir(ns).err());
             state.pod_namespaces.retain(|n| n != ns);
         }
-        errors.extend(remove_etc_dir(ns).err());
         errors
     }
 

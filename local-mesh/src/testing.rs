@@ -1,6 +1,7 @@
 //! Helpers for tests that build meshes: skip politely without root, start tracing, and wait for a
 //! condition with a deadline.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use crate::poll::poll_until;
@@ -32,7 +33,11 @@ pub fn skip_unless_root(test: &str) -> bool {
     match require_root() {
         Ok(()) => false,
         Err(e) => {
-            println!("skipping {test}: needs root (network namespaces): {e}");
+            // Straight to stderr, not `eprintln!`: the harness captures the print macros of
+            // passing tests, and a skip should show in every log.
+            // One write, so lines of tests running in parallel do not interleave.
+            let line = format!("skipping {test}: needs root (network namespaces): {e}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             true
         }
     }

@@ -161,3 +161,48 @@ fn service_vips_route_via_the_gateway() {
         assert!(addrs.contains(&v6.to_string()), "{addrs}");
     }
 }
+
+#[test]
+fn errors_name_the_pod_and_quote_the_failing_ip_command() {
+    init_tracing();
+    if skip_unless_root("errors_name_the_pod_and_quote_the_failing_ip_command") {
+        return;
+    }
+    let mesh = Mesh::create().unwrap();
+    mesh.add_pod("a").unwrap();
+    let dup = mesh.add_pod("a").unwrap_err().to_string();
+    assert_eq!(
+        dup,
+        format!("pod \"a\" already exists in mesh {}", mesh.run_id())
+    );
+    let bad = mesh.add_pod("Bad_Name").unwrap_err().to_string();
+    assert!(bad.starts_with("invalid pod name \"Bad_Name\": "), "{bad}");
+
+    // A namespace of that name exists already (made behind the mesh's back): the error quotes the
+    // `ip` command and its stderr, and the mesh neither deletes it nor breaks.
+    let squatter = format!("srn-{}-x", mesh.run_id());
+    let status = std::process::Command::new("ip")
+        .args(["netns", "add", &squatter])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = mesh.add_pod("x").unwrap_err().to_string();
+    let deleted_squatter = !std::path::Path::new("/run/netns").join(&squatter).exists();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &squatter])
+        .status();
+    assert!(
+        err.starts_with(&format!(
+            "`ip netns add {squatter}` failed (exit status: 1): "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("File exists"), "{err}");
+    assert!(
+        !deleted_squatter,
+        "the mesh deleted a namespace it did not make"
+    );
+    assert!(mesh.pod("x").is_none());
+    let y = mesh.add_pod("y").unwrap();
+    assert!(y.exec(["true"]).run().is_ok());
+}
