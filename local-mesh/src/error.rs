@@ -106,6 +106,15 @@ pub enum Error {
         run_id: String,
     },
 
+    /// Something did not happen within its deadline.
+    #[error("timed out after {timeout:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        timeout: std::time::Duration,
+    },
+
     /// The mesh was already torn down.
     #[error("mesh {run_id} is torn down")]
     TornDown {

@@ -60,7 +60,7 @@ pub mod testing;
 pub use error::Error;
 pub use hosts::{HostEntry, service_names};
 pub use mesh::{
-    GATEWAY, GATEWAY_V6, Mesh, MeshOptions, POD_SUBNET, POD_SUBNET_V6, Pod, SERVICE_SUBNET,
+    GATEWAY, GATEWAY_V6, Ipv6, Mesh, MeshOptions, POD_SUBNET, POD_SUBNET_V6, Pod, SERVICE_SUBNET,
 };
 pub use netns::{Exec, Netns, Redirect};
 pub use poll::poll_until;

@@ -43,19 +43,23 @@ const POD_PREFIX_LEN_V6: u8 = 64;
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a mesh is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MeshOptions {
-    /// Give the bridge and every pod an address in [`POD_SUBNET_V6`] too. Defaults to whether the
-    /// kernel has IPv6 at all.
-    pub ipv6: bool,
+    /// Whether the bridge and every pod get an address in [`POD_SUBNET_V6`] too.
+    pub ipv6: Ipv6,
 }
 
-impl Default for MeshOptions {
-    fn default() -> Self {
-        MeshOptions {
-            ipv6: Path::new("/proc/sys/net/ipv6").exists(),
-        }
-    }
+/// IPv6 in the mesh, as `serin-iptables --ipv6` takes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ipv6 {
+    /// On when the kernel has IPv6 and the node namespace accepts an IPv6 address; otherwise off,
+    /// with a warning.
+    #[default]
+    Auto,
+    /// On; building the mesh fails if IPv6 does not work.
+    On,
+    /// IPv4 only.
+    Off,
 }
 
 /// A local mesh, and the guard of everything it created.
@@ -76,7 +80,8 @@ pub struct Mesh {
 #[derive(Debug)]
 struct Shared {
     run_id: RunId,
-    ipv6: bool,
+    /// Settled while the node namespace is set up, before any pod exists.
+    ipv6: AtomicBool,
     processes: Arc<ProcessTable>,
     torn_down: AtomicBool,
     state: Mutex<State>,
@@ -113,7 +118,7 @@ impl Mesh {
             node: Netns::new(run_id.node_netns(), Arc::clone(&processes)),
             shared: Arc::new(Shared {
                 run_id,
-                ipv6: options.ipv6,
+                ipv6: AtomicBool::new(false),
                 processes,
                 torn_down: AtomicBool::new(false),
                 state: Mutex::new(State {
@@ -123,12 +128,12 @@ impl Mesh {
             }),
         };
         // On error `mesh` drops here and removes whatever was already made.
-        mesh.set_up_node()?;
-        tracing::info!(run_id = %mesh.shared.run_id, ipv6 = options.ipv6, "mesh created");
+        mesh.set_up_node(options.ipv6)?;
+        tracing::info!(run_id = %mesh.shared.run_id, ipv6 = mesh.has_ipv6(), "mesh created");
         Ok(mesh)
     }
 
-    fn set_up_node(&self) -> Result<(), Error> {
+    fn set_up_node(&self, ipv6: Ipv6) -> Result<(), Error> {
         let run_id = &self.shared.run_id;
         let node = run_id.node_netns();
         let bridge = run_id.bridge();
@@ -140,13 +145,20 @@ impl Mesh {
         state.bridge = Some(bridge.clone());
         let gateway = format!("{GATEWAY}/{POD_PREFIX_LEN}");
         ip::ip_in(&node, &["addr", "add", &gateway, "dev", &bridge])?;
-        if self.shared.ipv6 {
+        let kernel_has_ipv6 = Path::new("/proc/sys/net/ipv6").exists();
+        if ipv6 == Ipv6::On || (ipv6 == Ipv6::Auto && kernel_has_ipv6) {
             // nodad: the address is usable at once; nobody else on this bridge can claim it.
             let gateway = format!("{GATEWAY_V6}/{POD_PREFIX_LEN_V6}");
-            ip::ip_in(
+            match ip::ip_in(
                 &node,
                 &["-6", "addr", "add", &gateway, "dev", &bridge, "nodad"],
-            )?;
+            ) {
+                Ok(_) => self.shared.ipv6.store(true, Ordering::SeqCst),
+                Err(e) if ipv6 == Ipv6::Auto => {
+                    tracing::warn!(error = %e, "IPv6 unavailable, the mesh is IPv4 only");
+                }
+                Err(e) => return Err(e),
+            }
         }
         ip::ip_in(&node, &["link", "set", &bridge, "up"])?;
         self.shared.write_hosts(&state, &node, None)
@@ -170,7 +182,7 @@ impl Mesh {
 
     /// Whether pods get IPv6 addresses too.
     pub fn has_ipv6(&self) -> bool {
-        self.shared.ipv6
+        self.shared.ipv6.load(Ordering::SeqCst)
     }
 
     /// Adds pod `name`: its own namespace with loopback up, `eth0` (the pod end of a veth pair
@@ -201,7 +213,7 @@ impl Mesh {
             inner: Arc::new(PodInner {
                 name: name.to_owned(),
                 ip: pod_ipv4(index),
-                ipv6: shared.ipv6.then(|| pod_ipv6(index)),
+                ipv6: shared.ipv6.load(Ordering::SeqCst).then(|| pod_ipv6(index)),
                 veth: shared.run_id.veth(index),
                 netns: Netns::new(shared.run_id.pod_netns(name), Arc::clone(&shared.processes)),
                 hosts: Mutex::new(Vec::new()),
@@ -398,6 +410,12 @@ impl Pod {
         S: AsRef<OsStr>,
     {
         self.inner.netns.spawn_as(uid, gid, argv)
+    }
+
+    /// Waits until a TCP connect from inside the pod to `addr` succeeds; see
+    /// [`Netns::wait_for_tcp`].
+    pub fn wait_for_tcp(&self, addr: std::net::SocketAddr, timeout: Duration) -> Result<(), Error> {
+        self.inner.netns.wait_for_tcp(addr, timeout)
     }
 
     /// Runs `f` inside the pod's namespace on a fresh thread; see [`Netns::run_in`].
@@ -670,6 +688,15 @@ pub(crate) fn remove_etc_dir(ns: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Mesh>();
+        send_sync::<Pod>();
+        send_sync::<Netns>();
+        send_sync::<Process>();
+    }
 
     #[test]
     fn pod_addresses_count_up_from_the_gateway() {

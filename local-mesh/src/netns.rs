@@ -3,15 +3,18 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
 
 use crate::Error;
 use crate::hosts;
 use crate::ip;
+use crate::poll::poll_until;
 use crate::process::{Process, ProcessTable};
 
 /// One of the mesh's network namespaces.
@@ -137,6 +140,31 @@ impl Netns {
                 Ok(result) => result,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
+        })
+    }
+
+    /// Waits until a TCP connect from inside the namespace to `addr` succeeds (a server started
+    /// as a process is listening), polling until `timeout`.
+    pub fn wait_for_tcp(&self, addr: SocketAddr, timeout: Duration) -> Result<(), Error> {
+        let mut last_error = None;
+        let connected = self.run_in(|| {
+            poll_until(timeout, || {
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    Ok(_) => Some(()),
+                    Err(e) => {
+                        last_error = Some(e);
+                        None
+                    }
+                }
+            })
+        })?;
+        connected.ok_or_else(|| Error::Timeout {
+            what: format!(
+                "a TCP listener on {addr} from {} (last error: {})",
+                self.name,
+                last_error.map_or_else(|| "none".to_owned(), |e| e.to_string())
+            ),
+            timeout,
         })
     }
 }

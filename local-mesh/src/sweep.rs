@@ -38,11 +38,29 @@ impl SweepReport {
     }
 }
 
+impl std::fmt::Display for SweepReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "removed {} dead run(s): {} namespace(s), {} link(s), {} /etc/netns dir(s), \
+             {} state file(s), {} process(es); {} error(s)",
+            self.runs.len(),
+            self.namespaces.len(),
+            self.links.len(),
+            self.etc_dirs.len(),
+            self.state_files.len(),
+            self.processes.len(),
+            self.errors.len()
+        )
+    }
+}
+
 /// Removes the leftovers of runs whose owner process no longer runs; returns what it removed.
 ///
 /// A run's owner is read from its state file at the moment of deciding, and a mesh writes that
 /// file before it creates anything, so a mesh being built concurrently is never mistaken for a
-/// leftover.
+/// leftover. Call it where a run starts (`serinctl up`, a test harness's set-up), not from
+/// `Mesh::create`: a test that checks what a sweep found must be the only one sweeping.
 pub fn sweep() -> Result<SweepReport, Error> {
     require_root()?;
     let namespaces = ip::netns_list()?;

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use serin_local::testing::{init_tracing, skip_unless_root};
-use serin_local::{Mesh, Redirect};
+use serin_local::{Ipv6, Mesh, MeshOptions, Redirect};
 
 #[test]
 fn two_pods_reach_each_other_by_address() {
@@ -205,4 +205,69 @@ fn errors_name_the_pod_and_quote_the_failing_ip_command() {
     assert!(mesh.pod("x").is_none());
     let y = mesh.add_pod("y").unwrap();
     assert!(y.exec(["true"]).run().is_ok());
+}
+
+#[test]
+fn wait_for_tcp_polls_until_a_listener_answers() {
+    init_tracing();
+    if skip_unless_root("wait_for_tcp_polls_until_a_listener_answers") {
+        return;
+    }
+    let mesh = Mesh::create().unwrap();
+    let a = mesh.add_pod("a").unwrap();
+    let b = mesh.add_pod("b").unwrap();
+    let closed = (b.ip(), 9).into();
+    let err = a
+        .wait_for_tcp(closed, Duration::from_millis(300))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("timed out after 300ms waiting for a TCP listener on 10.244.0.3:9"),
+        "{err}"
+    );
+    let _listener = b
+        .run_in(|| TcpListener::bind((b.ip(), 8080)))
+        .unwrap()
+        .unwrap();
+    a.wait_for_tcp((b.ip(), 8080).into(), Duration::from_secs(5))
+        .unwrap();
+}
+
+#[test]
+fn ipv6_pods_reach_each_other_and_ipv6_can_be_off() {
+    init_tracing();
+    if skip_unless_root("ipv6_pods_reach_each_other_and_ipv6_can_be_off") {
+        return;
+    }
+    let v4_only = Mesh::create_with(MeshOptions { ipv6: Ipv6::Off }).unwrap();
+    let pod = v4_only.add_pod("a").unwrap();
+    assert!(!v4_only.has_ipv6());
+    assert_eq!(pod.ipv6(), None);
+    let addrs = pod
+        .exec(["ip", "-6", "addr", "show", "scope", "global"])
+        .run()
+        .unwrap();
+    assert!(addrs.is_empty(), "{addrs}");
+
+    let mesh = Mesh::create().unwrap();
+    if !mesh.has_ipv6() {
+        eprintln!("kernel without IPv6: checked the IPv4-only mesh only");
+        return;
+    }
+    let a = mesh.add_pod("a").unwrap();
+    let b = mesh.add_pod("b").unwrap();
+    let b_ip = b.ipv6().unwrap();
+    let listener = b
+        .run_in(|| TcpListener::bind((b_ip, 8080)))
+        .unwrap()
+        .unwrap();
+    let accept = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
+    a.wait_for_tcp((b_ip, 8080).into(), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(accept.join().unwrap().unwrap().ip(), a.ipv6().unwrap());
+    let route = a
+        .exec(["ip", "-6", "route", "get", "fd00:10:96::a"])
+        .run()
+        .unwrap();
+    assert!(route.contains("via fd00:10:244::1"), "{route}");
 }
