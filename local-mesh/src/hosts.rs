@@ -96,7 +96,7 @@ pub fn validate_host_name(name: &str) -> Result<(), Error> {
 
 /// Renders a hosts file: loopback names, then `entries` in order (glibc takes the first match, so
 /// earlier entries win).
-pub fn render(header: &str, entries: &[&HostEntry]) -> String {
+pub(crate) fn render(header: &str, entries: &[&HostEntry]) -> String {
     let mut out =
         format!("# {header}\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for entry in entries {
@@ -106,7 +106,7 @@ pub fn render(header: &str, entries: &[&HostEntry]) -> String {
 }
 
 /// The hosts file of namespace `netns`.
-pub fn path(netns: &str) -> PathBuf {
+pub(crate) fn path(netns: &str) -> PathBuf {
     netns_etc_dir(netns).join("hosts")
 }
 
@@ -116,7 +116,7 @@ const RESOLV_CONF: &str = "# serin-local: no DNS in the mesh; names resolve thro
 
 /// Writes the hosts file (and `resolv.conf`) of namespace `netns` atomically, creating
 /// `/etc/netns/<netns>/`.
-pub fn write(netns: &str, content: &str) -> Result<(), Error> {
+pub(crate) fn write(netns: &str, content: &str) -> Result<(), Error> {
     let dir = netns_etc_dir(netns);
     fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
     replace(&dir, "resolv.conf", RESOLV_CONF)?;
