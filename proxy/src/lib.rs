@@ -1,5 +1,23 @@
-//! The Serin sidecar proxy
+//! The Serin sidecar proxy: captured connections in, forwarded to the right endpoint out, with
+//! metrics on every edge. `app.rs` wires it together; the rest is one concern per module.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod connection;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod inbound;
+pub mod lb;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod pool;
+pub mod proxy;
+pub mod snapshot;
 pub mod socket;
+pub mod tables;
+pub mod tcp;

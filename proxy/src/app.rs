@@ -1,0 +1,244 @@
+//! The binary's start-up script: flags into a [`Config`], then bind, load config, serve, and
+//! drain on SIGTERM. [`Bound`] is the same proxy for tests and benchmarks, in-process.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::admin::{Admin, AdminState};
+use crate::config::*;
+use crate::drain;
+use crate::metrics::Metrics;
+use crate::orig_dst::{Kernel, OrigDstLookup};
+use crate::proxy::{BindError, Listener, ProxyInputs, Side};
+use crate::snapshot::file;
+use crate::tables::{self, ConfigWriter};
+
+/// `serin-proxy`: the sidecar. Every flag also reads its `SERIN_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(name = "serin-proxy", version, about = "The Serin sidecar proxy")]
+pub struct Cli {
+    /// URL of the control plane's Discovery service (not implemented yet: the proxy stays not ready).
+    #[arg(long, env = ENV_CONTROL_PLANE, conflicts_with = "config")]
+    pub control_plane: Option<String>,
+    /// A static snapshot (YAML or JSON, the proto3 JSON shape of serin.v1.Snapshot).
+    #[arg(long, env = ENV_CONFIG)]
+    pub config: Option<PathBuf>,
+    /// Name of the pod this sidecar serves.
+    #[arg(long, env = ENV_POD_NAME, default_value = "")]
+    pub pod_name: String,
+    /// Namespace of the pod.
+    #[arg(long, env = ENV_NAMESPACE, default_value = "default")]
+    pub namespace: String,
+    /// The pod's IPs (comma-separated, one per family).
+    #[arg(long, env = ENV_POD_IP, value_delimiter = ',')]
+    pub pod_ip: Vec<IpAddr>,
+    /// Service the pod belongs to.
+    #[arg(long, env = ENV_SERVICE, default_value = "")]
+    pub service: String,
+    /// The pod's version label.
+    #[arg(long, env = ENV_VERSION, default_value = "")]
+    pub version: String,
+    /// Admin server port.
+    #[arg(long, env = ENV_ADMIN_PORT, default_value_t = DEFAULT_ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Outbound capture port.
+    #[arg(long, env = ENV_OUTBOUND_PORT, default_value_t = DEFAULT_OUTBOUND_PORT)]
+    pub outbound_port: u16,
+    /// Inbound capture port.
+    #[arg(long, env = ENV_INBOUND_PORT, default_value_t = DEFAULT_INBOUND_PORT)]
+    pub inbound_port: u16,
+    /// How long SIGTERM waits for in-flight requests (e.g. `5s`, `500ms`).
+    #[arg(long, env = ENV_DRAIN_DEADLINE, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Duration,
+    /// Upstream connect timeout.
+    #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Concurrent downstream connections per capture listener.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Log filter (`info`, `debug`, `serin_proxy=debug,access=info`); the access log
+    /// (target `access`) is off unless named.
+    #[arg(long, env = ENV_LOG_LEVEL, default_value = "info")]
+    pub log_level: String,
+}
+
+impl Cli {
+    /// The proxy's config, listening on all addresses (dual-stack when the host has IPv6).
+    pub fn into_config(self) -> Config {
+        let any: IpAddr = if std::path::Path::new("/proc/net/if_inet6").exists() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let source = match (self.config, self.control_plane) {
+            (Some(path), _) => ConfigSource::File(path),
+            (None, Some(url)) => ConfigSource::ControlPlane(url),
+            (None, None) => ConfigSource::None,
+        };
+        Config {
+            identity: Identity {
+                pod_name: self.pod_name,
+                namespace: self.namespace,
+                pod_ips: self.pod_ip,
+                service: self.service,
+                version: self.version,
+            },
+            source,
+            admin_addr: SocketAddr::new(any, self.admin_port),
+            outbound_addr: SocketAddr::new(any, self.outbound_port),
+            inbound_addr: SocketAddr::new(any, self.inbound_port),
+            drain_deadline: self.drain_deadline,
+            proxy: ProxySettings {
+                connect_timeout: self.connect_timeout,
+                max_connections: self.max_connections,
+                ..ProxySettings::default()
+            },
+        }
+    }
+}
+
+/// Starts logging with `filter` (an `EnvFilter` directive; `access` stays off unless named).
+pub fn init_logging(filter: &str) {
+    let directive = if filter.contains("access") {
+        filter.to_owned()
+    } else {
+        format!("{filter},access=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directive)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,access=off"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+/// A running proxy: its addresses, its config writer, and the drain trigger.
+#[derive(Debug)]
+pub struct Bound {
+    /// Admin server address.
+    pub admin_addr: SocketAddr,
+    /// Outbound listener address.
+    pub outbound_addr: SocketAddr,
+    /// Inbound listener address.
+    pub inbound_addr: SocketAddr,
+    /// Publishes config to the running proxy.
+    pub config: ConfigWriter,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    trigger: drain::Trigger,
+}
+
+impl Bound {
+    /// Binds every listener of `config` (failing on the first taken port), then serves them on
+    /// the current runtime. No config is applied yet: the proxy is not ready until one is.
+    pub async fn start(
+        config: &Config,
+        orig_dst: Arc<dyn OrigDstLookup>,
+    ) -> Result<Bound, BindError> {
+        // 1. Metrics, the config channel (empty: not ready), the drain trigger.
+        let metrics = Arc::new(Metrics::new());
+        let (inputs_trigger, drain_watch) = drain::new();
+        let (writer, tables) = ConfigWriter::new(tables_builder(config, &metrics));
+        let inputs = Arc::new(ProxyInputs::new(
+            config.proxy,
+            config.identity.clone(),
+            tables,
+            Arc::clone(&metrics),
+            orig_dst,
+            drain_watch,
+        ));
+
+        // 2. Bind everything before serving anything: a taken port fails the start.
+        let admin = Admin::new(
+            config.admin_addr,
+            AdminState {
+                tables: writer.subscribe(),
+                metrics: Arc::clone(&metrics),
+                draining: inputs_trigger.draining(),
+                identity: config.identity.clone(),
+            },
+        )
+        .await?;
+        let outbound =
+            Listener::new(Side::Outbound, config.outbound_addr, Arc::clone(&inputs)).await?;
+        let inbound =
+            Listener::new(Side::Inbound, config.inbound_addr, Arc::clone(&inputs)).await?;
+        let bound = Bound {
+            admin_addr: admin.local_addr(),
+            outbound_addr: outbound.local_addr(),
+            inbound_addr: inbound.local_addr(),
+            config: writer,
+            metrics,
+            trigger: inputs_trigger,
+        };
+
+        // 3. Serve. The listeners' tasks hold drain watches (through `inputs`) until they stop.
+        tokio::spawn(admin.run());
+        tokio::spawn(outbound.run());
+        tokio::spawn(inbound.run());
+        drop(inputs);
+        tracing::info!(admin = %bound.admin_addr, outbound = %bound.outbound_addr, inbound = %bound.inbound_addr, "listening");
+        Ok(bound)
+    }
+
+    /// Stops accepting, asks every connection to finish (GOAWAY, `Connection: close`) and waits
+    /// up to `deadline`; returns whether everything finished in time.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        tracing::info!(?deadline, "draining");
+        self.trigger.drain(deadline).await
+    }
+}
+
+fn tables_builder(config: &Config, metrics: &Arc<Metrics>) -> tables::Builder {
+    tables::Builder {
+        identity: config.identity.clone(),
+        metrics: Arc::clone(metrics),
+        pool: crate::pool::PoolSettings {
+            connect_timeout: config.proxy.connect_timeout,
+            idle_timeout: config.proxy.pool_idle_timeout,
+            max_idle: config.proxy.pool_max_idle,
+        },
+    }
+}
+
+/// Runs the sidecar until SIGTERM (or Ctrl-C), then drains and returns.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    // 1. Bind the admin server and the capture listeners; a taken port ends here.
+    let bound = Bound::start(&config, Arc::new(Kernel)).await?;
+
+    // 2. Load the mesh config: a static file now, or (later) the control plane.
+    match &config.source {
+        ConfigSource::File(path) => {
+            let snapshot =
+                file::load(path).with_context(|| "cannot start without a valid --config")?;
+            bound.config.apply(snapshot);
+        }
+        ConfigSource::ControlPlane(url) => {
+            tracing::error!(
+                control_plane = %url,
+                "the discovery client is not implemented yet: staying not ready (use --config FILE)"
+            );
+        }
+        ConfigSource::None => {
+            tracing::warn!("neither --config nor --control-plane given: staying not ready");
+        }
+    }
+
+    // 3. Wait for SIGTERM or Ctrl-C.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+
+    // 4. Drain: not ready, stop accepting, finish in-flight requests within the deadline.
+    if bound.drain(config.drain_deadline).await {
+        tracing::info!("drained, exiting");
+    } else {
+        tracing::warn!(deadline = ?config.drain_deadline, "drain deadline passed, exiting anyway");
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The sidecar's settings: every environment variable's name and every default as a constant,
+//! and one documented [`Config`]. Parsed once at start (see `app.rs`); nothing deeper reads the
+//! environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Prefix of every environment variable the binary reads.
+pub const ENV_PREFIX: &str = "SERIN_";
+/// `--control-plane URL`.
+pub const ENV_CONTROL_PLANE: &str = "SERIN_CONTROL_PLANE";
+/// `--config FILE`.
+pub const ENV_CONFIG: &str = "SERIN_CONFIG";
+/// `--pod-name`.
+pub const ENV_POD_NAME: &str = "SERIN_POD_NAME";
+/// `--namespace`.
+pub const ENV_NAMESPACE: &str = "SERIN_NAMESPACE";
+/// `--pod-ip`.
+pub const ENV_POD_IP: &str = "SERIN_POD_IP";
+/// `--service`.
+pub const ENV_SERVICE: &str = "SERIN_SERVICE";
+/// `--version`.
+pub const ENV_VERSION: &str = "SERIN_VERSION";
+/// `--admin-port`.
+pub const ENV_ADMIN_PORT: &str = "SERIN_ADMIN_PORT";
+/// `--outbound-port`.
+pub const ENV_OUTBOUND_PORT: &str = "SERIN_OUTBOUND_PORT";
+/// `--inbound-port`.
+pub const ENV_INBOUND_PORT: &str = "SERIN_INBOUND_PORT";
+/// `--drain-deadline`.
+pub const ENV_DRAIN_DEADLINE: &str = "SERIN_DRAIN_DEADLINE";
+/// `--connect-timeout`.
+pub const ENV_CONNECT_TIMEOUT: &str = "SERIN_CONNECT_TIMEOUT";
+/// `--max-connections`.
+pub const ENV_MAX_CONNECTIONS: &str = "SERIN_MAX_CONNECTIONS";
+/// `--log-level`.
+pub const ENV_LOG_LEVEL: &str = "SERIN_LOG_LEVEL";
+
+/// Admin HTTP port (`/ready`, `/live`, `/metrics`, `/config_dump`).
+pub const DEFAULT_ADMIN_PORT: u16 = 15000;
+/// Outbound capture port.
+pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
+/// Inbound capture port.
+pub const DEFAULT_INBOUND_PORT: u16 = 15006;
+/// The uid and gid the sidecar runs as; the capture rules exempt them.
+pub const PROXY_UID: u32 = 1337;
+/// How long SIGTERM waits for in-flight work before exiting.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a connect to an upstream may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long protocol detection waits for the client's first bytes before going opaque: short,
+/// so that server-speaks-first protocols are not delayed noticeably.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a client may take to send a request's headers (slowloris bound); also the idle
+/// timeout of a kept-alive HTTP/1 client connection.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an opaque TCP connection may carry no byte in either direction.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a pooled upstream connection may sit idle before it is closed.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle HTTP/1 connections kept per upstream endpoint.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// Concurrent downstream connections per listener; the accept loop waits beyond that.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Most request headers accepted (HTTP/1: more gives 431).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Largest request head, start line and headers, in bytes (more gives 431 / a stream reset).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 60 * 1024;
+
+/// Who this sidecar serves: the identity its metrics and (later) discovery carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Pod name.
+    pub pod_name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod IPs.
+    pub pod_ips: Vec<IpAddr>,
+    /// Service the pod belongs to, "" for a pure client.
+    pub service: String,
+    /// The pod's version label.
+    pub version: String,
+}
+
+impl Identity {
+    /// The workload name in metrics: the service, else the pod name.
+    pub fn workload(&self) -> &str {
+        if self.service.is_empty() {
+            &self.pod_name
+        } else {
+            &self.service
+        }
+    }
+}
+
+/// Where the mesh configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A static snapshot file (YAML or JSON).
+    File(PathBuf),
+    /// A control plane's Discovery service (not implemented yet: the proxy stays not ready).
+    ControlPlane(String),
+    /// Nothing: the proxy runs, not ready.
+    None,
+}
+
+/// Everything the proxy needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Who we are.
+    pub identity: Identity,
+    /// Where the mesh config comes from.
+    pub source: ConfigSource,
+    /// Address the admin server binds.
+    pub admin_addr: std::net::SocketAddr,
+    /// Address the outbound capture listener binds.
+    pub outbound_addr: std::net::SocketAddr,
+    /// Address the inbound capture listener binds.
+    pub inbound_addr: std::net::SocketAddr,
+    /// SIGTERM drain deadline.
+    pub drain_deadline: Duration,
+    /// Forwarding limits and timeouts.
+    pub proxy: ProxySettings,
+}
+
+/// Limits and timeouts of the forwarding path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Protocol detection window.
+    pub detect_timeout: Duration,
+    /// Request header read timeout (and HTTP/1 keep-alive idle timeout).
+    pub header_read_timeout: Duration,
+    /// Opaque TCP idle timeout.
+    pub tcp_idle_timeout: Duration,
+    /// Pooled connection idle timeout.
+    pub pool_idle_timeout: Duration,
+    /// Idle HTTP/1 connections kept per endpoint.
+    pub pool_max_idle: usize,
+    /// Concurrent downstream connections per listener.
+    pub max_connections: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            detect_timeout: DEFAULT_DETECT_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}

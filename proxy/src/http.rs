@@ -1,0 +1,338 @@
+//! HTTP proxying: serving a downstream connection with hyper (HTTP/1.1 with upgrades, or HTTP/2),
+//! and forwarding each request to an endpoint over its pool, streaming bodies both ways.
+//!
+//! Failures never hang the client: no ready endpoint or a failed connect gives 503, an upstream
+//! that resets or breaks before answering gives 502, each with a one-line reason body and the
+//! request counted under that code. A request that an idle pooled HTTP/1 connection could not
+//! even start (the upstream had closed it) is retried once on a fresh connection: nothing of it
+//! was sent, so that is safe for any method.
+
+pub mod body;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::config::ProxySettings;
+use crate::detect::Prefixed;
+use crate::drain;
+use crate::metrics::EdgeMetrics;
+use crate::pool::ConnectError;
+use crate::tables::{EndpointState, Tables};
+use body::{Meter, ProxyBody};
+
+/// Window sizes of downstream HTTP/2 connections (large enough to stream at full speed).
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Connection window of downstream HTTP/2 connections.
+const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
+/// hyper's own default for the most headers; setting it explicitly costs an allocation per
+/// request, so it is only set when configured otherwise.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Which HTTP the downstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// Where a downstream connection's requests go.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// Outbound: to an endpoint of the service at this VIP:port, chosen per request.
+    Service {
+        /// The VIP:port the app connected to.
+        orig_dst: SocketAddr,
+        /// The config the connection started with is refreshed from here per request.
+        tables: tokio::sync::watch::Receiver<Arc<Tables>>,
+    },
+    /// Inbound: to the app.
+    Fixed {
+        /// The app's address and pool.
+        endpoint: Arc<EndpointState>,
+        /// The inbound edge of the peer.
+        metrics: Arc<EdgeMetrics>,
+    },
+}
+
+/// Serves one downstream HTTP connection until it ends, or until a drain asks it to finish
+/// (HTTP/2 GOAWAY, HTTP/1 `Connection: close` on the next response / close when idle).
+pub async fn serve(
+    io: Prefixed<TcpStream>,
+    flavor: Flavor,
+    settings: &ProxySettings,
+    upstream: Upstream,
+    drain: drain::Watch,
+) {
+    let upstream = Arc::new(upstream);
+    let service = service_fn(move |req| {
+        let upstream = Arc::clone(&upstream);
+        async move { Ok::<_, Infallible>(route(req, &upstream).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = match flavor {
+        Flavor::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.header_read_timeout)
+                .max_header_size(settings.max_header_bytes)
+                .max_buf_size(settings.max_header_bytes.max(8192) + 8192);
+            if settings.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+                builder.max_headers(settings.max_headers);
+            }
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Flavor::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(settings.max_header_bytes as u32)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW);
+            let conn = builder.serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream http connection ended with an error");
+    }
+}
+
+/// Picks the endpoint for `req` and forwards it.
+async fn route(req: Request<Incoming>, upstream: &Upstream) -> Response<ProxyBody> {
+    let start = Instant::now();
+    match upstream {
+        Upstream::Fixed { endpoint, metrics } => {
+            forward(req, endpoint, Arc::clone(metrics), start).await
+        }
+        Upstream::Service { orig_dst, tables } => {
+            // The current config for every request: endpoint changes apply to live connections.
+            let tables = Arc::clone(&tables.borrow());
+            let Some(destination) = tables.destination(*orig_dst) else {
+                let meter = Meter::new(Arc::clone(tables.passthrough()), start, is_grpc(&req));
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service no longer in the mesh config",
+                    meter,
+                );
+            };
+            let mut req = req;
+            if req.version() == Version::HTTP_2 && req.uri().authority().is_none() {
+                set_authority(&mut req, &destination.authority);
+            }
+            match destination.pick() {
+                Some(backend) => {
+                    forward(req, &backend.state, Arc::clone(&backend.metrics), start).await
+                }
+                None => {
+                    let meter = Meter::new(Arc::clone(&destination.metrics), start, is_grpc(&req));
+                    error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint", meter)
+                }
+            }
+        }
+    }
+}
+
+/// Gives an HTTP/2 request without `:authority` the service's, so it can be forwarded.
+fn set_authority(req: &mut Request<Incoming>, authority: &http::uri::Authority) {
+    let mut parts = req.uri().clone().into_parts();
+    if parts.scheme.is_none() {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    parts.authority = Some(authority.clone());
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A response the proxy writes itself: `code`, a one-line reason, counted on `meter`.
+fn error(code: StatusCode, reason: &str, mut meter: Meter) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::text(Bytes::new(), None));
+    meter.response(code.as_u16(), response.headers());
+    *response.body_mut() = ProxyBody::text(format!("serin: {reason}\n"), Some(meter));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream {addr} failed before answering: {source}")]
+    Upstream {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// Forwards `req` to `endpoint` and returns its response (or the proxy's error response).
+async fn forward(
+    mut req: Request<Incoming>,
+    endpoint: &Arc<EndpointState>,
+    metrics: Arc<EdgeMetrics>,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let mut meter = Meter::new(metrics, start, is_grpc(&req));
+    meter.hold(Arc::clone(endpoint));
+    let upgrade = headers::upgrade_requested(req.headers()).is_some();
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    // An upgrade (WebSocket) or an HTTP/1 CONNECT becomes a byte tunnel if the upstream agrees.
+    let connect = req.method() == Method::CONNECT && req.version() != Version::HTTP_2;
+    let downstream_upgrade = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
+    let sent = if req.version() == Version::HTTP_2 {
+        send_http2(req, endpoint).await
+    } else {
+        send_http1(req, endpoint).await
+    };
+    let mut response = match sent {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(error = %e, "forward failed");
+            let code = match e {
+                ForwardError::Connect(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            };
+            return error(code, &e.to_string(), meter);
+        }
+    };
+    endpoint.lb.observe(start.elapsed());
+    meter.response(response.status().as_u16(), response.headers());
+    let tunnel = (upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS)
+        || (connect && response.status().is_success());
+    if tunnel && let Some(downstream) = downstream_upgrade {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        return response.map(|_| ProxyBody::empty(Some(meter)));
+    }
+    headers::strip_hop_by_hop(response.headers_mut(), false);
+    response.map(|body| ProxyBody::upstream(body, meter))
+}
+
+async fn send_http1(
+    req: Request<Incoming>,
+    endpoint: &Arc<EndpointState>,
+) -> Result<Response<Incoming>, ForwardError> {
+    let pool = &endpoint.pool;
+    let is_connect = req.method() == Method::CONNECT;
+    let (mut sender, reused) = match pool.idle_http1() {
+        Some(sender) => (sender, true),
+        None => (pool.new_http1().await?, false),
+    };
+    let response = match sender.try_send_request(req).await {
+        Ok(response) => response,
+        Err(mut e) => match e.take_message() {
+            // The idle connection was closed under us before the request went out.
+            Some(req) if reused => {
+                tracing::debug!(addr = %pool.addr(), "pooled connection closed, retrying on a new one");
+                sender = pool.new_http1().await?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|source| ForwardError::Upstream {
+                        addr: pool.addr(),
+                        source,
+                    })?
+            }
+            _ => {
+                return Err(ForwardError::Upstream {
+                    addr: pool.addr(),
+                    source: e.into_error(),
+                });
+            }
+        },
+    };
+    // A connection that became a tunnel is not reusable.
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS && !is_connect {
+        pool.release_http1(sender);
+    }
+    Ok(response)
+}
+
+async fn send_http2(
+    req: Request<Incoming>,
+    endpoint: &Arc<EndpointState>,
+) -> Result<Response<Incoming>, ForwardError> {
+    let pool = &endpoint.pool;
+    let mut sender = pool.http2().await?;
+    match sender.try_send_request(req).await {
+        Ok(response) => Ok(response),
+        Err(mut e) => match e.take_message() {
+            Some(req) => {
+                // The shared connection went away (GOAWAY) before this stream started.
+                let mut sender = pool.http2().await?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|source| ForwardError::Upstream {
+                        addr: pool.addr(),
+                        source,
+                    })
+            }
+            None => Err(ForwardError::Upstream {
+                addr: pool.addr(),
+                source: e.into_error(),
+            }),
+        },
+    }
+}
+
+/// Writes a 400 with `reason` straight to a connection whose first request head is malformed,
+/// then closes it: nothing is forwarded.
+pub async fn reject_malformed(mut io: TcpStream, reason: &str) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!("serin: malformed request: {reason}\n");
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = io.write_all(response.as_bytes()).await;
+    let _ = io.shutdown().await;
+}

@@ -1,0 +1,33 @@
+//! Inbound (port 15006): connections from other pods to this pod's app. Each is forwarded to the
+//! app on `127.0.0.1:<port>`: the sidecar's own connections to loopback are never captured, so
+//! this cannot loop (the app must listen on loopback or on all addresses). Metrics are recorded
+//! on the inbound edge of the calling workload, recognised by its address.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::connection;
+use crate::http::Upstream;
+use crate::proxy::ProxyInputs;
+
+/// Handles one connection from `peer` that was going to `orig_dst` (our pod IP and the app's
+/// port).
+pub async fn handle(
+    inputs: &ProxyInputs,
+    stream: TcpStream,
+    peer: SocketAddr,
+    orig_dst: SocketAddr,
+) {
+    let tables = Arc::clone(&inputs.tables.borrow());
+    let app = inputs.app(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), orig_dst.port()));
+    let metrics = Arc::clone(tables.inbound_edge(peer.ip()));
+    let protocol = tables.inbound_protocol(orig_dst.port());
+    let target = Some((Arc::clone(&app), Arc::clone(&metrics)));
+    let upstream = Upstream::Fixed {
+        endpoint: app,
+        metrics,
+    };
+    connection::dispatch(inputs, stream, protocol, || target, upstream).await;
+}

@@ -1,0 +1,53 @@
+//! Outbound (port 15001): the app's connections out. A VIP:port of a mesh service is served as
+//! its port declares (or as detected), each request or connection balanced over the service's
+//! ready endpoints; any other destination passes through to the original address unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::connection;
+use crate::http::Upstream;
+use crate::proxy::ProxyInputs;
+use crate::snapshot::Protocol;
+use crate::tables::EndpointState;
+
+/// Handles one connection the app made to `orig_dst`.
+pub async fn handle(
+    inputs: &ProxyInputs,
+    stream: TcpStream,
+    _peer: SocketAddr,
+    orig_dst: SocketAddr,
+) {
+    let tables = Arc::clone(&inputs.tables.borrow());
+    let Some(destination) = tables.destination(orig_dst).cloned() else {
+        // Outside the mesh: opaque, unbalanced, to where the app was going.
+        let target = Some((
+            EndpointState::new(orig_dst, inputs.pool_settings()),
+            Arc::clone(tables.passthrough()),
+        ));
+        connection::dispatch(
+            inputs,
+            stream,
+            Protocol::Tcp,
+            || target,
+            Upstream::Fixed {
+                endpoint: EndpointState::new(orig_dst, inputs.pool_settings()),
+                metrics: Arc::clone(tables.passthrough()),
+            },
+        )
+        .await;
+        return;
+    };
+    let tcp_target = || {
+        destination
+            .pick()
+            .map(|b| (Arc::clone(&b.state), Arc::clone(&b.metrics)))
+    };
+    let upstream = Upstream::Service {
+        orig_dst,
+        tables: inputs.tables.clone(),
+    };
+    connection::dispatch(inputs, stream, destination.protocol, tcp_target, upstream).await;
+}

@@ -1,0 +1,240 @@
+//! The capture listeners and what their connections share: [`ProxyInputs`] (settings, identity,
+//! the config watch, metrics, the original-destination lookup, the drain watch), and the accept
+//! loop ([`Listener`]) that bounds concurrent connections and backs off when the process runs out
+//! of file descriptors.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{Identity, ProxySettings};
+use crate::drain;
+use crate::inbound;
+use crate::metrics::Metrics;
+use crate::orig_dst::OrigDstLookup;
+use crate::outbound;
+use crate::pool::PoolSettings;
+use crate::tables::{EndpointState, Tables};
+
+/// First pause of the accept loop after an error such as EMFILE.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause of the accept loop after repeated errors.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to bind {what} listener on {addr}: {source}")]
+pub struct BindError {
+    /// Which listener.
+    pub what: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// The OS error (`address already in use`, ...).
+    pub source: io::Error,
+}
+
+/// Binds a TCP listener, naming it in the error.
+pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
+/// What every connection handler needs, shared as `Arc`.
+#[derive(Debug)]
+pub struct ProxyInputs {
+    /// Limits and timeouts.
+    pub settings: ProxySettings,
+    /// Who we are.
+    pub identity: Identity,
+    /// The current lookup tables.
+    pub tables: watch::Receiver<Arc<Tables>>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Original destination lookup.
+    pub orig_dst: Arc<dyn OrigDstLookup>,
+    /// Signalled on SIGTERM.
+    pub drain: drain::Watch,
+    /// Ports of our own capture listeners: connections "to" them would loop.
+    pub own_ports: Mutex<Vec<u16>>,
+    /// Pools to the app's local ports (inbound).
+    apps: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
+}
+
+impl ProxyInputs {
+    /// Inputs for a proxy with `settings`, reading config from `tables`.
+    pub fn new(
+        settings: ProxySettings,
+        identity: Identity,
+        tables: watch::Receiver<Arc<Tables>>,
+        metrics: Arc<Metrics>,
+        orig_dst: Arc<dyn OrigDstLookup>,
+        drain: drain::Watch,
+    ) -> ProxyInputs {
+        ProxyInputs {
+            settings,
+            identity,
+            tables,
+            metrics,
+            orig_dst,
+            drain,
+            own_ports: Mutex::new(Vec::new()),
+            apps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Settings of new upstream pools.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            connect_timeout: self.settings.connect_timeout,
+            idle_timeout: self.settings.pool_idle_timeout,
+            max_idle: self.settings.pool_max_idle,
+        }
+    }
+
+    /// The pool and balancer state of the app at `addr`.
+    pub fn app(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            apps.entry(addr)
+                .or_insert_with(|| EndpointState::new(addr, self.pool_settings())),
+        )
+    }
+
+    /// Whether `dst` is one of our own listeners (a loop if forwarded).
+    pub fn is_self(&self, dst: SocketAddr) -> bool {
+        let own = self.own_ports.lock().unwrap_or_else(|p| p.into_inner());
+        own.contains(&dst.port()) && self.is_local(dst.ip())
+    }
+
+    fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_loopback() || ip.is_unspecified() || self.identity.pod_ips.contains(&ip)
+    }
+}
+
+/// Which capture listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// App → mesh (15001).
+    Outbound,
+    /// Mesh → app (15006).
+    Inbound,
+}
+
+/// A bound capture listener.
+#[derive(Debug)]
+pub struct Listener {
+    side: Side,
+    listener: TcpListener,
+    inputs: Arc<ProxyInputs>,
+}
+
+impl Listener {
+    /// Binds the `side` listener on `addr` (failing loudly when the port is taken).
+    pub async fn new(
+        side: Side,
+        addr: SocketAddr,
+        inputs: Arc<ProxyInputs>,
+    ) -> Result<Listener, BindError> {
+        let what = match side {
+            Side::Outbound => "outbound",
+            Side::Inbound => "inbound",
+        };
+        let listener = bind(what, addr).await?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| BindError { what, addr, source })?
+            .port();
+        inputs
+            .own_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(port);
+        Ok(Listener {
+            side,
+            listener,
+            inputs,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Accepts until a drain starts; each connection runs on its own task holding a drain watch.
+    pub async fn run(self) {
+        let limit = Arc::new(Semaphore::new(self.inputs.settings.max_connections));
+        let drain = self.inputs.drain.clone();
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        loop {
+            // Wait for a free slot first: at the limit, new connections wait in the backlog.
+            let permit = tokio::select! {
+                permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore never closed"),
+                () = drain.signaled() => break,
+            };
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = drain.signaled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    accepted
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: retrying at once would spin; wait for resources.
+                    tracing::warn!(side = ?self.side, error = %e, pause = ?backoff, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            let inputs = Arc::clone(&self.inputs);
+            let side = self.side;
+            tokio::spawn(async move {
+                let _permit = permit;
+                handle(side, inputs, stream, peer).await;
+            });
+        }
+        tracing::info!(side = ?self.side, "listener stopped accepting");
+    }
+}
+
+async fn handle(side: Side, inputs: Arc<ProxyInputs>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let orig_dst = match inputs.orig_dst.original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "no original destination, closing");
+            return;
+        }
+    };
+    if inputs.is_self(orig_dst) {
+        tracing::warn!(%peer, %orig_dst, "connection addressed to the proxy itself, refusing (loop)");
+        let _ = stream.set_zero_linger();
+        return;
+    }
+    let span = tracing::debug_span!("conn", ?side, %peer, %orig_dst);
+    let _ = tracing::Instrument::instrument(
+        async move {
+            match side {
+                Side::Outbound => outbound::handle(&inputs, stream, peer, orig_dst).await,
+                Side::Inbound => inbound::handle(&inputs, stream, peer, orig_dst).await,
+            }
+        },
+        span,
+    )
+    .await;
+}

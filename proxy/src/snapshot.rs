@@ -1,0 +1,153 @@
+//! The mesh as the sidecar sees it: services with their VIPs and ports, endpoints with their
+//! versions and readiness. Plain data, built from the wire types ([`proto`]) or from a static
+//! `--config` file ([`file`]); the forwarding path never sees either, only the lookup tables
+//! ([`crate::tables`]) built from a [`Snapshot`] when it arrives.
+
+pub mod file;
+pub mod proto;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// How a port's bytes are interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Not declared: detected per connection (HTTP/2 preface, HTTP/1 request line, else TCP).
+    #[default]
+    Detect,
+    /// HTTP/1.x (an HTTP/2 prior-knowledge preface is still accepted).
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+    /// gRPC: HTTP/2 whose `grpc-status` feeds the metrics.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// One port of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Port on the VIPs.
+    pub port: u16,
+    /// Port name, "" when unnamed.
+    pub name: String,
+    /// Declared protocol.
+    pub protocol: Protocol,
+    /// Port the endpoints listen on when they name none for this port.
+    pub target_port: u16,
+}
+
+/// A service: a name and VIPs in front of the endpoints of all its versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Virtual IPs apps connect to.
+    pub vips: Vec<IpAddr>,
+    /// Host names it answers to.
+    pub hostnames: Vec<String>,
+    /// Ports, unique by number.
+    pub ports: Vec<ServicePort>,
+    /// Labels (informational).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Service {
+    /// The port listening on `port` of the VIPs.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+/// One instance behind a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Its addresses, at most one per family.
+    pub addresses: Vec<IpAddr>,
+    /// Its ports by service port name.
+    pub ports: BTreeMap<String, u16>,
+    /// Pod or workload name.
+    pub pod_name: String,
+    /// Version label, "" when unversioned.
+    pub version: String,
+    /// Labels (informational).
+    pub labels: BTreeMap<String, String>,
+    /// Whether it may get new requests.
+    pub ready: bool,
+    /// Relative load-balancing weight, at least 1.
+    pub weight: u32,
+}
+
+impl Endpoint {
+    /// The address to use for an app that connected over `vip`'s family: same family, else the
+    /// first.
+    pub fn address_for(&self, vip: IpAddr) -> IpAddr {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == vip.is_ipv4())
+            .unwrap_or(self.addresses[0])
+    }
+
+    /// The port that serves `port` on this endpoint (see the resolution rule on
+    /// `serin.v1.Endpoint`).
+    pub fn port_for(&self, port: &ServicePort) -> u16 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .unwrap_or(if port.target_port == 0 {
+                port.port
+            } else {
+                port.target_port
+            })
+    }
+}
+
+/// The endpoints of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEndpoints {
+    /// Service name.
+    pub service: String,
+    /// Service namespace.
+    pub namespace: String,
+    /// Every endpoint, ready or not.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The complete view of the mesh one proxy serves with.
+///
+/// Traffic policies are carried through untouched (`policies`, as the proto3 JSON of each
+/// `serin.v1.TrafficPolicy`) until version routing lands: they show in `/config_dump` but do not
+/// change forwarding yet.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Opaque version: the control plane's, or "file:<path>" for a static file.
+    pub version: String,
+    /// Services, unique by (namespace, name).
+    pub services: Vec<Service>,
+    /// Endpoints, at most one entry per service.
+    pub endpoints: Vec<ServiceEndpoints>,
+    /// How many traffic policies the snapshot carried (not applied yet).
+    pub policies: usize,
+}
+
+impl Snapshot {
+    /// The endpoints of service `namespace/name` (empty when it has none).
+    pub fn endpoints_of(&self, namespace: &str, name: &str) -> &[Endpoint] {
+        self.endpoints
+            .iter()
+            .find(|e| e.service == name && e.namespace == namespace)
+            .map_or(&[], |e| &e.endpoints)
+    }
+}
