@@ -245,24 +245,7 @@ pub fn parse_inbound(ports: &str, exclude: Vec<PortRange>) -> Result<InboundCapt
 /// Parses a comma-separated list of ports and ranges (`80,443,8000-8100` or `8000:8100`).
 /// The empty string is the empty list. The result is sorted, without duplicates.
 pub fn parse_port_list(flag: &'static str, value: &str) -> Result<Vec<PortRange>, ConfigError> {
-    if value.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut ranges = Vec::new();
-    for (index, entry) in value.split(',').enumerate() {
-        let entry = entry.trim();
-        if entry.is_empty() {
-            return Err(ConfigError::invalid(
-                flag,
-                value,
-                format!("entry {} is empty", index + 1),
-            ));
-        }
-        ranges.push(parse_port_range(flag, entry)?);
-    }
-    ranges.sort();
-    ranges.dedup();
-    Ok(ranges)
+    parse_list(flag, value, parse_port_range)
 }
 
 /// Parses one port (`80`) or inclusive range (`8000-8100`, `8000:8100`).
@@ -303,10 +286,20 @@ pub fn parse_port(flag: &'static str, value: &str) -> Result<u16, ConfigError> {
 /// Host bits are cleared (`10.1.2.3/8` is `10.0.0.0/8`, as iptables would store it). The result
 /// is sorted, without duplicates.
 pub fn parse_cidr_list(flag: &'static str, value: &str) -> Result<Vec<IpNet>, ConfigError> {
+    parse_list(flag, value, parse_cidr)
+}
+
+/// Parses a comma-separated list with `parse_one`: the empty string is the empty list, an empty
+/// entry is an error naming its position, and the result is sorted without duplicates.
+fn parse_list<T: Ord>(
+    flag: &'static str,
+    value: &str,
+    parse_one: fn(&'static str, &str) -> Result<T, ConfigError>,
+) -> Result<Vec<T>, ConfigError> {
     if value.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let mut nets = Vec::new();
+    let mut items = Vec::new();
     for (index, entry) in value.split(',').enumerate() {
         let entry = entry.trim();
         if entry.is_empty() {
@@ -316,11 +309,11 @@ pub fn parse_cidr_list(flag: &'static str, value: &str) -> Result<Vec<IpNet>, Co
                 format!("entry {} is empty", index + 1),
             ));
         }
-        nets.push(parse_cidr(flag, entry)?);
+        items.push(parse_one(flag, entry)?);
     }
-    nets.sort();
-    nets.dedup();
-    Ok(nets)
+    items.sort();
+    items.dedup();
+    Ok(items)
 }
 
 /// Parses one CIDR (`10.0.0.0/8`, `fd00::/8`) or address (`10.0.0.1`).
