@@ -1,3 +1,17 @@
-//! The Serin control plane: discovery, admin API, store, telemetry, dashboard
+//! The Serin control plane: discovery push, admin API, embedded store, workload registry and
+//! telemetry intake, behind one gRPC port and one HTTP port.
 
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod mesh;
+pub mod metrics;
+pub mod model;
+pub mod proto;
+pub mod snapshot;
+pub mod store;
+pub mod telemetry;

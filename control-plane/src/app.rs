@@ -1,0 +1,196 @@
+//! `serin-control` wired together, step by step: open the store, bind both ports (a taken port
+//! fails here, naming the address), then serve until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use serin_proto::v1::admin_server::AdminServer;
+use serin_proto::v1::telemetry_server::TelemetryServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::AdminService;
+use crate::config::Config;
+use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
+use crate::http::HttpState;
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::snapshot::Publisher;
+use crate::store::Store;
+use crate::telemetry::{EdgeTable, TelemetryService};
+
+/// A control plane with its store open and its ports bound, not serving yet.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    store: Arc<Store>,
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+/// Handles a running control plane shares (for in-process tests and the dashboard to come).
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// The writer.
+    pub mesh: Mesh,
+    /// Connected proxies.
+    pub proxies: Arc<ProxyTable>,
+    /// Telemetry totals.
+    pub edges: Arc<EdgeTable>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Opens the store and binds the listeners.
+    pub async fn new(config: Config) -> anyhow::Result<App> {
+        // 1. The store: everything else starts from what it holds.
+        let dir = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
+        tracing::info!(path = %store.path().display(), "store open");
+        // 2. The ports, now, so that a taken one fails at start with its address.
+        let grpc = TcpListener::bind(config.grpc)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {}", config.grpc))?;
+        let http = TcpListener::bind(config.http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+        Ok(App {
+            config,
+            store: Arc::new(store),
+            grpc,
+            http,
+        })
+    }
+
+    /// The bound gRPC address (useful with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Starts serving; returns the shared handles at once and a future that runs until
+    /// `shutdown` completes and everything has stopped.
+    pub fn start(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<(Handles, impl Future<Output = anyhow::Result<()>> + Send)> {
+        let App {
+            config,
+            store,
+            grpc,
+            http,
+        } = self;
+        let grpc_addr = grpc.local_addr()?;
+        let metrics = Arc::new(Metrics::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        // 3. The writer, loaded from the store, and the snapshots it feeds.
+        let mesh = Mesh::start(store, config.leases).context("cannot load the store")?;
+        let snapshots = Publisher {
+            debounce: config.debounce,
+        }
+        .spawn(mesh.watch(), metrics.clone());
+
+        // 4. The gRPC services.
+        let proxies = Arc::new(ProxyTable::default());
+        let edges = Arc::new(EdgeTable::default());
+        let discovery = DiscoveryServer::new(Discovery::new(
+            snapshots,
+            proxies.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        let admin = AdminServer::new(AdminService::new(
+            mesh.clone(),
+            proxies.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        let telemetry = TelemetryServer::new(TelemetryService::new(edges.clone(), metrics.clone()));
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(serin_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the reflection service")?;
+
+        // 5. Serve gRPC and HTTP; ready once both run.
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut grpc_stop = stop_rx.clone();
+        let grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(discovery)
+                .add_service(admin)
+                .add_service(telemetry)
+                .add_service(health)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                    crate::http::stopped(&mut grpc_stop).await;
+                }),
+        );
+        let http_task = tokio::spawn(crate::http::serve(
+            http,
+            HttpState {
+                ready: ready.clone(),
+                metrics: metrics.clone(),
+            },
+            stop_rx,
+        ));
+        let handles = Handles {
+            mesh,
+            proxies,
+            edges,
+            metrics,
+        };
+
+        let run = async move {
+            for service in [
+                "",
+                "serin.v1.Discovery",
+                "serin.v1.Admin",
+                "serin.v1.Telemetry",
+            ] {
+                health_reporter
+                    .set_service_status(service, tonic_health::ServingStatus::Serving)
+                    .await;
+            }
+            ready.store(true, Ordering::Release);
+            tracing::info!(grpc = %grpc_addr, "serin-control serving");
+
+            // 6. Wait for the signal, then stop: not ready, end the streams, stop the servers.
+            tokio::pin!(shutdown);
+            let mut grpc_task = grpc_task;
+            tokio::select! {
+                () = &mut shutdown => {}
+                result = &mut grpc_task => {
+                    result.context("the gRPC server task failed")?.context("the gRPC server failed")?;
+                    anyhow::bail!("the gRPC server stopped on its own");
+                }
+            }
+            tracing::info!("shutting down");
+            ready.store(false, Ordering::Release);
+            let _ = stop_tx.send(true);
+            grpc_task
+                .await
+                .context("the gRPC server task failed")?
+                .context("the gRPC server failed")?;
+            http_task.await.context("the HTTP server task failed")?;
+            tracing::info!("stopped");
+            Ok(())
+        };
+        Ok((handles, run))
+    }
+}

@@ -1,0 +1,95 @@
+//! Every flag, environment variable and default of `serin-control`, and the one [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::mesh::LeaseLimits;
+
+/// Default gRPC address (Discovery, Admin, Telemetry).
+pub const DEFAULT_GRPC: &str = "0.0.0.0:15010";
+/// Default HTTP address (`/ready`, `/metrics`).
+pub const DEFAULT_HTTP: &str = "0.0.0.0:15080";
+/// Default store directory.
+pub const DEFAULT_STORE: &str = "serin-store";
+/// Default debounce of snapshot pushes.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Command line of `serin-control` (each flag also reads `SERIN_*` from the environment).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "serin-control", version, about = "The Serin control plane")]
+pub struct Args {
+    /// gRPC address: Discovery, Admin and Telemetry.
+    #[arg(long, env = "SERIN_GRPC", default_value = DEFAULT_GRPC)]
+    pub grpc: SocketAddr,
+    /// HTTP address: /ready and /metrics.
+    #[arg(long, env = "SERIN_HTTP", default_value = DEFAULT_HTTP)]
+    pub http: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "SERIN_STORE", default_value = DEFAULT_STORE)]
+    pub store: PathBuf,
+    /// Take the registry and policies from a Kubernetes API server (not supported yet).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// How long to wait after a change before pushing, so that bursts make one push (ms).
+    #[arg(long, env = "SERIN_PUSH_DEBOUNCE_MS", default_value_t = DEFAULT_DEBOUNCE.as_millis() as u64)]
+    pub push_debounce_ms: u64,
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long, env = "SERIN_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Why the command line cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--kubernetes`.
+    #[error("--kubernetes is not supported yet: run with the embedded store (--store DIR)")]
+    KubernetesNotSupported,
+}
+
+/// The control plane's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Store directory.
+    pub store: PathBuf,
+    /// Push debounce.
+    pub debounce: Duration,
+    /// Lease lengths.
+    pub leases: LeaseLimits,
+}
+
+impl Config {
+    /// A configuration for `store` with the default ports.
+    pub fn new(store: PathBuf) -> Self {
+        Config {
+            grpc: DEFAULT_GRPC.parse().expect("valid default"),
+            http: DEFAULT_HTTP.parse().expect("valid default"),
+            store,
+            debounce: DEFAULT_DEBOUNCE,
+            leases: LeaseLimits::default(),
+        }
+    }
+}
+
+impl TryFrom<&Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: &Args) -> Result<Config, ConfigError> {
+        if a.kubernetes {
+            return Err(ConfigError::KubernetesNotSupported);
+        }
+        Ok(Config {
+            grpc: a.grpc,
+            http: a.http,
+            store: a.store.clone(),
+            debounce: Duration::from_millis(a.push_debounce_ms),
+            leases: LeaseLimits::default(),
+        })
+    }
+}

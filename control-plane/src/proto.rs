@@ -1,0 +1,891 @@
+//! Conversions between the serin.v1 wire types and the domain types: generated types stop here.
+//! Every `TryFrom` error names the field (in the YAML spelling of DESIGN.md) and the reason.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use serin_policy::model::{API_VERSION, KIND};
+use serin_policy::{
+    MatchBlock, Metadata, MirrorPolicy, PolicySpec, Route, Rule, Stickiness, StringMatch,
+    TrafficPolicy, UriMatch, VersionWeight,
+};
+use serin_proto::v1;
+
+use crate::discovery::proxies::{ProxyIdentity, ProxyState, Rejection, ResourceKind};
+use crate::model::{
+    ChangeCause, PolicyDraft, Protocol, Revision, ServiceRecord, StoredPolicy, Workload,
+    WorkloadPort, namespace_or_default,
+};
+use crate::telemetry::{Direction, EdgeDelta, EdgeKey, EdgeReport};
+
+/// A wire message field that cannot be turned into a domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// Path of the field, e.g. `spec.rules[0].match[1].uri.ignoreCase`.
+    pub field: String,
+    /// Why it is refused, one lowercase line.
+    pub reason: String,
+}
+
+impl InvalidField {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The wire timestamp of a time.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// The wire duration of a span (saturating; spans here are small).
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+/// A non-negative wire duration as a span.
+pub fn to_duration(field: &str, d: prost_types::Duration) -> Result<Duration, InvalidField> {
+    Duration::try_from(d).map_err(|_| InvalidField::new(field, "must be a non-negative duration"))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Policies
+
+impl TryFrom<v1::TrafficPolicy> for PolicyDraft {
+    type Error = InvalidField;
+
+    /// Converts what a user sent. Problems the policy crate's validation reports (empty names,
+    /// bad regexes, unset matchers, unknown OS names) pass through unchanged so that validation
+    /// names them; only what the domain model cannot hold is refused here.
+    fn try_from(p: v1::TrafficPolicy) -> Result<Self, InvalidField> {
+        let meta = p.metadata.unwrap_or_default();
+        let spec = p.spec.unwrap_or_default();
+        let rules = spec
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| rule_from_proto(&format!("spec.rules[{i}]"), r))
+            .collect::<Result<_, _>>()?;
+        let policy = TrafficPolicy {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            metadata: Metadata {
+                name: meta.name,
+                namespace: namespace_or_default(&meta.namespace),
+                generation: None,
+                labels: (!meta.labels.is_empty()).then(|| meta.labels.into_iter().collect()),
+            },
+            spec: PolicySpec {
+                service: spec.service,
+                rules,
+                default: Route {
+                    route: spec
+                        .default
+                        .map(|d| weights_from_proto(d.route))
+                        .unwrap_or_default(),
+                },
+                mirror: spec.mirror.map(|m| MirrorPolicy {
+                    version: m.version,
+                    percent: m.percent,
+                }),
+                stickiness: spec.stickiness.map(|s| match s.key {
+                    Some(v1::stickiness::Key::Cookie(c)) => Stickiness {
+                        cookie: Some(c),
+                        header: None,
+                    },
+                    Some(v1::stickiness::Key::Header(h)) => Stickiness {
+                        cookie: None,
+                        header: Some(h),
+                    },
+                    None => Stickiness::default(),
+                }),
+            },
+        };
+        Ok(PolicyDraft {
+            policy,
+            annotations: meta.annotations.into_iter().collect(),
+        })
+    }
+}
+
+fn rule_from_proto(path: &str, r: v1::Rule) -> Result<Rule, InvalidField> {
+    let matches = r
+        .r#match
+        .into_iter()
+        .enumerate()
+        .map(|(j, b)| block_from_proto(&format!("{path}.match[{j}]"), b))
+        .collect::<Result<_, _>>()?;
+    Ok(Rule {
+        name: r.name,
+        matches,
+        route: weights_from_proto(r.route),
+    })
+}
+
+fn block_from_proto(path: &str, b: v1::MatchBlock) -> Result<MatchBlock, InvalidField> {
+    let uri = match b.uri {
+        None => None,
+        Some(u) => {
+            if u.ignore_case {
+                return Err(InvalidField::new(
+                    format!("{path}.uri.ignoreCase"),
+                    "ignoreCase on uri is not supported by this control plane's policy model; \
+                     use a regex with (?i) instead",
+                ));
+            }
+            let mut m = UriMatch::default();
+            match u.kind {
+                Some(v1::uri_match::Kind::Exact(s)) => m.exact = Some(s),
+                Some(v1::uri_match::Kind::Prefix(s)) => m.prefix = Some(s),
+                Some(v1::uri_match::Kind::Regex(s)) => m.regex = Some(s),
+                None => {}
+            }
+            Some(m)
+        }
+    };
+    let os: Vec<String> = b.os.iter().map(|&o| os_name(o)).collect();
+    Ok(MatchBlock {
+        headers: string_matches(b.headers),
+        cookies: string_matches(b.cookies),
+        uri,
+        query: string_matches(b.query),
+        method: (!b.method.is_empty()).then_some(b.method),
+        os: (!os.is_empty()).then_some(os),
+    })
+}
+
+/// The policy name of a wire OS value (`CLIENT_OS_IOS` → `ios`); values the policy crate does
+/// not know come out as names its validation rejects.
+fn os_name(value: i32) -> String {
+    match v1::ClientOs::try_from(value) {
+        Ok(os) => os
+            .as_str_name()
+            .trim_start_matches("CLIENT_OS_")
+            .to_ascii_lowercase(),
+        Err(_) => format!("os-enum-{value}"),
+    }
+}
+
+/// The wire OS value of a policy name.
+pub fn os_value(name: &str) -> v1::ClientOs {
+    v1::ClientOs::from_str_name(&format!("CLIENT_OS_{}", name.to_ascii_uppercase()))
+        .unwrap_or(v1::ClientOs::Unspecified)
+}
+
+fn string_matches(
+    map: impl IntoIterator<Item = (String, v1::StringMatch)>,
+) -> BTreeMap<String, StringMatch> {
+    map.into_iter()
+        .map(|(k, m)| {
+            let mut s = StringMatch {
+                ignore_case: m.ignore_case,
+                ..StringMatch::default()
+            };
+            match m.kind {
+                Some(v1::string_match::Kind::Exact(v)) => s.exact = Some(v),
+                Some(v1::string_match::Kind::Prefix(v)) => s.prefix = Some(v),
+                Some(v1::string_match::Kind::Regex(v)) => s.regex = Some(v),
+                Some(v1::string_match::Kind::Present(v)) => s.present = Some(v),
+                None => {}
+            }
+            (k, s)
+        })
+        .collect()
+}
+
+/// Wire weights as domain weights.
+pub fn weights_from_proto(list: Vec<v1::VersionWeight>) -> Vec<VersionWeight> {
+    list.into_iter()
+        .map(|w| VersionWeight::new(w.version, w.weight))
+        .collect()
+}
+
+/// Domain weights on the wire (stored policies are valid, so every weight is a whole number).
+pub fn weights_to_proto(list: &[VersionWeight]) -> Vec<v1::VersionWeight> {
+    list.iter()
+        .map(|w| v1::VersionWeight {
+            version: w.version.clone(),
+            weight: w.weight.get().unwrap_or(0),
+        })
+        .collect()
+}
+
+impl From<&StoredPolicy> for v1::TrafficPolicy {
+    fn from(s: &StoredPolicy) -> Self {
+        let p = &s.policy;
+        let spec = &p.spec;
+        v1::TrafficPolicy {
+            metadata: Some(v1::PolicyMetadata {
+                name: p.metadata.name.clone(),
+                namespace: p.metadata.namespace.clone(),
+                generation: s.generation(),
+                labels: p
+                    .metadata
+                    .labels
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                annotations: s.annotations.clone().into_iter().collect(),
+                create_time: Some(timestamp(s.create_time)),
+                update_time: Some(timestamp(s.update_time)),
+            }),
+            spec: Some(v1::TrafficPolicySpec {
+                service: spec.service.clone(),
+                rules: spec.rules.iter().map(rule_to_proto).collect(),
+                default: Some(v1::DefaultRoute {
+                    route: weights_to_proto(&spec.default.route),
+                }),
+                mirror: spec.mirror.as_ref().map(|m| v1::Mirror {
+                    version: m.version.clone(),
+                    percent: m.percent,
+                }),
+                stickiness: spec.stickiness.as_ref().map(|s| v1::Stickiness {
+                    key: match (&s.cookie, &s.header) {
+                        (Some(c), _) => Some(v1::stickiness::Key::Cookie(c.clone())),
+                        (None, Some(h)) => Some(v1::stickiness::Key::Header(h.clone())),
+                        (None, None) => None,
+                    },
+                }),
+            }),
+        }
+    }
+}
+
+fn rule_to_proto(r: &Rule) -> v1::Rule {
+    v1::Rule {
+        name: r.name.clone(),
+        r#match: r.matches.iter().map(block_to_proto).collect(),
+        route: weights_to_proto(&r.route),
+    }
+}
+
+fn block_to_proto(b: &MatchBlock) -> v1::MatchBlock {
+    let sm = |map: &BTreeMap<String, StringMatch>| {
+        map.iter()
+            .map(|(k, m)| (k.clone(), string_match_to_proto(m)))
+            .collect()
+    };
+    v1::MatchBlock {
+        headers: sm(&b.headers),
+        cookies: sm(&b.cookies),
+        uri: b.uri.as_ref().map(|u| v1::UriMatch {
+            kind: if let Some(s) = &u.exact {
+                Some(v1::uri_match::Kind::Exact(s.clone()))
+            } else if let Some(s) = &u.prefix {
+                Some(v1::uri_match::Kind::Prefix(s.clone()))
+            } else {
+                u.regex.clone().map(v1::uri_match::Kind::Regex)
+            },
+            ignore_case: false,
+        }),
+        query: sm(&b.query),
+        method: b.method.clone().unwrap_or_default(),
+        os: b.os.iter().flatten().map(|o| os_value(o) as i32).collect(),
+    }
+}
+
+fn string_match_to_proto(m: &StringMatch) -> v1::StringMatch {
+    use v1::string_match::Kind;
+    let kind = if let Some(s) = &m.exact {
+        Some(Kind::Exact(s.clone()))
+    } else if let Some(s) = &m.prefix {
+        Some(Kind::Prefix(s.clone()))
+    } else if let Some(s) = &m.regex {
+        Some(Kind::Regex(s.clone()))
+    } else {
+        m.present.map(Kind::Present)
+    };
+    v1::StringMatch {
+        kind,
+        ignore_case: m.ignore_case,
+    }
+}
+
+impl From<ChangeCause> for v1::ChangeCause {
+    fn from(c: ChangeCause) -> Self {
+        match c {
+            ChangeCause::Apply => v1::ChangeCause::Apply,
+            ChangeCause::SetWeights => v1::ChangeCause::SetWeights,
+            ChangeCause::Promote => v1::ChangeCause::Promote,
+            ChangeCause::Rollback => v1::ChangeCause::Rollback,
+            ChangeCause::Delete => v1::ChangeCause::Delete,
+        }
+    }
+}
+
+impl From<&Revision> for v1::PolicyRevision {
+    fn from(r: &Revision) -> Self {
+        v1::PolicyRevision {
+            generation: r.generation,
+            policy: Some(v1::TrafficPolicy::from(&r.policy)),
+            cause: v1::ChangeCause::from(r.cause) as i32,
+            time: Some(timestamp(r.time)),
+            restored_generation: r.restored_generation,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Registry
+
+impl From<Protocol> for v1::Protocol {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Unspecified => v1::Protocol::Unspecified,
+            Protocol::Http1 => v1::Protocol::Http1,
+            Protocol::Http2 => v1::Protocol::Http2,
+            Protocol::Grpc => v1::Protocol::Grpc,
+            Protocol::Tcp => v1::Protocol::Tcp,
+        }
+    }
+}
+
+fn protocol_from_proto(field: &str, value: i32) -> Result<Protocol, InvalidField> {
+    Ok(match v1::Protocol::try_from(value) {
+        Ok(v1::Protocol::Unspecified) => Protocol::Unspecified,
+        Ok(v1::Protocol::Http1) => Protocol::Http1,
+        Ok(v1::Protocol::Http2) => Protocol::Http2,
+        Ok(v1::Protocol::Grpc) => Protocol::Grpc,
+        Ok(v1::Protocol::Tcp) => Protocol::Tcp,
+        Err(_) => {
+            return Err(InvalidField::new(
+                field,
+                format!("unknown protocol {value}"),
+            ));
+        }
+    })
+}
+
+/// A DNS-1123 label (pod and service names): lowercase letters, digits and '-'.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// A label value (versions): letters, digits, '-', '_', '.'.
+fn is_label_value(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() <= 63
+        && (b.is_empty()
+            || (b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))))
+}
+
+fn port(field: &str, value: u32) -> Result<u16, InvalidField> {
+    u16::try_from(value)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| InvalidField::new(field, format!("port {value} is outside 1..=65535")))
+}
+
+impl TryFrom<v1::Workload> for Workload {
+    type Error = InvalidField;
+
+    fn try_from(w: v1::Workload) -> Result<Self, InvalidField> {
+        let namespace = namespace_or_default(&w.namespace);
+        for (field, value) in [
+            ("workload.pod_name", &w.pod_name),
+            ("workload.namespace", &namespace),
+            ("workload.service", &w.service),
+        ] {
+            if value.is_empty() {
+                return Err(InvalidField::new(field, "is required"));
+            }
+            if !is_dns_label(value) {
+                return Err(InvalidField::new(
+                    field,
+                    format!(
+                        "{value:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"
+                    ),
+                ));
+            }
+        }
+        if !is_label_value(&w.version) {
+            return Err(InvalidField::new(
+                "workload.version",
+                format!(
+                    "{:?} is not a label value (letters, digits, '-', '_', '.')",
+                    w.version
+                ),
+            ));
+        }
+        if w.addresses.is_empty() {
+            return Err(InvalidField::new(
+                "workload.addresses",
+                "at least one address is required",
+            ));
+        }
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for (i, a) in w.addresses.iter().enumerate() {
+            let ip: IpAddr = a.parse().map_err(|_| {
+                InvalidField::new(
+                    format!("workload.addresses[{i}]"),
+                    format!("{a:?} is not an IP literal"),
+                )
+            })?;
+            if addresses.iter().any(|x| x.is_ipv4() == ip.is_ipv4()) {
+                return Err(InvalidField::new(
+                    format!("workload.addresses[{i}]"),
+                    "at most one address per family",
+                ));
+            }
+            addresses.push(ip);
+        }
+        let mut ports: Vec<WorkloadPort> = Vec::new();
+        for (i, p) in w.ports.iter().enumerate() {
+            let field = format!("workload.ports[{i}]");
+            let number = port(&format!("{field}.port"), p.port)?;
+            if ports.iter().any(|q| q.name == p.name) {
+                return Err(InvalidField::new(
+                    format!("{field}.name"),
+                    format!("port name {:?} is used twice", p.name),
+                ));
+            }
+            if ports.iter().any(|q| q.port == number) {
+                return Err(InvalidField::new(
+                    format!("{field}.port"),
+                    format!("port {number} is listed twice"),
+                ));
+            }
+            ports.push(WorkloadPort {
+                name: p.name.clone(),
+                port: number,
+                protocol: protocol_from_proto(&format!("{field}.protocol"), p.protocol)?,
+            });
+        }
+        let mut labels: BTreeMap<String, String> = w.labels.into_iter().collect();
+        if !w.version.is_empty() {
+            labels.insert("version".to_owned(), w.version.clone());
+        }
+        Ok(Workload {
+            pod_name: w.pod_name,
+            namespace,
+            addresses,
+            service: w.service,
+            version: w.version,
+            ports,
+            labels,
+            service_account: w.service_account,
+            node_name: w.node_name,
+        })
+    }
+}
+
+impl From<&ServiceRecord> for v1::Service {
+    fn from(s: &ServiceRecord) -> Self {
+        v1::Service {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            vips: vec![s.vip.to_string()],
+            hostnames: s.hostnames(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| v1::ServicePort {
+                    port: u32::from(p.port),
+                    name: p.name.clone(),
+                    protocol: v1::Protocol::from(p.protocol) as i32,
+                    target_port: 0,
+                })
+                .collect(),
+            labels: Default::default(),
+        }
+    }
+}
+
+impl From<&Workload> for v1::Endpoint {
+    fn from(w: &Workload) -> Self {
+        v1::Endpoint {
+            addresses: w.addresses.iter().map(ToString::to_string).collect(),
+            ports: w
+                .ports
+                .iter()
+                .map(|p| v1::EndpointPort {
+                    name: p.name.clone(),
+                    port: u32::from(p.port),
+                })
+                .collect(),
+            pod_name: w.pod_name.clone(),
+            version: w.version.clone(),
+            labels: w.labels.clone().into_iter().collect(),
+            // A registration is live until its lease runs out; then it is removed.
+            ready: true,
+            weight: 1,
+            service_account: w.service_account.clone(),
+            node_name: w.node_name.clone(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Proxies
+
+impl TryFrom<v1::ProxyIdentity> for ProxyIdentity {
+    type Error = InvalidField;
+
+    fn try_from(p: v1::ProxyIdentity) -> Result<Self, InvalidField> {
+        for (field, value) in [
+            ("proxy.pod_name", &p.pod_name),
+            ("proxy.namespace", &p.namespace),
+        ] {
+            if value.is_empty() {
+                return Err(InvalidField::new(field, "is required"));
+            }
+        }
+        if p.pod_ips.is_empty() {
+            return Err(InvalidField::new(
+                "proxy.pod_ips",
+                "at least one pod IP is required",
+            ));
+        }
+        let pod_ips = p
+            .pod_ips
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse::<IpAddr>().map_err(|_| {
+                    InvalidField::new(
+                        format!("proxy.pod_ips[{i}]"),
+                        format!("{a:?} is not an IP literal"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ProxyIdentity {
+            pod_name: p.pod_name,
+            namespace: p.namespace,
+            pod_ips,
+            service: p.service,
+            version: p.version,
+            service_account: p.service_account,
+            node_name: p.node_name,
+            proxy_version: p.proxy_version,
+            instance_id: p.instance_id,
+            labels: p.labels.into_iter().collect(),
+        })
+    }
+}
+
+impl From<&ProxyIdentity> for v1::ProxyIdentity {
+    fn from(p: &ProxyIdentity) -> Self {
+        v1::ProxyIdentity {
+            pod_name: p.pod_name.clone(),
+            namespace: p.namespace.clone(),
+            pod_ips: p.pod_ips.iter().map(ToString::to_string).collect(),
+            service: p.service.clone(),
+            version: p.version.clone(),
+            service_account: p.service_account.clone(),
+            node_name: p.node_name.clone(),
+            proxy_version: p.proxy_version.clone(),
+            instance_id: p.instance_id.clone(),
+            labels: p.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<v1::ResourceError> for Rejection {
+    fn from(e: v1::ResourceError) -> Self {
+        let kind = match v1::ResourceKind::try_from(e.kind) {
+            Ok(v1::ResourceKind::Service) => ResourceKind::Service,
+            Ok(v1::ResourceKind::Endpoints) => ResourceKind::Endpoints,
+            Ok(v1::ResourceKind::TrafficPolicy) => ResourceKind::TrafficPolicy,
+            Ok(v1::ResourceKind::Unspecified) | Err(_) => ResourceKind::Unspecified,
+        };
+        Rejection {
+            kind,
+            namespace: e.namespace,
+            name: e.name,
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<&Rejection> for v1::ResourceError {
+    fn from(e: &Rejection) -> Self {
+        let kind = match e.kind {
+            ResourceKind::Unspecified => v1::ResourceKind::Unspecified,
+            ResourceKind::Service => v1::ResourceKind::Service,
+            ResourceKind::Endpoints => v1::ResourceKind::Endpoints,
+            ResourceKind::TrafficPolicy => v1::ResourceKind::TrafficPolicy,
+        };
+        v1::ResourceError {
+            kind: kind as i32,
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+            field: e.field.clone(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+impl From<&ProxyState> for v1::ProxyStatus {
+    fn from(s: &ProxyState) -> Self {
+        v1::ProxyStatus {
+            proxy: Some(v1::ProxyIdentity::from(&s.identity)),
+            connected_since: Some(timestamp(s.connected_since)),
+            capabilities: s.capabilities.clone(),
+            sent_version: s.sent_version.clone(),
+            acked_version: s.acked_version.clone(),
+            acked_at: s.acked_at.map(timestamp),
+            nacked_version: s
+                .nack
+                .as_ref()
+                .map(|n| n.version.clone())
+                .unwrap_or_default(),
+            nack_errors: s
+                .nack
+                .iter()
+                .flat_map(|n| n.errors.iter().map(v1::ResourceError::from))
+                .collect(),
+            nacked_at: s.nack.as_ref().map(|n| timestamp(n.at)),
+            in_sync: s.in_sync(),
+            peer_address: s.peer.map(|p| p.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Telemetry
+
+impl TryFrom<v1::EdgeStats> for EdgeReport {
+    type Error = InvalidField;
+
+    fn try_from(e: v1::EdgeStats) -> Result<Self, InvalidField> {
+        let direction = match v1::TrafficDirection::try_from(e.direction) {
+            Ok(v1::TrafficDirection::Inbound) => Direction::Inbound,
+            Ok(v1::TrafficDirection::Outbound) => Direction::Outbound,
+            _ => {
+                return Err(InvalidField::new(
+                    "edges[].direction",
+                    "must be INBOUND or OUTBOUND",
+                ));
+            }
+        };
+        let protocol = protocol_from_proto("edges[].protocol", e.protocol)?;
+        if let Some(h) = &e.duration
+            && h.bucket_counts.len() != h.bucket_bounds_seconds.len() + 1
+        {
+            return Err(InvalidField::new(
+                "edges[].duration.bucket_counts",
+                "must have one more entry than bucket_bounds_seconds",
+            ));
+        }
+        let key = EdgeKey {
+            direction,
+            source_workload: e.source_workload,
+            source_namespace: e.source_namespace,
+            source_version: e.source_version,
+            destination_service: e.destination_service,
+            destination_namespace: e.destination_namespace,
+            destination_version: e.destination_version,
+            protocol,
+            mirror: e.mirror,
+        };
+        let mut responses = BTreeMap::new();
+        for r in e.responses {
+            *responses
+                .entry((r.response_code, r.grpc_status))
+                .or_default() += r.count;
+        }
+        let delta = EdgeDelta {
+            responses,
+            duration_sum_seconds: e.duration.as_ref().map_or(0.0, |h| h.sum_seconds),
+            duration_count: e.duration.as_ref().map_or(0, |h| h.count),
+            tcp_opened: e.tcp_connections_opened,
+            tcp_closed: e.tcp_connections_closed,
+            sent_bytes: e.sent_bytes,
+            received_bytes: e.received_bytes,
+            version_fallbacks: e.version_fallbacks,
+            mirror_outcomes: e.mirror_outcomes.into_iter().collect(),
+        };
+        Ok(EdgeReport { key, delta })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_policy() -> v1::TrafficPolicy {
+        v1::TrafficPolicy {
+            metadata: Some(v1::PolicyMetadata {
+                name: "reviews".into(),
+                labels: [("team".to_owned(), "a".to_owned())].into(),
+                annotations: [("note".to_owned(), "x".to_owned())].into(),
+                ..Default::default()
+            }),
+            spec: Some(v1::TrafficPolicySpec {
+                service: "reviews".into(),
+                rules: vec![v1::Rule {
+                    name: "testers".into(),
+                    r#match: vec![v1::MatchBlock {
+                        headers: [(
+                            "end-user".to_owned(),
+                            v1::StringMatch {
+                                kind: Some(v1::string_match::Kind::Exact("jason".into())),
+                                ignore_case: true,
+                            },
+                        )]
+                        .into(),
+                        uri: Some(v1::UriMatch {
+                            kind: Some(v1::uri_match::Kind::Prefix("/beta".into())),
+                            ignore_case: false,
+                        }),
+                        os: vec![v1::ClientOs::Ios as i32, v1::ClientOs::Harmonyos as i32],
+                        method: "GET".into(),
+                        ..Default::default()
+                    }],
+                    route: vec![v1::VersionWeight {
+                        version: "v3".into(),
+                        weight: 100,
+                    }],
+                }],
+                default: Some(v1::DefaultRoute {
+                    route: vec![v1::VersionWeight {
+                        version: "v1".into(),
+                        weight: 90,
+                    }],
+                }),
+                mirror: Some(v1::Mirror {
+                    version: "v2".into(),
+                    percent: 2.5,
+                }),
+                stickiness: Some(v1::Stickiness {
+                    key: Some(v1::stickiness::Key::Cookie("uid".into())),
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn policy_round_trips_through_the_domain() {
+        let draft = PolicyDraft::try_from(wire_policy()).unwrap();
+        assert_eq!(draft.policy.metadata.namespace, "default");
+        assert_eq!(
+            draft.policy.spec.rules[0].matches[0].os.as_deref(),
+            Some(&["ios".to_owned(), "harmonyos".to_owned()][..])
+        );
+        serin_policy::validate(&draft.policy, None).unwrap();
+        let stored = StoredPolicy {
+            policy: draft.policy.clone(),
+            annotations: draft.annotations,
+            create_time: SystemTime::UNIX_EPOCH,
+            update_time: SystemTime::UNIX_EPOCH,
+        };
+        let back = v1::TrafficPolicy::from(&stored);
+        let mut expected = wire_policy();
+        let meta = expected.metadata.as_mut().unwrap();
+        meta.namespace = "default".into();
+        meta.create_time = Some(timestamp(SystemTime::UNIX_EPOCH));
+        meta.update_time = Some(timestamp(SystemTime::UNIX_EPOCH));
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn uri_ignore_case_is_refused_naming_the_field() {
+        let mut p = wire_policy();
+        p.spec.as_mut().unwrap().rules[0].r#match[0]
+            .uri
+            .as_mut()
+            .unwrap()
+            .ignore_case = true;
+        let err = PolicyDraft::try_from(p).unwrap_err();
+        assert_eq!(err.field, "spec.rules[0].match[0].uri.ignoreCase");
+    }
+
+    #[test]
+    fn unknown_os_values_reach_validation() {
+        let mut p = wire_policy();
+        p.spec.as_mut().unwrap().rules[0].r#match[0].os = vec![0];
+        let draft = PolicyDraft::try_from(p).unwrap();
+        let errors = serin_policy::validate(&draft.policy, None).unwrap_err();
+        assert_eq!(errors[0].path, "spec.rules[0].match[0].os[0]", "{errors:?}");
+    }
+
+    #[test]
+    fn workload_errors_name_the_field() {
+        let ok = v1::Workload {
+            pod_name: "reviews-v1-0".into(),
+            addresses: vec!["10.244.0.7".into()],
+            service: "reviews".into(),
+            version: "v1".into(),
+            ports: vec![v1::WorkloadPort {
+                name: "http".into(),
+                port: 9080,
+                protocol: 1,
+            }],
+            ..Default::default()
+        };
+        let w = Workload::try_from(ok.clone()).unwrap();
+        assert_eq!(w.labels["version"], "v1");
+        assert_eq!(w.namespace, "default");
+        let cases: Vec<(v1::Workload, &str)> = vec![
+            (
+                v1::Workload {
+                    pod_name: String::new(),
+                    ..ok.clone()
+                },
+                "workload.pod_name",
+            ),
+            (
+                v1::Workload {
+                    service: "Bad_Name".into(),
+                    ..ok.clone()
+                },
+                "workload.service",
+            ),
+            (
+                v1::Workload {
+                    addresses: vec!["10.0.0.1".into(), "10.0.0.2".into()],
+                    ..ok.clone()
+                },
+                "workload.addresses[1]",
+            ),
+            (
+                v1::Workload {
+                    addresses: vec!["nope".into()],
+                    ..ok.clone()
+                },
+                "workload.addresses[0]",
+            ),
+            (
+                v1::Workload {
+                    ports: vec![v1::WorkloadPort {
+                        name: "h".into(),
+                        port: 70000,
+                        protocol: 0,
+                    }],
+                    ..ok.clone()
+                },
+                "workload.ports[0].port",
+            ),
+            (
+                v1::Workload {
+                    version: "v 1".into(),
+                    ..ok
+                },
+                "workload.version",
+            ),
+        ];
+        for (w, field) in cases {
+            assert_eq!(Workload::try_from(w).unwrap_err().field, field);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Discovery snapshots: built once per change of the mesh, encoded once, shared by every proxy
+//! stream as an `Arc`. In the embedded mode every proxy gets the whole mesh (all services,
+//! endpoints and policies): at this mesh's scale that is small, and it spares the control plane
+//! from computing per-proxy views. Per-proxy scoping can come with the Kubernetes mode.
+//!
+//! Changes are debounced and coalesced: the publisher waits [`Publisher::debounce`] after the
+//! first change it sees, then builds from the latest view, so a burst of applies makes one push.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use serin_proto::v1;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::model::MeshView;
+
+/// One snapshot, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedSnapshot {
+    /// Content version: a hash of the content, so equal content has the same version on every
+    /// control plane and across restarts.
+    pub version: String,
+    /// `SubscribeResponse { version, snapshot }` encoded, without a nonce: each stream appends
+    /// its own nonce field (protobuf fields may come in any order).
+    pub body: Bytes,
+    /// Number of services in it.
+    pub services: usize,
+    /// Number of endpoints in it.
+    pub endpoints: usize,
+    /// Number of policies in it.
+    pub policies: usize,
+}
+
+impl EncodedSnapshot {
+    /// Builds and encodes the snapshot of a view.
+    pub fn build(view: &MeshView) -> EncodedSnapshot {
+        let snapshot = snapshot(view);
+        let version = version(view);
+        let response = v1::SubscribeResponse {
+            version: version.clone(),
+            nonce: String::new(),
+            payload: Some(v1::subscribe_response::Payload::Snapshot(snapshot)),
+        };
+        EncodedSnapshot {
+            version,
+            body: Bytes::from(response.encode_to_vec()),
+            services: view.services.len(),
+            endpoints: view.workloads.len(),
+            policies: view.policies.len(),
+        }
+    }
+}
+
+/// The wire snapshot of a view: services and endpoints sorted by (namespace, name), endpoints by
+/// pod name, policies by (namespace, name).
+pub fn snapshot(view: &MeshView) -> v1::Snapshot {
+    let services = view
+        .services
+        .values()
+        .map(|s| v1::Service::from(&**s))
+        .collect();
+    let endpoints = view
+        .services
+        .keys()
+        .map(|k| v1::ServiceEndpoints {
+            service: k.name.clone(),
+            namespace: k.namespace.clone(),
+            endpoints: view
+                .workloads_of(&k.namespace, &k.name)
+                .map(|w| v1::Endpoint::from(&**w))
+                .collect(),
+        })
+        .filter(|e| !e.endpoints.is_empty())
+        .collect();
+    let policies = view
+        .policies
+        .values()
+        .map(|p| v1::TrafficPolicy::from(&**p))
+        .collect();
+    v1::Snapshot {
+        services,
+        endpoints,
+        policies,
+    }
+}
+
+/// A hash of the view's content over a canonical form (JSON of sorted maps; the wire encoding
+/// of protobuf maps has no fixed order, so it cannot be hashed).
+fn version(view: &MeshView) -> String {
+    let content = serde_json::to_vec(&(
+        view.services.values().map(|s| &**s).collect::<Vec<_>>(),
+        view.workloads.values().map(|w| &**w).collect::<Vec<_>>(),
+        view.policies.values().map(|p| &**p).collect::<Vec<_>>(),
+    ))
+    .expect("domain types serialize to JSON");
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&content))
+}
+
+/// Turns views into snapshots.
+#[derive(Debug)]
+pub struct Publisher {
+    /// How long to wait after a change before building, to coalesce bursts.
+    pub debounce: Duration,
+}
+
+impl Publisher {
+    /// Builds the first snapshot now and spawns the task that rebuilds on every change of
+    /// `views`. The task ends when the view sender is gone.
+    pub fn spawn(
+        &self,
+        mut views: watch::Receiver<Arc<MeshView>>,
+        metrics: Arc<Metrics>,
+    ) -> watch::Receiver<Arc<EncodedSnapshot>> {
+        let first = EncodedSnapshot::build(&views.borrow_and_update());
+        metrics.snapshot_built(&first);
+        let (tx, rx) = watch::channel(Arc::new(first));
+        let debounce = self.debounce;
+        tokio::spawn(async move {
+            while views.changed().await.is_ok() {
+                tokio::time::sleep(debounce).await;
+                let view = views.borrow_and_update().clone();
+                let Ok(built) =
+                    tokio::task::spawn_blocking(move || EncodedSnapshot::build(&view)).await
+                else {
+                    return;
+                };
+                if built.version != tx.borrow().version {
+                    metrics.snapshot_built(&built);
+                    tracing::debug!(version = %built.version, services = built.services, endpoints = built.endpoints, policies = built.policies, "new snapshot");
+                    tx.send_replace(Arc::new(built));
+                }
+            }
+        });
+        rx
+    }
+}

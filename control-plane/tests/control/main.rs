@@ -1,0 +1,8 @@
+//! In-process tests of the control plane: a real server on 127.0.0.1:0 with a temporary store,
+//! driven through the generated gRPC clients.
+
+mod admin;
+mod discovery;
+mod registry;
+mod service;
+mod support;
