@@ -20,7 +20,8 @@ use crate::tables::{self, ConfigWriter};
 
 /// `serin-proxy`: the sidecar. Every flag also reads its `SERIN_*` environment variable.
 #[derive(Debug, Parser)]
-#[command(name = "serin-proxy", version, about = "The Serin sidecar proxy")]
+// `--version` is the pod's version label (DESIGN.md), so clap's own version flag is off.
+#[command(name = "serin-proxy", about = "The Serin sidecar proxy")]
 pub struct Cli {
     /// URL of the control plane's Discovery service (not implemented yet: the proxy stays not ready).
     #[arg(long, env = ENV_CONTROL_PLANE, conflicts_with = "config")]
@@ -102,7 +103,7 @@ impl Cli {
     }
 }
 
-/// Starts logging with `filter` (an `EnvFilter` directive; `access` stays off unless named).
+/// Starts logging to stderr with `filter` (an `EnvFilter` directive; `access` stays off unless named).
 pub fn init_logging(filter: &str) {
     let directive = if filter.contains("access") {
         filter.to_owned()
@@ -111,7 +112,10 @@ pub fn init_logging(filter: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directive)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,access=off"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// A running proxy: its addresses, its config writer, and the drain trigger.
@@ -241,4 +245,49 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(deadline = ?config.drain_deadline, "drain deadline passed, exiting anyway");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_parse_into_a_config() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "serin-proxy",
+            "--config",
+            "/etc/serin/mesh.yaml",
+            "--pod-name",
+            "reviews-v2-0",
+            "--pod-ip",
+            "10.244.0.7,fd00:10:244::7",
+            "--service",
+            "reviews",
+            "--version",
+            "v2",
+            "--drain-deadline",
+            "750ms",
+        ])
+        .unwrap();
+        let config = cli.into_config();
+        assert_eq!(
+            config.source,
+            ConfigSource::File("/etc/serin/mesh.yaml".into())
+        );
+        assert_eq!(config.identity.version, "v2");
+        assert_eq!(config.identity.pod_ips.len(), 2);
+        assert_eq!(config.drain_deadline, Duration::from_millis(750));
+        assert_eq!(config.outbound_addr.port(), DEFAULT_OUTBOUND_PORT);
+        let both = Cli::try_parse_from([
+            "serin-proxy",
+            "--config",
+            "x",
+            "--control-plane",
+            "http://cp",
+        ]);
+        assert!(both.is_err());
+    }
 }
