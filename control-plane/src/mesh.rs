@@ -171,7 +171,10 @@ impl Mesh {
     ) -> Result<R, MeshError> {
         let (tx, rx) = oneshot::channel();
         let command: Command = Box::new(move |w: &mut Writer| {
-            let _ = tx.send(f(w));
+            let result = f(w);
+            // Publish before answering, so that a caller reads its own write in the view.
+            w.publish();
+            let _ = tx.send(result);
         });
         self.commands
             .send(command)

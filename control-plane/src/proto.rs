@@ -220,43 +220,61 @@ pub fn weights_to_proto(list: &[VersionWeight]) -> Vec<v1::VersionWeight> {
 
 impl From<&StoredPolicy> for v1::TrafficPolicy {
     fn from(s: &StoredPolicy) -> Self {
-        let p = &s.policy;
-        let spec = &p.spec;
-        v1::TrafficPolicy {
-            metadata: Some(v1::PolicyMetadata {
-                name: p.metadata.name.clone(),
-                namespace: p.metadata.namespace.clone(),
-                generation: s.generation(),
-                labels: p
-                    .metadata
-                    .labels
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                annotations: s.annotations.clone().into_iter().collect(),
-                create_time: Some(timestamp(s.create_time)),
-                update_time: Some(timestamp(s.update_time)),
+        let mut out = policy_to_proto(&s.policy, &s.annotations);
+        let meta = out
+            .metadata
+            .as_mut()
+            .expect("policy_to_proto sets metadata");
+        meta.generation = s.generation();
+        meta.create_time = Some(timestamp(s.create_time));
+        meta.update_time = Some(timestamp(s.update_time));
+        out
+    }
+}
+
+impl From<&PolicyDraft> for v1::TrafficPolicy {
+    /// A policy as a client sends it (no generation, no times).
+    fn from(d: &PolicyDraft) -> Self {
+        policy_to_proto(&d.policy, &d.annotations)
+    }
+}
+
+fn policy_to_proto(p: &TrafficPolicy, annotations: &BTreeMap<String, String>) -> v1::TrafficPolicy {
+    let spec = &p.spec;
+    v1::TrafficPolicy {
+        metadata: Some(v1::PolicyMetadata {
+            name: p.metadata.name.clone(),
+            namespace: p.metadata.namespace.clone(),
+            generation: 0,
+            labels: p
+                .metadata
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            annotations: annotations.clone().into_iter().collect(),
+            create_time: None,
+            update_time: None,
+        }),
+        spec: Some(v1::TrafficPolicySpec {
+            service: spec.service.clone(),
+            rules: spec.rules.iter().map(rule_to_proto).collect(),
+            default: Some(v1::DefaultRoute {
+                route: weights_to_proto(&spec.default.route),
             }),
-            spec: Some(v1::TrafficPolicySpec {
-                service: spec.service.clone(),
-                rules: spec.rules.iter().map(rule_to_proto).collect(),
-                default: Some(v1::DefaultRoute {
-                    route: weights_to_proto(&spec.default.route),
-                }),
-                mirror: spec.mirror.as_ref().map(|m| v1::Mirror {
-                    version: m.version.clone(),
-                    percent: m.percent,
-                }),
-                stickiness: spec.stickiness.as_ref().map(|s| v1::Stickiness {
-                    key: match (&s.cookie, &s.header) {
-                        (Some(c), _) => Some(v1::stickiness::Key::Cookie(c.clone())),
-                        (None, Some(h)) => Some(v1::stickiness::Key::Header(h.clone())),
-                        (None, None) => None,
-                    },
-                }),
+            mirror: spec.mirror.as_ref().map(|m| v1::Mirror {
+                version: m.version.clone(),
+                percent: m.percent,
             }),
-        }
+            stickiness: spec.stickiness.as_ref().map(|s| v1::Stickiness {
+                key: match (&s.cookie, &s.header) {
+                    (Some(c), _) => Some(v1::stickiness::Key::Cookie(c.clone())),
+                    (None, Some(h)) => Some(v1::stickiness::Key::Header(h.clone())),
+                    (None, None) => None,
+                },
+            }),
+        }),
     }
 }
 

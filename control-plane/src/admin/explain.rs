@@ -107,6 +107,12 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ExplainError 
     }
 }
 
+/// A percentage without trailing zeros: `75`, `12.5`, `33.33`.
+fn percent(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 /// Percent-encodes a query component.
 fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -312,7 +318,7 @@ pub fn explain(
         (Choice::Random, _) => {
             outcomes
                 .iter()
-                .map(|s| format!("{} {:.1}%", s.version, s.percent))
+                .map(|s| format!("{} {}%", s.version, percent(s.percent)))
                 .collect::<Vec<_>>()
                 .join(", ")
                 + " (random)"
@@ -379,7 +385,7 @@ fn without_policy(versions: &BTreeMap<String, VersionCounts>) -> Explanation {
             "no policy: balanced over every ready endpoint -> {}",
             outcomes
                 .iter()
-                .map(|s| format!("{} {:.1}%", s.version, s.percent))
+                .map(|s| format!("{} {}%", s.version, percent(s.percent)))
                 .collect::<Vec<_>>()
                 .join(", ")
         )

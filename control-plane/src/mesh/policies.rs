@@ -340,7 +340,7 @@ impl Writer {
             .map_or(0, |c| c.ready);
         if ready == 0 && !force {
             return Err(MeshError::FailedPrecondition(format!(
-                "version {version} of service {namespace}/{service} has no ready endpoints; promoting it would leave no version to serve (force to promote anyway)"
+                "version {version} of service {namespace}/{service} has no ready endpoints; promoting it would leave no version to serve (set force, `serinctl promote --force`, to promote anyway)"
             )));
         }
         self.edit_service_policy(
