@@ -1,0 +1,220 @@
+//! The command line of `serinctl`: every verb, flag and environment variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default control plane address.
+pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:15010";
+
+/// serinctl: drive gray releases on a Serin mesh.
+#[derive(Debug, Parser)]
+#[command(name = "serinctl", version, about)]
+pub struct Cli {
+    /// gRPC address of serin-control.
+    #[arg(long, global = true, env = "SERIN_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
+    pub control_plane: String,
+    /// Namespace of the services and policies named on the command line.
+    #[arg(short = 'n', long, global = true, default_value = "default")]
+    pub namespace: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs. (The local-mesh verbs `up`, `down`, `run`, `exec`, `pods`, `demo`, `namespace`,
+/// `top` and `inject` come with their issues.)
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or replace policies from YAML (several documents separated by `---`).
+    Apply(ApplyArgs),
+    /// Show policies, services or proxies.
+    Get(GetArgs),
+    /// Delete a policy.
+    Delete(DeleteArgs),
+    /// Split a service's default route between its stable version and VERSION.
+    Canary(CanaryArgs),
+    /// Send requests that match conditions to VERSION (adds a rule, first).
+    Route(RouteArgs),
+    /// Copy a share of a service's requests to VERSION (0 turns mirroring off).
+    Mirror(MirrorArgs),
+    /// Make VERSION take all traffic: default 100% to it, rules and mirror removed.
+    Promote(PromoteArgs),
+    /// Restore an earlier generation of a service's policy.
+    Rollback(RollbackArgs),
+    /// Every proxy: pod, service, version, config acked, in sync or the NACK error.
+    Status,
+    /// Which version would take a request, and why.
+    Explain(ExplainArgs),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+}
+
+/// `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// File to read, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: String,
+}
+
+/// What `get` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Resource {
+    /// Traffic policies.
+    #[value(alias = "policy")]
+    Policies,
+    /// Services with their versions.
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    /// Connected proxies.
+    #[value(alias = "proxy")]
+    Proxies,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// YAML (policies as apply takes them).
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// policies, services or proxies.
+    pub resource: Resource,
+    /// Only this one (policy name, service name or pod name).
+    pub name: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+    /// Every namespace, not just --namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+/// What `delete` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Deletable {
+    /// A traffic policy.
+    #[value(alias = "policies")]
+    Policy,
+}
+
+/// `delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// What to delete (policy).
+    pub resource: Deletable,
+    /// Its name.
+    pub name: String,
+}
+
+/// `canary`.
+#[derive(Debug, Args)]
+pub struct CanaryArgs {
+    /// The service.
+    pub service: String,
+    /// The canary version.
+    pub version: String,
+    /// Percent of the default route's traffic for VERSION (0-100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub weight: u32,
+}
+
+/// `route`.
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// The service.
+    pub service: String,
+    /// The version that takes matching requests.
+    pub version: String,
+    /// Header NAME=VALUE (exact; repeatable).
+    #[arg(long = "header", value_name = "K=V")]
+    pub headers: Vec<String>,
+    /// Cookie NAME=VALUE (exact; repeatable).
+    #[arg(long = "cookie", value_name = "K=V")]
+    pub cookies: Vec<String>,
+    /// Path prefix.
+    #[arg(long, value_name = "P")]
+    pub uri_prefix: Option<String>,
+    /// Client OS list, comma-separated (android, ios, ipados, macos, windows, linux, chromeos, harmonyos, other).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub os: Vec<String>,
+    /// Query parameter NAME=VALUE (exact; repeatable).
+    #[arg(long = "query", value_name = "K=V")]
+    pub query: Vec<String>,
+    /// Name of the rule (default route-VERSION).
+    #[arg(long = "name", value_name = "RULE")]
+    pub rule_name: Option<String>,
+}
+
+/// `mirror`.
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// The service.
+    pub service: String,
+    /// The version that receives the copies.
+    pub version: String,
+    /// Percent of requests copied (0 < P <= 100; 0 turns mirroring off).
+    #[arg(long)]
+    pub percent: f64,
+}
+
+/// `promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The service.
+    pub service: String,
+    /// The version that takes over.
+    pub version: String,
+    /// Promote even if VERSION has no ready endpoint.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The service.
+    pub service: String,
+    /// Generation to restore (default: the one before the current one).
+    #[arg(long, value_name = "N")]
+    pub to_generation: Option<u64>,
+}
+
+/// `explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The service the request is sent to.
+    pub service: String,
+    /// Header NAME=VALUE (repeatable).
+    #[arg(long = "header", value_name = "K=V")]
+    pub headers: Vec<String>,
+    /// Cookie NAME=VALUE (repeatable).
+    #[arg(long = "cookie", value_name = "K=V")]
+    pub cookies: Vec<String>,
+    /// Request path (may end in ?query).
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Query parameter NAME=VALUE (repeatable).
+    #[arg(long = "query", value_name = "K=V")]
+    pub query: Vec<String>,
+    /// HTTP method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// User-Agent.
+    #[arg(long)]
+    pub user_agent: Option<String>,
+}
+
+/// `completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}

@@ -1,0 +1,6 @@
+//! serinctl end to end: the real `serinctl` binary against a real `serin-control` binary on
+//! loopback ports, each with its own temporary store.
+
+mod durability;
+mod support;
+mod verbs;
