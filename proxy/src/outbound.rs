@@ -23,21 +23,11 @@ pub async fn handle(
     let tables = Arc::clone(&inputs.tables.borrow());
     let Some(destination) = tables.destination(orig_dst).cloned() else {
         // Outside the mesh: opaque, unbalanced, to where the app was going.
-        let target = Some((
-            EndpointState::new(orig_dst, inputs.pool_settings()),
-            Arc::clone(tables.passthrough()),
-        ));
-        connection::dispatch(
-            inputs,
-            stream,
-            Protocol::Tcp,
-            || target,
-            Upstream::Fixed {
-                endpoint: EndpointState::new(orig_dst, inputs.pool_settings()),
-                metrics: Arc::clone(tables.passthrough()),
-            },
-        )
-        .await;
+        let endpoint = EndpointState::new(orig_dst, inputs.pool_settings());
+        let metrics = Arc::clone(tables.passthrough());
+        let target = Some((Arc::clone(&endpoint), Arc::clone(&metrics)));
+        let upstream = Upstream::Fixed { endpoint, metrics };
+        connection::dispatch(inputs, stream, Protocol::Tcp, || target, upstream).await;
         return;
     };
     let tcp_target = || {

@@ -37,6 +37,8 @@ use tokio::net::TcpStream;
 const PROXY_UID: u32 = 1337;
 /// The VIP of service `echo`.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+/// The IPv6 VIP of service `echo`.
+const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x20);
 /// The VIP of `blackhole`, whose only endpoint is an address no pod has.
 const BLACKHOLE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 /// The VIP of `refused`, whose endpoint's port has no listener.
@@ -68,12 +70,18 @@ const RSS_LIMIT_KIB: u64 = 64 * 1024;
 
 /// The snapshot both sidecars load.
 fn snapshot(client: &Pod, server: &Pod) -> String {
-    let (c, s) = (client.ip(), server.ip());
+    // Every address of a pod, IPv4 first.
+    let addresses = |pod: &Pod| match pod.ipv6() {
+        Some(v6) => format!("\"{}\", \"{v6}\"", pod.ip()),
+        None => format!("\"{}\"", pod.ip()),
+    };
+    let (c, s) = (addresses(client), addresses(server));
+    let s4 = server.ip();
     format!(
         r#"services:
   - name: echo
     namespace: default
-    vips: ["{VIP}"]
+    vips: ["{VIP}", "{VIP6}"]
     hostnames: [echo, echo.default]
     ports:
       - {{port: {HTTP_PORT}, name: http}}
@@ -89,16 +97,16 @@ fn snapshot(client: &Pod, server: &Pod) -> String {
 endpoints:
   - service: echo
     namespace: default
-    endpoints: [{{addresses: ["{s}"], podName: echo-v1, version: v1, ready: true}}]
+    endpoints: [{{addresses: [{s}], podName: echo-v1, version: v1, ready: true}}]
   - service: client
     namespace: default
-    endpoints: [{{addresses: ["{c}"], podName: client, version: v7, ready: true}}]
+    endpoints: [{{addresses: [{c}], podName: client, version: v7, ready: true}}]
   - service: blackhole
     namespace: default
     endpoints: [{{addresses: ["{NOBODY}"], podName: ghost, version: v1, ready: true}}]
   - service: refused
     namespace: default
-    endpoints: [{{addresses: ["{s}"], podName: echo-v1, version: v1, ready: true}}]
+    endpoints: [{{addresses: ["{s4}"], podName: echo-v1, version: v1, ready: true}}]
 "#
     )
 }
@@ -1037,4 +1045,46 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
     );
     let log = fs::read_to_string(fx.files.log("client")).unwrap();
     assert!(log.contains("drained, exiting"), "{log}");
+}
+
+#[test]
+fn ipv6_vip_goes_through_both_sidecars() {
+    let Some(fx) = Sidecars::new("ipv6_vip_goes_through_both_sidecars") else {
+        return;
+    };
+    if fx.server.ipv6().is_none() {
+        println!("skipping ipv6_vip_goes_through_both_sidecars: the mesh has no IPv6 on this host");
+        return;
+    }
+    fx.rt.block_on(async {
+        let v6 = |port| SocketAddr::new(VIP6.into(), port);
+        let mut client = http1_client(connect_in(&fx.client, v6(HTTP_PORT)).await).await;
+        let response = client.send_request(get("/six")).await.unwrap();
+        assert_eq!(text(response).await, "GET /six HTTP/1.1\n");
+        let mut tcp = connect_in(&fx.client, v6(TCP_PORT)).await;
+        tcp.write_all(b"over ipv6").await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        tokio::time::timeout(LONG, tcp.read_to_end(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, b"over ipv6");
+    });
+    // The server's sidecar knew the caller by its IPv6 address.
+    let labels = [
+        "direction=\"inbound\"",
+        "source_workload=\"client\"",
+        "response_code=\"200\"",
+    ];
+    let text = eventually("inbound request recorded", LONG, || {
+        let (_, text) = admin_get(&fx.server, 15000, "/metrics").ok()?;
+        (metric(&text, "serin_requests_total", &labels) == Some(1.0)).then_some(text)
+    });
+    let tcp = ["direction=\"inbound\"", "source_workload=\"client\""];
+    assert_eq!(
+        metric(&text, "serin_tcp_connections_opened_total", &tcp),
+        Some(1.0),
+        "{text}"
+    );
 }
