@@ -3,6 +3,7 @@
 
 mod admin;
 mod discovery;
+mod python;
 mod registry;
 mod service;
 mod support;
