@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::discovery::ProxyTable;
-use crate::mesh::{Applied, Mesh, MeshError, Outcome, PolicyWarning};
+use crate::mesh::{Mesh, MeshError, Outcome, PolicyWarning};
 use crate::metrics::Metrics;
 use crate::model::{MeshView, PolicyDraft, PolicyKey, Workload, namespace_or_default};
 use crate::proto::{duration, timestamp, to_duration, weights_from_proto, weights_to_proto};
@@ -60,7 +60,7 @@ impl From<MeshError> for Status {
             MeshError::Aborted(m) => Status::aborted(m),
             MeshError::FailedPrecondition(m) => Status::failed_precondition(m),
             MeshError::Store(e) => Status::internal(e.to_string()),
-            MeshError::Stopped => Status::unavailable(MeshError::Stopped.to_string()),
+            e @ (MeshError::Stopped | MeshError::Thread(_)) => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -91,9 +91,9 @@ fn outcome_name(o: Outcome) -> &'static str {
 }
 
 impl AdminService {
-    fn counted(&self, op: &str, result: &Result<Applied, MeshError>) {
+    fn counted<T>(&self, op: &str, result: &Result<T, MeshError>, outcome: impl Fn(&T) -> Outcome) {
         let outcome = match result {
-            Ok(a) => outcome_name(a.outcome),
+            Ok(a) => outcome_name(outcome(a)),
             Err(MeshError::Invalid(_)) => "invalid",
             Err(MeshError::Aborted(_)) => "aborted",
             Err(_) => "failed",
@@ -122,7 +122,7 @@ impl Admin for AdminService {
             PolicyDraft::try_from(policy).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let result = self.mesh.apply(draft, req.if_generation, req.dry_run).await;
         if !req.dry_run {
-            self.counted("apply", &result);
+            self.counted("apply", &result, |a| a.outcome);
         }
         let applied = result?;
         let outcome = match applied.outcome {
@@ -219,7 +219,7 @@ impl Admin for AdminService {
                 req.if_generation,
             )
             .await;
-        self.counted("set_weights", &result);
+        self.counted("set_weights", &result, |a| a.outcome);
         let applied = result?;
         Ok(Response::new(v1::SetWeightsResponse {
             policy: Some(v1::TrafficPolicy::from(&*applied.policy)),
@@ -244,7 +244,7 @@ impl Admin for AdminService {
                 req.force,
             )
             .await;
-        self.counted("promote", &result);
+        self.counted("promote", &result, |a| a.outcome);
         let applied = result?;
         Ok(Response::new(v1::PromoteResponse {
             policy: Some(v1::TrafficPolicy::from(&*applied.policy)),
@@ -267,15 +267,7 @@ impl Admin for AdminService {
                 req.if_generation,
             )
             .await;
-        let counted = result
-            .as_ref()
-            .map(|(a, _)| a.clone())
-            .map_err(|e| match e {
-                MeshError::Invalid(m) => MeshError::Invalid(m.clone()),
-                MeshError::Aborted(m) => MeshError::Aborted(m.clone()),
-                other => MeshError::NotFound(other.to_string()),
-            });
-        self.counted("rollback", &counted);
+        self.counted("rollback", &result, |(a, _)| a.outcome);
         let (applied, restored_generation) = result?;
         Ok(Response::new(v1::RollbackResponse {
             policy: Some(v1::TrafficPolicy::from(&*applied.policy)),

@@ -48,6 +48,9 @@ pub enum MeshError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The writer thread could not be started.
+    #[error("cannot start the store writer thread: {0}")]
+    Thread(std::io::Error),
     /// The writer thread is gone (shutting down).
     #[error("the control plane's store writer has stopped")]
     Stopped,
@@ -139,9 +142,7 @@ impl Mesh {
         std::thread::Builder::new()
             .name("serin-store-writer".into())
             .spawn(move || writer.run(&rx))
-            .map_err(|e| {
-                MeshError::Invalid(format!("cannot start the store writer thread: {e}"))
-            })?;
+            .map_err(MeshError::Thread)?;
         Ok(Mesh {
             commands: tx,
             view: view_rx,

@@ -62,7 +62,8 @@ pub enum StoreError {
     },
 }
 
-fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+/// Wraps a redb error with what was being done.
+fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Db {
         op,
         source: e.into(),
@@ -210,10 +211,6 @@ impl Store {
             txn: self.db.begin_write().map_err(db_err("begin write"))?,
         })
     }
-}
-
-fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
-    db(op)
 }
 
 /// One write transaction, with typed operations.

@@ -2,6 +2,7 @@
 //! driven through the generated gRPC clients.
 
 mod admin;
+mod binary;
 mod discovery;
 mod python;
 mod registry;
