@@ -7,6 +7,7 @@
 //! on a task of their own and recorded in the [`ProxyTable`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -23,6 +24,9 @@ pub mod proxies;
 
 pub use codec::{DiscoveryServer, Push};
 pub use proxies::{Answer, ProxyIdentity, ProxyState, ProxyTable, Rejection, Session};
+
+/// How long a new stream may take to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a stream ends from the control plane's side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +70,14 @@ impl Discovery {
     ) -> Result<Response<BoxStream<'static, Result<Push, Status>>>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no hello within {HELLO_TIMEOUT:?} of opening Subscribe"
+                ))
+            })?;
+        let hello = match first? {
             Some(v1::SubscribeRequest {
                 kind: Some(Kind::Hello(hello)),
             }) => hello,

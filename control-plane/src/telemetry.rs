@@ -248,3 +248,59 @@ impl Telemetry for TelemetryService {
         Ok(Response::new(Box::pin(stream)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> EdgeKey {
+        EdgeKey {
+            direction: Direction::Inbound,
+            source_workload: format!("caller-{i}"),
+            source_namespace: "default".into(),
+            source_version: "v1".into(),
+            destination_service: "reviews".into(),
+            destination_namespace: "default".into(),
+            destination_version: "v1".into(),
+            protocol: Protocol::Http1,
+            mirror: false,
+        }
+    }
+
+    fn report(i: usize, requests: u64) -> EdgeReport {
+        let delta = EdgeDelta {
+            responses: [((200, None), requests)].into(),
+            ..EdgeDelta::default()
+        };
+        EdgeReport { key: key(i), delta }
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_known_edges_keep_counting() {
+        let table = EdgeTable::default();
+        let (accepted, dropped) = table.record((0..MAX_EDGES + 5).map(|i| report(i, 1)).collect());
+        assert_eq!((accepted, dropped), (MAX_EDGES as u64, 5));
+        // A known edge still adds up once the table is full; a new one is still dropped.
+        assert_eq!(
+            table.record(vec![report(0, 2), report(MAX_EDGES + 10, 1)]),
+            (1, 1)
+        );
+        let edges = table.snapshot();
+        assert_eq!(edges.len(), MAX_EDGES);
+        let first = edges.iter().find(|(k, _)| *k == key(0)).unwrap();
+        assert_eq!(first.1.totals.responses[&(200, None)], 3);
+        assert_eq!(first.1.reports, 2);
+    }
+
+    #[test]
+    fn outcomes_per_edge_are_bounded() {
+        let mut totals = EdgeTotals::default();
+        for code in 0..(MAX_OUTCOMES_PER_EDGE as u32 + 10) {
+            totals.add(EdgeDelta {
+                responses: [((code, None), 1)].into(),
+                ..EdgeDelta::default()
+            });
+        }
+        assert_eq!(totals.totals.responses.len(), MAX_OUTCOMES_PER_EDGE);
+    }
+}

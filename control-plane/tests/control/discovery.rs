@@ -357,3 +357,43 @@ async fn watch_topology_streams_the_registry_nodes() {
         .unwrap();
     assert!(second.time.unwrap().seconds >= first.time.unwrap().seconds);
 }
+
+#[tokio::test]
+async fn one_apply_reaches_a_hundred_subscribers() {
+    let h = Harness::start().await;
+    let mut proxies = Vec::new();
+    for i in 0..100 {
+        let mut p = Proxy::connect(&h, &format!("pod-{i}")).await;
+        p.next().await;
+        proxies.push(p);
+    }
+    let start = std::time::Instant::now();
+    h.admin()
+        .await
+        .apply_policy(apply_request(reviews(90, 10)))
+        .await
+        .unwrap();
+    let mut version = None;
+    for p in &mut proxies {
+        let (msg, _) = p.until("reviews", |s| policy_names(s) == ["reviews"]).await;
+        p.ack(&msg).await;
+        assert_eq!(
+            *version.get_or_insert_with(|| msg.version.clone()),
+            msg.version,
+            "one version for all"
+        );
+    }
+    tracing::info!(elapsed = ?start.elapsed(), "100 subscribers got the push");
+    eventually("all 100 in sync", Duration::from_secs(10), || async {
+        let list = h
+            .admin()
+            .await
+            .list_proxies(v1::ListProxiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .proxies;
+        (list.len() == 100 && list.iter().all(|p| p.in_sync)).then_some(())
+    })
+    .await;
+}
