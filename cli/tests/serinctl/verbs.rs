@@ -352,3 +352,31 @@ fn failures_are_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn canary_on_a_service_without_policy_splits_with_its_only_other_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    register(
+        &cp,
+        &[
+            ("ratings-v1-0", "ratings", "v1", "10.244.0.31"),
+            ("ratings-v2-0", "ratings", "v2", "10.244.0.32"),
+        ],
+    );
+    let out = cp.ok(&["canary", "ratings", "v2", "--weight", "5"]);
+    assert_eq!(
+        out,
+        "policy/ratings configured (generation 1): default v1 95%, v2 5%; 0 rule(s)\n"
+    );
+    let out = cp.ok(&["canary", "ratings", "v2", "--weight", "10"]);
+    assert_eq!(
+        out,
+        "policy/ratings configured (generation 2): default v1 90%, v2 10%; 0 rule(s)\n"
+    );
+    let yaml = cp.ok(&["get", "policies", "ratings", "-o", "yaml"]);
+    assert!(
+        yaml.contains("service: ratings") && yaml.contains("generation: 2"),
+        "{yaml}"
+    );
+}
