@@ -6,6 +6,7 @@
 //! Changes are debounced and coalesced: the publisher waits [`Publisher::debounce`] after the
 //! first change it sees, then builds from the latest view, so a burst of applies makes one push.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use serin_proto::v1;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::model::MeshView;
+use crate::model::{MeshView, ServiceKey};
 
 /// One snapshot, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,18 +63,21 @@ pub fn snapshot(view: &MeshView) -> v1::Snapshot {
         .values()
         .map(|s| v1::Service::from(&**s))
         .collect();
-    let endpoints = view
-        .services
-        .keys()
-        .map(|k| v1::ServiceEndpoints {
-            service: k.name.clone(),
-            namespace: k.namespace.clone(),
-            endpoints: view
-                .workloads_of(&k.namespace, &k.name)
-                .map(|w| v1::Endpoint::from(&**w))
-                .collect(),
+    // One pass over the workloads (sorted by namespace and pod name), grouped by service.
+    let mut by_service: BTreeMap<ServiceKey, Vec<v1::Endpoint>> = BTreeMap::new();
+    for w in view.workloads.values() {
+        by_service
+            .entry(w.service_key())
+            .or_default()
+            .push(v1::Endpoint::from(&**w));
+    }
+    let endpoints = by_service
+        .into_iter()
+        .map(|(k, endpoints)| v1::ServiceEndpoints {
+            service: k.name,
+            namespace: k.namespace,
+            endpoints,
         })
-        .filter(|e| !e.endpoints.is_empty())
         .collect();
     let policies = view
         .policies
@@ -135,5 +139,70 @@ impl Publisher {
             }
         });
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{ServiceRecord, Workload};
+
+    fn view(version: &str) -> MeshView {
+        let mut v = MeshView::default();
+        let w = Workload {
+            pod_name: "reviews-0".into(),
+            namespace: "default".into(),
+            addresses: vec!["10.244.0.5".parse().unwrap()],
+            service: "reviews".into(),
+            version: version.into(),
+            ports: Vec::new(),
+            labels: [
+                ("version".to_owned(), version.to_owned()),
+                ("team".to_owned(), "a".to_owned()),
+            ]
+            .into(),
+            service_account: String::new(),
+            node_name: String::new(),
+        };
+        let s = ServiceRecord {
+            namespace: "default".into(),
+            name: "reviews".into(),
+            vip: Ipv4Addr::new(10, 96, 3, 4),
+            ports: Vec::new(),
+        };
+        v.services.insert(w.service_key(), Arc::new(s));
+        v.workloads.insert(w.key(), Arc::new(w));
+        v
+    }
+
+    #[test]
+    fn the_version_follows_the_content_only() {
+        assert_eq!(
+            EncodedSnapshot::build(&view("v1")).version,
+            EncodedSnapshot::build(&view("v1")).version
+        );
+        assert_ne!(
+            EncodedSnapshot::build(&view("v1")).version,
+            EncodedSnapshot::build(&view("v2")).version
+        );
+    }
+
+    #[test]
+    fn the_shared_body_plus_a_nonce_is_a_subscribe_response() {
+        let built = EncodedSnapshot::build(&view("v1"));
+        let mut bytes = built.body.to_vec();
+        prost::encoding::string::encode(2, &"7".to_owned(), &mut bytes);
+        let decoded = v1::SubscribeResponse::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            (decoded.version.as_str(), decoded.nonce.as_str()),
+            (built.version.as_str(), "7")
+        );
+        let Some(v1::subscribe_response::Payload::Snapshot(s)) = decoded.payload else {
+            panic!("no snapshot")
+        };
+        assert_eq!(s, snapshot(&view("v1")));
+        assert_eq!(s.endpoints[0].endpoints[0].pod_name, "reviews-0");
     }
 }
