@@ -2,15 +2,12 @@
 //! detected from the first bytes), then forward it as opaque TCP or serve it as HTTP.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::detect::{self, Detected, Prefixed};
-use crate::http::{self, Flavor, Upstream, headers};
+use crate::http::{self, Flavor, Upstream};
 use crate::metrics::EdgeMetrics;
 use crate::proxy::ProxyInputs;
 use crate::snapshot::Protocol;
@@ -80,28 +77,6 @@ pub async fn dispatch(
             .await;
         }
         Detected::Http1 => {
-            match read_first_head(
-                &mut stream,
-                &mut buf,
-                settings.max_header_bytes,
-                settings.header_read_timeout,
-            )
-            .await
-            {
-                FirstHead::Complete(end) => {
-                    if let Err(malformed) = headers::check_head(&buf[..end]) {
-                        tracing::debug!(reason = malformed.reason(), "malformed request refused");
-                        http::reject_malformed(stream, malformed.reason()).await;
-                        return;
-                    }
-                }
-                // Too large: hyper answers 431. Cut short: hyper sees the EOF.
-                FirstHead::Incomplete => {}
-                FirstHead::TimedOut => {
-                    tracing::debug!("request head not received in time, closing");
-                    return;
-                }
-            }
             http::serve(
                 Prefixed::new(buf, stream),
                 Flavor::Http1,
@@ -110,39 +85,6 @@ pub async fn dispatch(
                 inputs.drain.clone(),
             )
             .await;
-        }
-    }
-}
-
-enum FirstHead {
-    /// The head ends at this index of the buffer.
-    Complete(usize),
-    /// The peer stopped sending or the head exceeds the limit.
-    Incomplete,
-    /// Not complete within the header read timeout.
-    TimedOut,
-}
-
-/// Reads until the first request head is in `buf`, so its framing can be checked before hyper
-/// parses it.
-async fn read_first_head(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    limit: usize,
-    timeout: Duration,
-) -> FirstHead {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(end) = headers::head_end(buf) {
-            return FirstHead::Complete(end);
-        }
-        if buf.len() > limit {
-            return FirstHead::Incomplete;
-        }
-        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return FirstHead::Incomplete,
-            Ok(Ok(_)) => {}
-            Err(_) => return FirstHead::TimedOut,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! was sent, so that is safe for any method.
 
 pub mod body;
+pub mod guard;
 pub mod headers;
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use crate::metrics::EdgeMetrics;
 use crate::pool::ConnectError;
 use crate::tables::{EndpointState, Tables};
 use body::{Meter, ProxyBody};
+use guard::{HeadGuard, Verdicts};
 
 /// Window sizes of downstream HTTP/2 connections (large enough to stream at full speed).
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
@@ -76,13 +78,25 @@ pub async fn serve(
     drain: drain::Watch,
 ) {
     let upstream = Arc::new(upstream);
-    let service = service_fn(move |req| {
-        let upstream = Arc::clone(&upstream);
-        async move { Ok::<_, Infallible>(route(req, &upstream).await) }
-    });
-    let io = TokioIo::new(io);
+    // HTTP/1: every request head is checked for framing conflicts as hyper reads it.
+    let verdicts = (flavor == Flavor::Http1).then(|| Arc::new(Verdicts::default()));
+    let service = {
+        let verdicts = verdicts.clone();
+        service_fn(move |req| {
+            let upstream = Arc::clone(&upstream);
+            let verdict = verdicts.as_ref().and_then(|v| v.next());
+            async move {
+                Ok::<_, Infallible>(match verdict {
+                    Some(Err(malformed)) => reject_malformed(malformed),
+                    _ => route(req, &upstream).await,
+                })
+            }
+        })
+    };
     let result = match flavor {
         Flavor::Http1 => {
+            let verdicts = verdicts.unwrap_or_default();
+            let io = TokioIo::new(HeadGuard::new(io, settings.max_header_bytes, verdicts));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -103,6 +117,7 @@ pub async fn serve(
             }
         }
         Flavor::Http2 => {
+            let io = TokioIo::new(io);
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
@@ -324,15 +339,18 @@ async fn send_http2(
     }
 }
 
-/// Writes a 400 with `reason` straight to a connection whose first request head is malformed,
-/// then closes it: nothing is forwarded.
-pub async fn reject_malformed(mut io: TcpStream, reason: &str) {
-    use tokio::io::AsyncWriteExt;
-    let body = format!("serin: malformed request: {reason}\n");
-    let response = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+/// The answer to a request whose head has conflicting framing: 400, and the connection closes
+/// (what followed the head cannot be trusted). Nothing is forwarded.
+fn reject_malformed(malformed: headers::Malformed) -> Response<ProxyBody> {
+    tracing::debug!(reason = malformed.reason(), "malformed request refused");
+    let body = format!("serin: malformed request: {}\n", malformed.reason());
+    let mut response = Response::new(ProxyBody::text(body, None));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    let _ = io.write_all(response.as_bytes()).await;
-    let _ = io.shutdown().await;
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

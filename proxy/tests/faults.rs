@@ -258,16 +258,39 @@ async fn malformed_framing_gets_400_and_is_not_forwarded() {
             "duplicate content-length",
         ),
         (
+            // hyper's parser refuses this one itself (a 400 without a reason).
             b"POST / HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
-            "transfer-encoding does not end in chunked",
+            "",
         ),
-        (b"POST / HTTP/1.1\r\nHost: r\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx", "duplicate"),
+        (b"POST / HTTP/1.1\r\nHost: r\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx", ""),
     ];
     for (raw, reason) in cases {
         let out = raw_exchange(&proxy, vip(9080), raw).await;
         assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
         assert!(out.contains(reason), "{out}");
     }
+    // The same conflict in the second request of a kept-alive connection, after a body that
+    // holds a head-like text: the first is answered, the second refused.
+    let out = raw_exchange(
+        &proxy,
+        vip(9080),
+        b"POST /first HTTP/1.1\r\nHost: r\r\nContent-Length: 39\r\n\r\nGET /no HTTP/1.1\r\nContent-Length: 1\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: r\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("POST /first HTTP/1.1\n"), "{out}");
+    assert!(out.contains("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(
+        out.contains("content-length together with transfer-encoding"),
+        "{out}"
+    );
+    assert!(!out.contains("/second"), "{out}");
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        1,
+        "only the first request may pass"
+    );
     // Garbage on a port declared HTTP/1: the parser's 400.
     proxy.apply(&service_config(
         9080,
@@ -278,7 +301,7 @@ async fn malformed_framing_gets_400_and_is_not_forwarded() {
     assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out:?}");
     assert_eq!(
         server.requests.load(Ordering::SeqCst),
-        0,
+        1,
         "a malformed request was forwarded"
     );
 }

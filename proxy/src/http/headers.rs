@@ -1,7 +1,7 @@
 //! Header hygiene: hop-by-hop headers (RFC 9110 §7.6.1) are removed before forwarding, except
-//! `Connection: upgrade` + `Upgrade` on a real upgrade; `Upgrade: h2c` is never honoured; and the
-//! first request head of an HTTP/1 connection is checked for framing conflicts (Content-Length
-//! together with Transfer-Encoding, duplicate Content-Length) before the parser sees it.
+//! `Connection: upgrade` + `Upgrade` on a real upgrade; `Upgrade: h2c` is never honoured; and HTTP/1
+//! request heads are checked for framing conflicts (Content-Length together with
+//! Transfer-Encoding, duplicate Content-Length) before the parser sees them (see `guard.rs`).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -130,7 +130,7 @@ pub fn check_head(head: &[u8]) -> Result<(), Malformed> {
     }
 }
 
-/// The end of the first request head in `buf` (index after the blank line), if complete.
+/// The end of the request head at the start of `buf` (index after the blank line), if complete.
 pub fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }

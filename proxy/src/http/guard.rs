@@ -1,0 +1,298 @@
+//! Request-smuggling guard for HTTP/1 downstream connections: a stream wrapper that follows the
+//! message framing of the bytes hyper reads (heads, Content-Length bodies, chunked bodies) and
+//! checks every request head's framing headers as it passes, leaving one verdict per head in
+//! order. hyper would accept a Content-Length beside a Transfer-Encoding (dropping the length);
+//! the service answers such a request 400 from its verdict instead, and forwards nothing.
+//!
+//! Bodies of known length are skipped without looking at them; chunked bodies cost a look at
+//! each chunk-size line. The guard stops following (and leaves the rest to hyper's own checks)
+//! after an upgrade or CONNECT head, an unparsable chunk size, or a head larger than the limit.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::headers::{self, Malformed};
+
+/// The verdicts on a connection's request heads, oldest first.
+#[derive(Debug, Default)]
+pub struct Verdicts(Mutex<VecDeque<Result<(), Malformed>>>);
+
+impl Verdicts {
+    /// The verdict on the next request's head (`None` once the guard stopped following).
+    pub fn next(&self) -> Option<Result<(), Malformed>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    fn push(&self, verdict: Result<(), Malformed>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(verdict);
+    }
+}
+
+/// Where in the byte stream the guard is.
+#[derive(Debug)]
+enum Scan {
+    /// Collecting a request head.
+    Head(Vec<u8>),
+    /// Skipping this many body bytes.
+    Length(u64),
+    /// Reading a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Reading trailer lines until the empty one.
+    Trailers(Vec<u8>),
+    /// Not following any more.
+    Off,
+}
+
+/// A stream that checks the request heads read through it.
+#[derive(Debug)]
+pub struct HeadGuard<T> {
+    inner: T,
+    scan: Scan,
+    limit: usize,
+    verdicts: Arc<Verdicts>,
+}
+
+impl<T> HeadGuard<T> {
+    /// Guards `inner`; heads beyond `limit` bytes are left to the parser (which answers 431).
+    pub fn new(inner: T, limit: usize, verdicts: Arc<Verdicts>) -> Self {
+        HeadGuard {
+            inner,
+            scan: Scan::Head(Vec::new()),
+            limit,
+            verdicts,
+        }
+    }
+
+    /// Follows `bytes`, the next bytes of the stream.
+    fn follow(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let scan = std::mem::replace(&mut self.scan, Scan::Off);
+            self.scan = match scan {
+                Scan::Off => return,
+                Scan::Head(mut head) => {
+                    // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                    if head.is_empty() {
+                        let skip = bytes
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        bytes = &bytes[skip..];
+                        if bytes.is_empty() {
+                            self.scan = Scan::Head(head);
+                            return;
+                        }
+                    }
+                    let before = head.len();
+                    head.extend_from_slice(bytes);
+                    // Search from a little before the new bytes: the end may straddle reads.
+                    let from = before.saturating_sub(3);
+                    match headers::head_end(&head[from..]) {
+                        Some(end) => {
+                            let end = from + end;
+                            bytes = &bytes[end - before..];
+                            head.truncate(end);
+                            self.after_head(&head)
+                        }
+                        None if head.len() > self.limit => Scan::Off,
+                        None => {
+                            bytes = &[];
+                            Scan::Head(head)
+                        }
+                    }
+                }
+                Scan::Length(left) => {
+                    let n = left.min(bytes.len() as u64);
+                    bytes = &bytes[n as usize..];
+                    match left - n {
+                        0 => Scan::Head(Vec::new()),
+                        left => Scan::Length(left),
+                    }
+                }
+                Scan::ChunkSize(mut line) | Scan::Trailers(mut line) if line.len() > 4096 => {
+                    line.clear();
+                    Scan::Off
+                }
+                Scan::ChunkSize(mut line) => match take_line(&mut line, &mut bytes) {
+                    false => Scan::ChunkSize(line),
+                    true => match chunk_size(&line) {
+                        Some(0) => Scan::Trailers(Vec::new()),
+                        // The data, then its CRLF.
+                        Some(size) => Scan::ChunkData(size + 2),
+                        None => Scan::Off,
+                    },
+                },
+                Scan::ChunkData(left) => {
+                    let n = left.min(bytes.len() as u64);
+                    bytes = &bytes[n as usize..];
+                    match left - n {
+                        0 => Scan::ChunkSize(Vec::new()),
+                        left => Scan::ChunkData(left),
+                    }
+                }
+                Scan::Trailers(mut line) => match take_line(&mut line, &mut bytes) {
+                    false => Scan::Trailers(line),
+                    true if line.trim_ascii().is_empty() => Scan::Head(Vec::new()),
+                    true => Scan::Trailers(Vec::new()),
+                },
+            };
+        }
+    }
+
+    /// Records the verdict on a complete head and decides how its body is framed.
+    fn after_head(&mut self, head: &[u8]) -> Scan {
+        let verdict = headers::check_head(head);
+        self.verdicts.push(verdict);
+        if verdict.is_err() {
+            return Scan::Off;
+        }
+        let mut length = None;
+        let mut chunked = false;
+        let mut upgrade = head.starts_with(b"CONNECT ");
+        for line in head.split(|b| *b == b'\n').skip(1) {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                chunked = true;
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            }
+        }
+        match (upgrade, chunked, length) {
+            // What follows may be a tunnel: stop following.
+            (true, _, _) => Scan::Off,
+            (_, true, _) => Scan::ChunkSize(Vec::new()),
+            (_, _, Some(n)) if n > 0 => Scan::Length(n),
+            _ => Scan::Head(Vec::new()),
+        }
+    }
+}
+
+/// Moves bytes up to and including the next `\n` into `line`; whether the line is complete.
+fn take_line(line: &mut Vec<u8>, bytes: &mut &[u8]) -> bool {
+    match bytes.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            line.extend_from_slice(&bytes[..=i]);
+            *bytes = &bytes[i + 1..];
+            true
+        }
+        None => {
+            line.extend_from_slice(bytes);
+            *bytes = &[];
+            false
+        }
+    }
+}
+
+/// The size in a chunk-size line (`1a;ext=1\r\n`).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|b| *b == b';').next()?.trim_ascii();
+    let digits = std::str::from_utf8(digits).ok()?;
+    u64::from_str_radix(digits, 16)
+        .ok()
+        .filter(|_| !digits.is_empty() && digits.len() <= 16)
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && !matches!(self.scan, Scan::Off)
+        {
+            let this = &mut *self;
+            this.follow(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadGuard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts_of(pieces: &[&[u8]]) -> Vec<Result<(), Malformed>> {
+        let verdicts = Arc::new(Verdicts::default());
+        let mut guard = HeadGuard::new((), 8192, Arc::clone(&verdicts));
+        for piece in pieces {
+            guard.follow(piece);
+        }
+        std::iter::from_fn(|| verdicts.next()).collect()
+    }
+
+    #[test]
+    fn follows_bodies_to_find_every_head() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
+            \r\nPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-T: 1\r\n\r\n\
+            POST /c HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let expected = vec![Ok(()), Ok(()), Err(Malformed::LengthAndEncoding)];
+        assert_eq!(verdicts_of(&[stream]), expected);
+        // The same bytes one at a time: heads and chunk lines straddle reads.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(verdicts_of(&bytes), expected);
+    }
+
+    #[test]
+    fn a_body_that_looks_like_a_head_is_not_one() {
+        let smuggled: &[u8] = b"POST / HTTP/1.1\r\nContent-Length: 57\r\n\r\n\
+            GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(verdicts_of(&[smuggled]), vec![Ok(()), Ok(())]);
+    }
+
+    #[test]
+    fn stops_after_an_upgrade() {
+        let stream: &[u8] =
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(verdicts_of(&[stream]), vec![Ok(())]);
+    }
+}
