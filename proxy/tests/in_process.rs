@@ -517,6 +517,48 @@ async fn upstream_reset_is_forwarded_as_reset() {
 }
 
 #[tokio::test]
+async fn downstream_reset_is_forwarded_as_reset() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let server = tcp_server(move |mut stream: TcpStream| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let mut buf = [0u8; 16];
+            let first = stream.read(&mut buf).await.map(|n| n > 0);
+            let second = stream.read(&mut buf).await;
+            if let Some(tx) = tx {
+                let _ = tx.send((first.ok(), second.map_err(|e| e.kind())));
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::start().await;
+    proxy.apply(&service_config(
+        7000,
+        "PROTOCOL_TCP",
+        &[(server.addr, "v1")],
+    ));
+    let mut stream = proxy.connect_outbound(vip(7000)).await;
+    stream.write_all(b"hi").await.unwrap();
+    // Wait until the bytes went through, then abort the connection.
+    let deadline = Instant::now() + LONG;
+    let labels = ["destination_service=\"reviews\""];
+    while proxy.metric("serin_tcp_sent_bytes_total", &labels).await != Some(2.0) {
+        assert!(Instant::now() < deadline, "bytes never forwarded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    let (first, second) = tokio::time::timeout(LONG, rx).await.unwrap().unwrap();
+    assert_eq!(first, Some(true));
+    assert_eq!(
+        second,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a RST must arrive as a RST"
+    );
+}
+
+#[tokio::test]
 async fn server_speaks_first_on_an_undeclared_port_without_waiting() {
     let server = tcp_server(|mut stream: TcpStream| async move {
         let _ = stream.write_all(b"220 banner ready\r\n").await;
