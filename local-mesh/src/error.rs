@@ -140,6 +140,120 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// No local mesh is up in this state directory.
+    #[error("no local mesh is up in {state_dir} (run `serinctl up` first)")]
+    NotUp {
+        /// The state directory that was looked in.
+        state_dir: PathBuf,
+    },
+
+    /// A binary the local mesh runs is not where it was looked for.
+    #[error(
+        "{name} not found at {path}: build it (cargo build --bins) or point the mesh at the directory holding it"
+    )]
+    MissingBinary {
+        /// The binary's name.
+        name: &'static str,
+        /// Where it was expected.
+        path: PathBuf,
+    },
+
+    /// The local mesh's agent process did not come up.
+    #[error("the local mesh agent failed to start: {reason} (log: {log})")]
+    AgentStart {
+        /// What went wrong (the agent's last log line when it exited).
+        reason: String,
+        /// The agent's log file.
+        log: PathBuf,
+    },
+
+    /// The local mesh's agent refused or failed a request; the message says why.
+    #[error("{message}")]
+    Agent {
+        /// The agent's one-line reason.
+        message: String,
+    },
+
+    /// Talking to the agent over its socket failed.
+    #[error("cannot talk to the local mesh agent at {socket}: {source}")]
+    AgentSocket {
+        /// The agent's socket.
+        socket: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+
+    /// The state file of a local mesh is unreadable.
+    #[error("state file {path} is unusable: {reason}")]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// `run` named a namespace that was never created.
+    #[error(
+        "namespace {name:?} does not exist (create it with `serinctl namespace create {name}`)"
+    )]
+    UnknownNamespace {
+        /// The namespace.
+        name: String,
+    },
+
+    /// A pod's app port collides with a port the mesh reserves.
+    #[error("port {port} of pod {pod:?} is taken: {reason}")]
+    PortTaken {
+        /// The pod.
+        pod: String,
+        /// The port asked for.
+        port: u16,
+        /// Who holds it.
+        reason: String,
+    },
+
+    /// A pod's command cannot be found or executed.
+    #[error("command {command:?} of pod {pod:?} not found: {reason}")]
+    CommandNotFound {
+        /// The pod.
+        pod: String,
+        /// The program.
+        command: String,
+        /// Why it is unusable.
+        reason: String,
+    },
+
+    /// A request is malformed (an empty name, no command, ...).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+
+    /// A pod's process (app or sidecar) did not become ready.
+    #[error("{what} of pod {pod:?} not ready: {reason} (log: {log})")]
+    NotReady {
+        /// "sidecar" or "app".
+        what: &'static str,
+        /// The pod.
+        pod: String,
+        /// Why: a timeout or an exit.
+        reason: String,
+        /// Its log file.
+        log: PathBuf,
+    },
+
+    /// A call to the control plane failed.
+    #[error("control plane {call} failed: {message}")]
+    ControlPlane {
+        /// The RPC.
+        call: &'static str,
+        /// The gRPC status message or transport error.
+        message: String,
+    },
+
     /// Tearing a mesh down hit one or more errors (each one was also logged).
     #[error("teardown of mesh {run_id} hit {count} error(s), first: {first}")]
     Teardown {

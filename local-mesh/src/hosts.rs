@@ -6,9 +6,12 @@
 //! would cost a timeout per lookup (glibc asks DNS for an IPv6 address whenever the hosts file has
 //! only an IPv4 one).
 //!
-//! The file is rewritten whole (write to a temporary file, then rename), so a process starting at
-//! that moment never reads half a file. A process already running keeps the file it started with:
-//! the bind mount pins the old inode, as Kubernetes pods keep their `/etc/hosts`.
+//! The first version of the file is written to a temporary file and renamed into place. Later
+//! versions are written over the same inode instead: the bind mount of a process already running
+//! in the pod pins that inode, and glibc rereads `/etc/hosts` on every lookup, so a service added
+//! later (`serinctl run` of a new service) resolves in pods started before it. Entries are only
+//! ever appended, so a reader racing the rewrite sees the old file or the old file plus part of
+//! the new last line, never a file with entries missing.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -120,7 +123,25 @@ pub(crate) fn write(netns: &str, content: &str) -> Result<(), Error> {
     let dir = netns_etc_dir(netns);
     fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
     replace(&dir, "resolv.conf", RESOLV_CONF)?;
-    replace(&dir, "hosts", content)
+    let hosts = dir.join("hosts");
+    if hosts.exists() {
+        rewrite_in_place(&hosts, content)
+    } else {
+        replace(&dir, "hosts", content)
+    }
+}
+
+/// Overwrites `path` from its first byte and cuts it to the new length, keeping its inode.
+fn rewrite_in_place(path: &Path, content: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    let mut file = fs::File::options()
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.set_len(content.len() as u64))
+        .map_err(|e| Error::io("write", path, e))
 }
 
 /// Replaces `dir/name` by writing a temporary file and renaming it over.

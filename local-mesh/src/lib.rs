@@ -39,11 +39,21 @@
 //!
 //! In-process code enters a namespace with `setns` on a dedicated thread ([`Netns::run_in`]).
 //!
+//! # The persistent mesh of `serinctl`
+//! [`cluster`] keeps a mesh alive past the process that made it: a small agent process
+//! ([`agent`], bin `serin-local-agent`) owns the [`Mesh`], runs the control plane in its pod,
+//! forwards its ports to the host, starts pods (with a sidecar when their namespace has
+//! injection) and records everything in a state directory. [`demo_app`] (bin `serin-demo-app`)
+//! is the sample app of `serinctl demo`, and [`traffic`] the load generator that measures splits.
+//!
 //! All functions need root (or CAP_NET_ADMIN and CAP_SYS_ADMIN): see [`require_root`] and
 //! [`testing::skip_unless_root`].
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod cluster;
+pub mod demo_app;
 mod error;
 pub mod hosts;
 mod ip;
@@ -56,6 +66,7 @@ mod process;
 mod state;
 mod sweep;
 pub mod testing;
+pub mod traffic;
 
 pub use error::Error;
 pub use hosts::{HostEntry, service_names};
@@ -66,7 +77,7 @@ pub use netns::{Exec, Netns, Redirect};
 pub use poll::poll_until;
 pub use privileges::{is_privileged, require_root};
 pub use process::Process;
-pub use sweep::{SweepReport, sweep};
+pub use sweep::{SweepReport, sweep, sweep_run};
 
 /// Signals for [`Process::signal`].
 pub use nix::sys::signal::Signal;

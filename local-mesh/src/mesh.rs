@@ -298,6 +298,17 @@ impl Mesh {
     pub fn teardown(self) -> Result<(), Error> {
         self.shared.teardown()
     }
+
+    /// Tears the mesh down now through a shared handle (an owner that keeps the mesh in an
+    /// `Arc`); afterwards every call on it fails with [`Error::TornDown`] and drop does nothing.
+    pub fn close(&self) -> Result<(), Error> {
+        self.shared.teardown()
+    }
+
+    /// The bridge's name (in the node namespace).
+    pub fn bridge(&self) -> String {
+        self.shared.run_id.bridge()
+    }
 }
 
 impl Drop for Mesh {

@@ -63,35 +63,83 @@ impl std::fmt::Display for SweepReport {
 /// `Mesh::create`: a test that checks what a sweep found must be the only one sweeping.
 pub fn sweep() -> Result<SweepReport, Error> {
     require_root()?;
-    let namespaces = ip::netns_list()?;
-    let links = ip::links(None)?;
-    let etc_dirs: Vec<String> = fs::read_dir(ip::NETNS_ETC_DIR)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-
-    let runs: BTreeSet<RunId> = namespaces
+    let found = Found::list()?;
+    let runs: BTreeSet<RunId> = found
+        .namespaces
         .iter()
-        .chain(&links)
-        .chain(&etc_dirs)
+        .chain(&found.links)
+        .chain(&found.etc_dirs)
         .filter_map(|name| RunId::owner_of(name))
         .chain(state::list())
         .collect();
-
     let mut report = SweepReport::default();
     for run in runs {
-        if state::read(&run).is_some_and(|owner| owner.is_alive()) {
+        found.sweep_run(&run, &mut report);
+    }
+    for e in &report.errors {
+        tracing::warn!(error = %e, "sweep step failed");
+    }
+    Ok(report)
+}
+
+/// Removes the leftovers of run `run_id` only, if its owner no longer runs (a live run is left
+/// alone and the report is empty). `serinctl down` uses it for the run its state directory names,
+/// so that it never touches another mesh.
+pub fn sweep_run(run_id: &str) -> Result<SweepReport, Error> {
+    require_root()?;
+    let mut report = SweepReport::default();
+    let Some(run) = RunId::parse(run_id) else {
+        return Ok(report);
+    };
+    Found::list()?.sweep_run(&run, &mut report);
+    for e in &report.errors {
+        tracing::warn!(error = %e, "sweep step failed");
+    }
+    Ok(report)
+}
+
+/// The names on this host that may belong to a run.
+struct Found {
+    namespaces: Vec<String>,
+    links: Vec<String>,
+    etc_dirs: Vec<String>,
+}
+
+impl Found {
+    fn list() -> Result<Found, Error> {
+        let etc_dirs = fs::read_dir(ip::NETNS_ETC_DIR)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Found {
+            namespaces: ip::netns_list()?,
+            links: ip::links(None)?,
+            etc_dirs,
+        })
+    }
+
+    /// Removes what `run` left, unless its owner still runs.
+    fn sweep_run(&self, run: &RunId, report: &mut SweepReport) {
+        if state::read(run).is_some_and(|owner| owner.is_alive()) {
             tracing::debug!(run_id = %run, "run is live, sweep leaves it alone");
-            continue;
+            return;
+        }
+        let ours = |name: &&String| RunId::owner_of(name).as_ref() == Some(run);
+        let state_file = state::path(run);
+        let anything = self.namespaces.iter().any(|n| ours(&n))
+            || self.links.iter().any(|n| ours(&n))
+            || self.etc_dirs.iter().any(|n| ours(&n))
+            || state_file.exists();
+        if !anything {
+            return;
         }
         tracing::info!(run_id = %run, "sweeping leftovers of a dead run");
-        let ours = |name: &&String| RunId::owner_of(name).as_ref() == Some(&run);
         // Pods before the node, as teardown does.
-        let mut run_namespaces: Vec<&String> = namespaces.iter().filter(ours).collect();
+        let mut run_namespaces: Vec<&String> = self.namespaces.iter().filter(ours).collect();
         run_namespaces.sort_by_key(|ns| ns.ends_with("-node"));
         for ns in &run_namespaces {
             match kill_lingering(ns) {
@@ -99,7 +147,7 @@ pub fn sweep() -> Result<SweepReport, Error> {
                 Err(e) => report.errors.push(e),
             }
         }
-        for link in links.iter().filter(ours) {
+        for link in self.links.iter().filter(ours) {
             match ip::ip(&["link", "del", link]) {
                 Ok(_) => report.links.push(link.clone()),
                 Err(e) => report.errors.push(e),
@@ -111,23 +159,18 @@ pub fn sweep() -> Result<SweepReport, Error> {
                 Err(e) => report.errors.push(e),
             }
         }
-        for dir in etc_dirs.iter().filter(ours) {
+        for dir in self.etc_dirs.iter().filter(ours) {
             match remove_etc_dir(dir) {
                 Ok(()) => report.etc_dirs.push(ip::netns_etc_dir(dir)),
                 Err(e) => report.errors.push(e),
             }
         }
-        let state_file = state::path(&run);
         if state_file.exists() {
-            match state::remove(&run) {
+            match state::remove(run) {
                 Ok(()) => report.state_files.push(state_file),
                 Err(e) => report.errors.push(e),
             }
         }
         report.runs.push(run.to_string());
     }
-    for e in &report.errors {
-        tracing::warn!(error = %e, "sweep step failed");
-    }
-    Ok(report)
 }
