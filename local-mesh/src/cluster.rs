@@ -29,6 +29,7 @@
 //! # drop((up, status, log)); Ok(()) }
 //! ```
 
+pub mod bookinfo;
 mod protocol;
 mod record;
 
@@ -51,6 +52,7 @@ use crate::poll::poll_until;
 use crate::privileges::require_root;
 use crate::state::Owner;
 use crate::sweep::sweep_run;
+use crate::traffic::TrafficReport;
 
 pub use protocol::{Request, Response, call};
 pub use record::{
@@ -242,6 +244,21 @@ pub struct Up {
     pub cluster: Cluster,
     /// `false` when a mesh was already up in the state directory (and was left as it was).
     pub created: bool,
+}
+
+impl fmt::Display for Up {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let record = self.cluster.record();
+        let how = if self.created { "up" } else { "already up" };
+        write!(
+            f,
+            "local mesh {} {how}: control plane {}, dashboard {}, state in {}",
+            record.run_id,
+            record.control_plane_url(),
+            record.dashboard_url(),
+            self.cluster.state_dir().display()
+        )
+    }
 }
 
 /// A handle on a running persistent local mesh.
@@ -566,9 +583,110 @@ impl Cluster {
         }
     }
 
+    /// Runs `pods` in order; if one fails, removes the ones this call started and returns that
+    /// failure (pods that were already running stay).
+    pub fn deploy(&self, pods: &[PodSpec]) -> Result<Vec<PodRecord>, Error> {
+        let mut started = Vec::with_capacity(pods.len());
+        for spec in pods {
+            match self.run(spec) {
+                Ok(record) => started.push(record),
+                Err(e) => {
+                    for record in started.iter().rev() {
+                        if let Err(cleanup) = self.remove_pod(&record.name) {
+                            tracing::warn!(pod = %record.name, error = %cleanup, "cleanup after a failed deploy");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    /// Sends traffic from inside pod `from` to `url` with the `serin-demo-app` at `demo_app`
+    /// (`traffic` subcommand), at `rate` requests per second for `duration`, and returns what
+    /// answered.
+    pub fn traffic(
+        &self,
+        from: &str,
+        demo_app: &Path,
+        url: &str,
+        rate: u32,
+        duration: Duration,
+    ) -> Result<TrafficReport, Error> {
+        let mut cmd = self.exec(from, [demo_app.as_os_str()])?;
+        cmd.args(["traffic", "--url", url, "--rate", &rate.to_string()])
+            .args(["--duration", &format!("{}ms", duration.as_millis())])
+            .stdin(Stdio::null());
+        let line = crate::ip::render(&cmd);
+        let out = cmd.output().map_err(|e| crate::ip::spawn_error(&cmd, e))?;
+        if !out.status.success() {
+            return Err(Error::CommandFailed {
+                command: line,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| Error::Invalid {
+            what: "traffic report",
+            reason: format!("{e}: {}", String::from_utf8_lossy(&out.stdout)),
+        })
+    }
+
     fn call(&self, request: &Request) -> Result<Response, Error> {
         call(&self.dir.socket(), request, CALL_TIMEOUT)
     }
+}
+
+/// The pods as `serinctl pods` prints them: one aligned row per pod under a header.
+pub fn pods_table(pods: &[PodRecord]) -> String {
+    let header = [
+        "NAME",
+        "NAMESPACE",
+        "SERVICE",
+        "VERSION",
+        "IP",
+        "PORT",
+        "VIP",
+        "SIDECAR",
+    ];
+    let rows: Vec<[String; 8]> = pods
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.namespace.clone(),
+                p.service.clone(),
+                p.version.clone(),
+                p.ip.to_string(),
+                p.port.to_string(),
+                p.vip.to_string(),
+                p.sidecar_pid
+                    .map_or_else(|| "-".to_owned(), |pid| format!("pid {pid}")),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
 }
 
 fn agent_alive(record: &ClusterRecord) -> bool {
@@ -602,4 +720,61 @@ fn last_line(path: &Path) -> Option<String> {
         .map_while(Result::ok)
         .filter(|l| !l.trim().is_empty())
         .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_print_as_an_aligned_table() {
+        let pod = PodRecord {
+            name: "reviews-v1".into(),
+            namespace: "default".into(),
+            service: "reviews".into(),
+            version: "v1".into(),
+            port: 9080,
+            command: vec!["app".into()],
+            ip: "10.244.0.3".parse().unwrap(),
+            netns: "srn-a1b2c3-reviews-v1".into(),
+            app_pid: 10,
+            sidecar_pid: Some(11),
+            vip: "10.96.12.7".parse().unwrap(),
+            lease_id: "l".into(),
+            app_log: PathBuf::from("a"),
+            sidecar_log: None,
+        };
+        let plain = PodRecord {
+            name: "db".into(),
+            sidecar_pid: None,
+            ..pod.clone()
+        };
+        assert_eq!(
+            pods_table(&[pod, plain]),
+            "NAME        NAMESPACE  SERVICE  VERSION  IP          PORT  VIP         SIDECAR\n\
+             reviews-v1  default    reviews  v1       10.244.0.3  9080  10.96.12.7  pid 11\n\
+             db          default    reviews  v1       10.244.0.3  9080  10.96.12.7  -\n"
+        );
+        assert_eq!(
+            pods_table(&[]),
+            "NAME  NAMESPACE  SERVICE  VERSION  IP  PORT  VIP  SIDECAR\n"
+        );
+    }
+
+    #[test]
+    fn removed_says_what_went() {
+        let removed = Removed {
+            run_id: Some("a1b2c3".into()),
+            namespaces: vec!["srn-a1b2c3-node".into()],
+            processes: vec!["pid 7 (control plane)".into()],
+            state_dir: Some(PathBuf::from("/run/serin-local/mesh")),
+            ..Removed::default()
+        };
+        assert_eq!(
+            removed.to_string(),
+            "removed local mesh a1b2c3:\n  1 namespace(s): srn-a1b2c3-node\n  \
+             1 process(es): pid 7 (control plane)\n  state directory /run/serin-local/mesh\n"
+        );
+        assert!(Removed::default().is_empty());
+    }
 }

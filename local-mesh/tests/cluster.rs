@@ -14,7 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use serin_local::cluster::{Cluster, LogStream, PodSpec, UpOptions};
+use serin_local::cluster::bookinfo::{self, Bookinfo};
+use serin_local::cluster::{Cluster, LogStream, PodSpec, UpOptions, pods_table};
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_proto::v1::ListServicesRequest;
 use serin_proto::v1::admin_client::AdminClient;
@@ -693,4 +694,63 @@ fn an_injected_pod_gets_capture_rules_and_a_sidecar_before_its_app() {
             assert!(!Path::new("/run/netns").join(netns).exists());
         }
     }
+}
+
+#[test]
+fn bookinfo_answers_from_every_version_by_service_name() {
+    init_tracing();
+    if skip_unless_root("bookinfo_answers_from_every_version_by_service_name") {
+        return;
+    }
+    let mesh = TestCluster::up(25170);
+    let cluster = &mesh.cluster;
+    cluster.create_namespace("bookinfo", false).unwrap();
+    let demo = bin_dir().join("serin-demo-app");
+    let pods = cluster
+        .deploy(&Bookinfo::new("bookinfo", &demo).pods())
+        .unwrap();
+    assert_eq!(pods.len(), 7);
+    let table = pods_table(&cluster.pods().unwrap());
+    assert_eq!(table.lines().count(), 8, "{table}");
+    assert!(table.contains("reviews-v3"), "{table}");
+
+    let report = cluster
+        .traffic(
+            bookinfo::LOADGEN_POD,
+            &demo,
+            bookinfo::ENTRY_URL,
+            60,
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    tracing::info!(?report, "bookinfo traffic");
+    assert!(report.sent >= 60, "{report:?}");
+    assert_eq!(report.ok, report.sent, "{report:?}");
+    assert_eq!(report.count("productpage", "v1"), report.sent);
+    assert_eq!(report.count("details", "v1"), report.sent);
+    let reviews: Vec<u64> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|v| report.count("reviews", v))
+        .collect();
+    assert_eq!(reviews.iter().sum::<u64>(), report.sent, "{report:?}");
+    assert!(
+        reviews.iter().all(|&n| n > 0),
+        "every reviews version answers: {report:?}"
+    );
+    assert_eq!(
+        report.count("ratings", "v1"),
+        reviews[1] + reviews[2],
+        "only v2 and v3 call ratings"
+    );
+    assert!(report.failures.is_empty(), "{report:?}");
+
+    // A deploy that fails half way removes what it started and keeps what ran before.
+    let mut broken = Bookinfo::new("bookinfo", &demo).pods();
+    for spec in &mut broken {
+        spec.name = format!("{}-b", spec.name);
+    }
+    broken[2].command = vec!["/nonexistent/app".into()];
+    let err = cluster.deploy(&broken).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/app"), "{err}");
+    assert_eq!(cluster.pods().unwrap().len(), 7);
 }
