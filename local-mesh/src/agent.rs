@@ -41,6 +41,11 @@ pub const SIDECAR_ADMIN_PORT: u16 = 15000;
 const MAX_REQUEST: u64 = 1 << 20;
 /// How long the control plane may take to listen.
 const CONTROL_PLANE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an app, then a sidecar (whose drain deadline is 5 s), may take to exit after
+/// SIGTERM before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(6);
+/// How often the agent checks that each app still runs.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The agent's command line.
 #[derive(Debug, Clone, clap::Parser)]
@@ -72,9 +77,13 @@ pub struct AgentArgs {
     pub app_ready_timeout_ms: u64,
 }
 
-/// What the agent keeps running for one pod besides its processes (which the mesh tracks).
+/// What the agent keeps running for one pod (the mesh tracks the processes too, to kill them).
 #[derive(Debug)]
 struct PodProcesses {
+    /// The app.
+    app: Arc<Process>,
+    /// The sidecar, when injected.
+    sidecar: Option<Arc<Process>>,
     /// The task renewing its lease.
     renewal: tokio::task::JoinHandle<()>,
 }
@@ -91,6 +100,7 @@ struct Agent {
     pods: Mutex<HashMap<String, PodProcesses>>,
     /// Serialises changes (run, remove, down).
     changes: tokio::sync::Mutex<()>,
+    control_plane_process: Process,
     sidecar_timeout: Duration,
     app_timeout: Duration,
     stop: Notify,
@@ -196,11 +206,11 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
         record: Mutex::new(record),
         pods: Mutex::new(HashMap::new()),
         changes: tokio::sync::Mutex::new(()),
+        control_plane_process: cp_process,
         sidecar_timeout: Duration::from_millis(args.sidecar_ready_timeout_ms),
         app_timeout: Duration::from_millis(args.app_ready_timeout_ms),
         stop: Notify::new(),
     });
-    drop(cp_process);
 
     // 7. Ready: later `serinctl` processes may use the mesh now.
     agent.update(|r| r.ready = true)?;
@@ -539,7 +549,7 @@ impl Agent {
                 })?
         }?;
         let (pod, app, sidecar) = started;
-        match self.register_pod(&spec, &pod, &app, sidecar.as_ref()).await {
+        match self.register_pod(&spec, &pod, app, sidecar).await {
             Ok(record) => Ok(record),
             Err(e) => {
                 let agent = Arc::clone(self);
@@ -649,8 +659,8 @@ impl Agent {
         self: &Arc<Self>,
         spec: &PodSpec,
         pod: &Pod,
-        app: &Process,
-        sidecar: Option<&Process>,
+        app: Process,
+        sidecar: Option<Process>,
     ) -> Result<PodRecord, Error> {
         let workload = ControlPlane::workload(spec, pod.ip());
         let registration = self.control_plane.register(workload.clone()).await?;
@@ -668,11 +678,14 @@ impl Agent {
             ip: pod.ip(),
             netns: pod.netns().name().to_owned(),
             app_pid: app.id(),
-            sidecar_pid: sidecar.map(Process::id),
+            sidecar_pid: sidecar.as_ref().map(Process::id),
             vip,
             lease_id: registration.lease_id.clone(),
             app_log: self.dir.log(&spec.name, LogStream::App),
-            sidecar_log: sidecar.map(|_| self.dir.log(&spec.name, LogStream::Sidecar)),
+            sidecar_log: sidecar
+                .as_ref()
+                .map(|_| self.dir.log(&spec.name, LogStream::Sidecar)),
+            exited: None,
         };
         let known = self
             .lock_record()
@@ -680,8 +693,9 @@ impl Agent {
             .iter()
             .any(|s| s.name == spec.service && s.namespace == spec.namespace);
         if !known {
-            self.mesh
-                .add_service(vip.into(), &spec.service, &spec.namespace)?;
+            let agent = Arc::clone(self);
+            let (service, namespace) = (spec.service.clone(), spec.namespace.clone());
+            blocking(move || agent.mesh.add_service(vip.into(), &service, &namespace)).await?;
         }
         self.update(|r| {
             if !known {
@@ -693,30 +707,73 @@ impl Agent {
             }
             r.pods.push(record.clone());
         })?;
-        self.refresh_services()?;
-        let renewal =
-            tokio::spawn(Arc::clone(self).renew(spec.name.clone(), workload, registration));
-        self.lock_pods()
-            .insert(spec.name.clone(), PodProcesses { renewal });
+        let agent = Arc::clone(self);
+        blocking(move || agent.refresh_services()).await?;
+        let app = Arc::new(app);
+        let renewal = tokio::spawn(Arc::clone(self).renew(
+            spec.name.clone(),
+            Arc::clone(&app),
+            workload,
+            registration,
+        ));
+        self.lock_pods().insert(
+            spec.name.clone(),
+            PodProcesses {
+                app,
+                sidecar: sidecar.map(Arc::new),
+                renewal,
+            },
+        );
         tracing::info!(pod = %spec.name, ip = %record.ip, %vip, lease = %record.lease_id, "pod running");
         Ok(record)
     }
 
-    /// Rewrites the node's service rules from the pods.
+    /// Rewrites the node's service rules from the pods whose app runs.
     fn refresh_services(&self) -> Result<(), Error> {
-        let text = services::render(&services::endpoints(&self.lock_record().pods));
+        let running: Vec<PodRecord> = self
+            .lock_record()
+            .pods
+            .iter()
+            .filter(|p| p.exited.is_none())
+            .cloned()
+            .collect();
+        let text = services::render(&services::endpoints(&running));
         services::apply(self.mesh.node(), &text)
     }
 
-    /// Keeps a pod's lease alive until the task is aborted; registers again if it was lost.
+    /// Keeps a pod's lease alive until the task is aborted or its app exits (then the pod is
+    /// deregistered and marked exited); registers again if the lease was lost.
     async fn renew(
         self: Arc<Self>,
         pod: String,
+        app: Arc<Process>,
         workload: serin_proto::v1::Workload,
         mut registration: control::Registration,
     ) {
+        let mut watch = tokio::time::interval(WATCH_INTERVAL);
+        let mut next_renewal = tokio::time::Instant::now() + registration.ttl / 3;
         loop {
-            tokio::time::sleep(registration.ttl / 3).await;
+            watch.tick().await;
+            if let Ok(Some(status)) = app.try_wait() {
+                tracing::warn!(%pod, %status, "app exited; deregistering its pod");
+                if let Err(e) = self.control_plane.deregister(&registration.lease_id).await {
+                    tracing::warn!(%pod, error = %e, "deregistration failed; the lease will expire");
+                }
+                let _ = self.update(|r| {
+                    if let Some(p) = r.pods.iter_mut().find(|p| p.name == pod) {
+                        p.exited = Some(status.to_string());
+                    }
+                });
+                let agent = Arc::clone(&self);
+                if let Err(e) = blocking(move || agent.refresh_services()).await {
+                    tracing::warn!(%pod, error = %e, "cannot update the service rules");
+                }
+                return;
+            }
+            if tokio::time::Instant::now() < next_renewal {
+                continue;
+            }
+            next_renewal = tokio::time::Instant::now() + registration.ttl / 3;
             match self.control_plane.renew(&registration.lease_id).await {
                 Ok(true) => continue,
                 Ok(false) => tracing::warn!(%pod, "lease lost; registering again"),
@@ -750,8 +807,9 @@ impl Agent {
                 name: name.to_owned(),
                 run_id: self.mesh.run_id().to_owned(),
             })?;
-        if let Some(processes) = self.lock_pods().remove(name) {
-            processes.renewal.abort();
+        let processes = self.lock_pods().remove(name);
+        if let Some(p) = &processes {
+            p.renewal.abort();
         }
         if let Err(e) = self.control_plane.deregister(&record.lease_id).await {
             tracing::warn!(pod = name, error = %e, "deregistration failed; the lease will expire");
@@ -759,14 +817,18 @@ impl Agent {
         self.update(|r| r.pods.retain(|p| p.name != name))?;
         let agent = Arc::clone(self);
         let name = name.to_owned();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             agent.refresh_services()?;
+            // The app first, then its sidecar, which drains what the app still had in flight.
+            if let Some(p) = processes {
+                stop_gracefully(&[&p.app]);
+                if let Some(sidecar) = &p.sidecar {
+                    stop_gracefully(&[sidecar]);
+                }
+            }
             agent.mesh.remove_pod(&name)
         })
         .await
-        .map_err(|e| Error::Agent {
-            message: format!("removing a pod panicked: {e}"),
-        })?
     }
 
     /// Deregisters every pod and removes the whole mesh; says what it removed.
@@ -811,18 +873,58 @@ impl Agent {
         ));
         removed.namespaces = self.mesh.namespaces();
         removed.links = self.mesh.links();
-        drop(processes);
         let agent = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || agent.mesh.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => removed.errors.push(e.to_string()),
-            Err(e) => removed.errors.push(format!("teardown panicked: {e}")),
+        let closed = blocking(move || {
+            // Apps, then sidecars and the control plane, each group with a deadline; what
+            // still runs after it is killed with the namespaces.
+            let apps: Vec<&Process> = processes.iter().map(|(_, p)| &*p.app).collect();
+            stop_gracefully(&apps);
+            let mut rest: Vec<&Process> = processes
+                .iter()
+                .filter_map(|(_, p)| p.sidecar.as_deref())
+                .collect();
+            rest.push(&agent.control_plane_process);
+            stop_gracefully(&rest);
+            agent.mesh.close()
+        })
+        .await;
+        if let Err(e) = closed {
+            removed.errors.push(e.to_string());
         }
         let _ = self.update(|r| {
             r.ready = false;
             r.pods.clear();
         });
         removed
+    }
+}
+
+/// Runs blocking mesh work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::Agent {
+            message: format!("a mesh operation panicked: {e}"),
+        })
+    })
+}
+
+/// Sends SIGTERM to every process and waits up to [`STOP_TIMEOUT`] for all of them to exit.
+fn stop_gracefully(processes: &[&Process]) {
+    for p in processes {
+        if let Err(e) = p.signal(crate::Signal::SIGTERM) {
+            tracing::debug!(pid = p.id(), error = %e, "SIGTERM failed");
+        }
+    }
+    let stopped = poll_until(STOP_TIMEOUT, || {
+        processes
+            .iter()
+            .all(|p| !matches!(p.try_wait(), Ok(None)))
+            .then_some(())
+    });
+    if stopped.is_none() {
+        tracing::warn!(timeout = ?STOP_TIMEOUT, "processes still ran after SIGTERM; killing them");
     }
 }
 

@@ -649,8 +649,9 @@ pub fn pods_table(pods: &[PodRecord]) -> String {
         "PORT",
         "VIP",
         "SIDECAR",
+        "STATUS",
     ];
-    let rows: Vec<[String; 8]> = pods
+    let rows: Vec<[String; 9]> = pods
         .iter()
         .map(|p| {
             [
@@ -663,6 +664,9 @@ pub fn pods_table(pods: &[PodRecord]) -> String {
                 p.vip.to_string(),
                 p.sidecar_pid
                     .map_or_else(|| "-".to_owned(), |pid| format!("pid {pid}")),
+                p.exited
+                    .as_ref()
+                    .map_or_else(|| "running".to_owned(), |how| format!("exited: {how}")),
             ]
         })
         .collect();
@@ -743,21 +747,23 @@ mod tests {
             lease_id: "l".into(),
             app_log: PathBuf::from("a"),
             sidecar_log: None,
+            exited: None,
         };
         let plain = PodRecord {
             name: "db".into(),
             sidecar_pid: None,
+            exited: Some("exit status: 1".into()),
             ..pod.clone()
         };
         assert_eq!(
             pods_table(&[pod, plain]),
-            "NAME        NAMESPACE  SERVICE  VERSION  IP          PORT  VIP         SIDECAR\n\
-             reviews-v1  default    reviews  v1       10.244.0.3  9080  10.96.12.7  pid 11\n\
-             db          default    reviews  v1       10.244.0.3  9080  10.96.12.7  -\n"
+            "NAME        NAMESPACE  SERVICE  VERSION  IP          PORT  VIP         SIDECAR  STATUS\n\
+             reviews-v1  default    reviews  v1       10.244.0.3  9080  10.96.12.7  pid 11   running\n\
+             db          default    reviews  v1       10.244.0.3  9080  10.96.12.7  -        exited: exit status: 1\n"
         );
         assert_eq!(
             pods_table(&[]),
-            "NAME  NAMESPACE  SERVICE  VERSION  IP  PORT  VIP  SIDECAR\n"
+            "NAME  NAMESPACE  SERVICE  VERSION  IP  PORT  VIP  SIDECAR  STATUS\n"
         );
     }
 

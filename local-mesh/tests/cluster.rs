@@ -509,6 +509,29 @@ fn run_rejects_bad_input_and_leaves_nothing_half_made() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no command given"), "{err}");
+
+    // An app that dies later is deregistered and shown as exited.
+    let ok = cluster.pod("ok").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ok.app_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let exited = eventually(
+        "the pod to be marked exited",
+        Duration::from_secs(10),
+        || cluster.pod("ok").unwrap().exited,
+    );
+    assert!(exited.contains("signal: 9"), "{exited}");
+    let services = list_services(&cluster.control_plane_url());
+    let reviews = services.iter().find(|s| s.key == "plain/reviews").unwrap();
+    assert!(
+        reviews.versions.iter().all(|(_, ready)| *ready == 0),
+        "{reviews:?}"
+    );
+    assert!(pods_table(&cluster.pods().unwrap()).contains("exited: signal: 9"));
+    cluster.remove_pod("ok").unwrap();
+    assert!(cluster.pods().unwrap().is_empty());
 }
 
 #[test]

@@ -225,6 +225,10 @@ pub struct PodRecord {
     pub app_log: PathBuf,
     /// The sidecar's log, when injected.
     pub sidecar_log: Option<PathBuf>,
+    /// How the app ended, once it exited (the pod is then deregistered, and stays listed until
+    /// removed).
+    #[serde(default)]
+    pub exited: Option<String>,
 }
 
 #[cfg(test)]
