@@ -19,6 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -77,7 +78,10 @@ pub async fn serve(
     upstream: Upstream,
     drain: drain::Watch,
 ) {
-    let upstream = Arc::new(upstream);
+    let upstream = Arc::new(Downstream {
+        upstream,
+        kept: KeptConnection::default(),
+    });
     // HTTP/1: every request head is checked for framing conflicts as hyper reads it.
     let verdicts = (flavor == Flavor::Http1).then(|| Arc::new(Verdicts::default()));
     let service = {
@@ -140,12 +144,67 @@ pub async fn serve(
     }
 }
 
+/// What a downstream connection's requests share.
+#[derive(Debug)]
+struct Downstream {
+    upstream: Upstream,
+    kept: KeptConnection,
+}
+
+/// The upstream HTTP/1 connection the last request of a downstream HTTP/1 connection used. The
+/// next request (HTTP/1 requests on a connection come one after another) takes it back directly
+/// when it goes to the same endpoint: no pool lock, no task to return it. It goes back to the
+/// endpoint's pool when another endpoint takes its place or the downstream connection ends.
+#[derive(Debug, Default)]
+struct KeptConnection(std::sync::Mutex<Option<(Arc<EndpointState>, http1::SendRequest<Incoming>)>>);
+
+impl KeptConnection {
+    /// The kept connection, if it is to `endpoint` and ready for a request.
+    fn take(&self, endpoint: &Arc<EndpointState>) -> Option<http1::SendRequest<Incoming>> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some((kept, sender)) if Arc::ptr_eq(&kept, endpoint) && sender.is_ready() => {
+                Some(sender)
+            }
+            Some((kept, sender)) => {
+                kept.pool.release_http1(sender);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `sender` (to `endpoint`) for the next request.
+    fn keep(&self, endpoint: &Arc<EndpointState>, sender: http1::SendRequest<Incoming>) {
+        let previous = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((Arc::clone(endpoint), sender));
+        if let Some((kept, sender)) = previous {
+            kept.pool.release_http1(sender);
+        }
+    }
+}
+
+impl Drop for KeptConnection {
+    fn drop(&mut self) {
+        let slot = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((kept, sender)) = slot.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            kept.pool.release_http1(sender);
+        }
+    }
+}
+
 /// Picks the endpoint for `req` and forwards it.
-async fn route(req: Request<Incoming>, upstream: &Upstream) -> Response<ProxyBody> {
+async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<ProxyBody> {
     let start = Instant::now();
-    match upstream {
+    let kept = &downstream.kept;
+    match &downstream.upstream {
         Upstream::Fixed { endpoint, metrics } => {
-            forward(req, endpoint, Arc::clone(metrics), start).await
+            forward(req, endpoint, Arc::clone(metrics), start, kept).await
         }
         Upstream::Service { orig_dst, tables } => {
             // The current config for every request: endpoint changes apply to live connections.
@@ -164,7 +223,14 @@ async fn route(req: Request<Incoming>, upstream: &Upstream) -> Response<ProxyBod
             }
             match destination.pick() {
                 Some(backend) => {
-                    forward(req, &backend.state, Arc::clone(&backend.metrics), start).await
+                    forward(
+                        req,
+                        &backend.state,
+                        Arc::clone(&backend.metrics),
+                        start,
+                        kept,
+                    )
+                    .await
                 }
                 None => {
                     let meter = Meter::new(Arc::clone(&destination.metrics), start, is_grpc(&req));
@@ -224,6 +290,7 @@ async fn forward(
     endpoint: &Arc<EndpointState>,
     metrics: Arc<EdgeMetrics>,
     start: Instant,
+    kept: &KeptConnection,
 ) -> Response<ProxyBody> {
     let mut meter = Meter::new(metrics, start, is_grpc(&req));
     meter.hold(Arc::clone(endpoint));
@@ -235,7 +302,7 @@ async fn forward(
     let sent = if req.version() == Version::HTTP_2 {
         send_http2(req, endpoint).await
     } else {
-        send_http1(req, endpoint).await
+        send_http1(req, endpoint, kept).await
     };
     let mut response = match sent {
         Ok(response) => response,
@@ -274,10 +341,11 @@ async fn forward(
 async fn send_http1(
     req: Request<Incoming>,
     endpoint: &Arc<EndpointState>,
+    kept: &KeptConnection,
 ) -> Result<Response<Incoming>, ForwardError> {
     let pool = &endpoint.pool;
     let is_connect = req.method() == Method::CONNECT;
-    let (mut sender, reused) = match pool.idle_http1() {
+    let (mut sender, reused) = match kept.take(endpoint).or_else(|| pool.idle_http1()) {
         Some(sender) => (sender, true),
         None => (pool.new_http1().await?, false),
     };
@@ -304,9 +372,10 @@ async fn send_http1(
             }
         },
     };
-    // A connection that became a tunnel is not reusable.
+    // A connection that became a tunnel is not reusable; any other stays with this downstream
+    // connection for its next request.
     if response.status() != StatusCode::SWITCHING_PROTOCOLS && !is_connect {
-        pool.release_http1(sender);
+        kept.keep(endpoint, sender);
     }
     Ok(response)
 }
