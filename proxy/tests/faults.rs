@@ -554,3 +554,59 @@ async fn a_taken_port_fails_the_start_loudly() {
     );
     assert!(text.to_lowercase().contains("in use"), "{text}");
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_their_idle_timeouts() {
+    let http = echo_server().await;
+    let tcp = tcp_echo_server().await;
+    let settings = ProxySettings {
+        header_read_timeout: Duration::from_millis(300),
+        tcp_idle_timeout: Duration::from_millis(300),
+        ..ProxySettings::default()
+    };
+    let proxy = TestProxy::start_with(settings).await;
+    let mut config = service_config(9080, "PROTOCOL_HTTP1", &[(http.addr, "v1")]);
+    config = config.replacen(
+        "    ports: [{port: 9080, name: main, protocol: PROTOCOL_HTTP1}]",
+        &format!(
+            "    ports: [{{port: 9080, name: main, protocol: PROTOCOL_HTTP1}}, {{port: 7000, name: tcp, protocol: PROTOCOL_TCP, targetPort: {}}}]",
+            tcp.addr.port()
+        ),
+        1,
+    );
+    proxy.apply(&config);
+
+    // A kept-alive HTTP/1 client that goes quiet after one request.
+    let mut stream = proxy.connect_outbound(vip(9080)).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: r\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let out = read_to_end(&mut stream).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "kept open {:?}",
+        start.elapsed()
+    );
+
+    // An opaque TCP connection that carries nothing.
+    let mut stream = proxy.connect_outbound(vip(7000)).await;
+    stream.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    stream.read_exact(&mut one).await.unwrap();
+    let start = Instant::now();
+    let rest = read_to_end(&mut stream).await.unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "kept open {:?}",
+        start.elapsed()
+    );
+}

@@ -431,6 +431,60 @@ async fn websocket_style_upgrade_becomes_a_tunnel() {
 }
 
 #[tokio::test]
+async fn connect_tunnels_pass_through() {
+    let server = http_server(|mut req: Request<Incoming>| async move {
+        assert_eq!(req.method(), hyper::Method::CONNECT);
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::new(full(""))
+    })
+    .await;
+    let proxy = TestProxy::start().await;
+    proxy.apply(&service_config(
+        9080,
+        "PROTOCOL_UNSPECIFIED",
+        &[(server.addr, "v1")],
+    ));
+    let mut stream = proxy.connect_outbound(vip(9080)).await;
+    stream
+        .write_all(b"CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            tokio::time::timeout(LONG, stream.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap(),
+            1
+        );
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(b"tunnelled bytes").await.unwrap();
+    let mut buf = [0u8; 15];
+    tokio::time::timeout(LONG, stream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"tunnelled bytes");
+}
+
+#[tokio::test]
 async fn tcp_echo_with_half_close_in_each_direction() {
     let server = tcp_echo_server().await;
     let proxy = TestProxy::start().await;
