@@ -276,6 +276,9 @@ impl Cluster {
     pub fn up(options: &UpOptions) -> Result<Up, Error> {
         require_root()?;
         let dir = StateDir(options.state_dir.clone());
+        // One `up` or `down` at a time per state directory: two racing `up`s would start two
+        // agents writing one state file.
+        let _lock = dir.lock()?;
         if let Some(record) = dir.read()? {
             if agent_alive(&record) {
                 let cluster = Cluster::wait_ready(&dir, record.agent_pid, options.start_timeout)?;
@@ -284,7 +287,7 @@ impl Cluster {
                     created: false,
                 });
             }
-            let removed = Cluster::down(&options.state_dir)?;
+            let removed = Cluster::down_locked(&dir)?;
             tracing::warn!(%removed, "removed the leftovers of a crashed mesh before up");
         }
         for name in MESH_BINS {
@@ -354,7 +357,7 @@ impl Cluster {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let removed = Cluster::down(&options.state_dir);
+                let removed = Cluster::down_locked(&dir);
                 tracing::warn!(?removed, "removed a mesh that did not come up in time");
                 Err(Error::AgentStart {
                     reason: format!("not ready after {:?}", options.start_timeout),
@@ -410,6 +413,11 @@ impl Cluster {
     pub fn down(state_dir: impl AsRef<Path>) -> Result<Removed, Error> {
         require_root()?;
         let dir = StateDir(state_dir.as_ref().to_owned());
+        let _lock = dir.lock()?;
+        Cluster::down_locked(&dir)
+    }
+
+    fn down_locked(dir: &StateDir) -> Result<Removed, Error> {
         let Some(record) = dir.read()? else {
             let state_dir = dir.remove()?.then(|| dir.path().to_owned());
             return Ok(Removed {

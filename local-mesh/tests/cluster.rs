@@ -353,9 +353,27 @@ fn up_twice_is_harmless() {
     if skip_unless_root("up_twice_is_harmless") {
         return;
     }
-    let mesh = TestCluster::up(25120);
+    // Two racing `up`s make one mesh.
+    let dir = tempfile::tempdir().unwrap();
+    let ups: Vec<_> = (0..2)
+        .map(|_| {
+            let options = options(dir.path(), 25120);
+            std::thread::spawn(move || Cluster::up(&options))
+        })
+        .collect();
+    let ups: Vec<_> = ups
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    let mesh = TestCluster {
+        cluster: ups[0].cluster.clone(),
+        dir,
+    };
+    assert_eq!(ups.iter().filter(|u| u.created).count(), 1);
+    assert_eq!(ups[0].cluster.record(), ups[1].cluster.record());
     let again = Cluster::up(&options(mesh.dir.path(), 25120)).unwrap();
     assert!(!again.created);
+    assert!(again.to_string().contains("already up"), "{again}");
     assert_eq!(again.cluster.record(), mesh.cluster.record());
     let opened = Cluster::open(mesh.state_dir()).unwrap();
     assert_eq!(opened.record().run_id, mesh.cluster.record().run_id);

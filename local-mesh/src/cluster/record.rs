@@ -4,10 +4,11 @@
 //! Only the agent writes the file, whole (temporary file, then rename); readers never see half of
 //! it.
 
-use std::fs;
+use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -120,6 +121,25 @@ impl StateDir {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// Takes the lock that serialises `up` and `down` on this directory, waiting for it. The
+    /// lock file sits beside the directory (`<dir>.lock`), since `down` removes the directory.
+    pub fn lock(&self) -> Result<Flock<File>, Error> {
+        let mut name = self.0.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        let path = self.0.with_file_name(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+        }
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open lock file", &path, e))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::io("lock", &path, errno.into()))
     }
 }
 
