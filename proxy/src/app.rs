@@ -103,14 +103,19 @@ impl Cli {
     }
 }
 
-/// Starts logging to stderr with `filter` (an `EnvFilter` directive; `access` stays off unless named).
-pub fn init_logging(filter: &str) {
-    let directive = if filter.contains("access") {
-        filter.to_owned()
+/// The log filter for `--log-level`: as given, with the access log (target `access`) off unless
+/// the directive names it.
+pub fn log_filter(level: &str) -> String {
+    if level.contains("access") {
+        level.to_owned()
     } else {
-        format!("{filter},access=off")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&directive)
+        format!("{level},access=off")
+    }
+}
+
+/// Starts logging to stderr with the filter for `level` (see [`log_filter`]).
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,access=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

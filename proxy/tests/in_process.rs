@@ -761,3 +761,75 @@ async fn absolute_uris_http10_without_host_and_h2_without_authority_route_by_des
     );
     assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// A log sink for one test's subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs one request through a proxy while `level` (a `--log-level`) filters this thread's logs,
+/// and returns what was logged. A current-thread runtime: every task runs on this thread.
+async fn logged_with(level: &str) -> String {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            serin_proxy::app::log_filter(level),
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = echo_server().await;
+    let proxy = TestProxy::start().await;
+    proxy.apply(&service_config(
+        9080,
+        "PROTOCOL_HTTP1",
+        &[(server.addr, "v1")],
+    ));
+    let mut client = http1(proxy.connect_outbound(vip(9080)).await).await;
+    let response = client.send_request(get("/logged")).await.unwrap();
+    body_text(response).await;
+    drop(client);
+    // The access line is written right after the request is counted (when the response body is
+    // done or dropped): once the count shows, the line is there or never will be.
+    let deadline = Instant::now() + LONG;
+    while proxy
+        .metric("serin_requests_total", &["response_code=\"200\""])
+        .await
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "request never counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn access_log_is_off_by_default_and_on_when_asked() {
+    let default = logged_with("info").await;
+    assert!(default.contains("config applied"), "{default}");
+    assert!(!default.contains(" access:"), "{default}");
+    let on = logged_with("info,access=info").await;
+    let line = on
+        .lines()
+        .find(|l| l.contains(" access:"))
+        .unwrap_or_else(|| panic!("no access line: {on}"));
+    for field in [
+        "direction=\"outbound\"",
+        "destination=reviews",
+        "destination_version=v1",
+        "code=200",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+}
