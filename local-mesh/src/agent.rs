@@ -225,25 +225,26 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
                     Ok((stream, _)) => {
                         tokio::spawn(Arc::clone(&agent).serve_connection(stream));
                     }
-                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         })
     };
-    tokio::select! {
-        () = agent.stop.notified() => {}
-        _ = term.recv() => {
-            tracing::info!("SIGTERM: tearing the mesh down");
-            let removed = agent.down().await;
-            tracing::info!(%removed, "torn down");
-            let _ = std::fs::remove_file(dir.state_file());
-        }
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("SIGINT: tearing the mesh down");
-            let removed = agent.down().await;
-            tracing::info!(%removed, "torn down");
-            let _ = std::fs::remove_file(dir.state_file());
-        }
+    // 8. Until `down` (which has torn down already) or a signal (then tear down here).
+    let signal = tokio::select! {
+        () = agent.stop.notified() => None,
+        _ = term.recv() => Some("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => Some("SIGINT"),
+    };
+    if let Some(signal) = signal {
+        tracing::info!(signal, "tearing the mesh down");
+        let removed = agent.down().await;
+        tracing::info!(%removed, "torn down");
+        let _ = std::fs::remove_file(dir.state_file());
     }
     accept.abort();
     Ok(())
@@ -340,6 +341,14 @@ fn wait_sidecar_ready(pod: &Pod, process: &Process, timeout: Duration) -> Result
             "its /ready on port {SIDECAR_ADMIN_PORT} did not answer 200 within {timeout:?} (last: {last})"
         ))
     })
+}
+
+/// The pod's addresses as `serin-proxy --pod-ip` takes them (comma-separated).
+fn pod_ips(pod: &Pod) -> String {
+    match pod.ipv6() {
+        Some(v6) => format!("{},{v6}", pod.ip()),
+        None => pod.ip().to_string(),
+    }
 }
 
 /// A minimal `GET path` over HTTP/1.0; returns the status code.
@@ -605,7 +614,7 @@ impl Agent {
                     &format!("http://{}:{GRPC_PORT}", self.control_plane_ip),
                 ])
                 .args(["--pod-name", &spec.name, "--namespace", &spec.namespace])
-                .args(["--pod-ip", &pod.ip().to_string()])
+                .args(["--pod-ip", &pod_ips(pod)])
                 .args(["--service", &spec.service, "--version", &spec.version])
                 .user(PROXY_UID, PROXY_UID)
                 .stdout(Redirect::Append(log.clone()))

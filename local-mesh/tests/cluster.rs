@@ -795,3 +795,35 @@ fn bookinfo_answers_from_every_version_by_service_name() {
     assert!(err.contains("/nonexistent/app"), "{err}");
     assert_eq!(cluster.pods().unwrap().len(), 7);
 }
+
+#[test]
+fn sigterm_to_the_agent_removes_the_mesh() {
+    init_tracing();
+    if skip_unless_root("sigterm_to_the_agent_removes_the_mesh") {
+        return;
+    }
+    let mesh = TestCluster::up(25180);
+    let cluster = &mesh.cluster;
+    cluster.create_namespace("plain", false).unwrap();
+    let pod = cluster
+        .run(&demo_pod("details-v1", "plain", "details", "v1", &[]))
+        .unwrap();
+    let record = cluster.record().clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(record.agent_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    eventually("the agent to exit", Duration::from_secs(20), || {
+        (!is_running(record.agent_pid)).then_some(())
+    });
+    assert_eq!(leftovers(&record.run_id), Vec::<String>::new());
+    assert!(!is_running(pod.app_pid));
+    assert!(!mesh.state_dir().join("cluster.json").exists());
+    let agent_log = std::fs::read_to_string(mesh.state_dir().join("logs/agent.log")).unwrap();
+    assert!(agent_log.contains("signal=\"SIGTERM\""), "{agent_log}");
+    assert!(agent_log.contains("removed local mesh"), "{agent_log}");
+    // Nothing is left for down to do but the logs.
+    let removed = Cluster::down(mesh.state_dir()).unwrap();
+    assert!(removed.run_id.is_none(), "{removed}");
+}
