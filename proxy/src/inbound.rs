@@ -1,9 +1,9 @@
 //! Inbound (port 15006): connections from other pods to this pod's app. Each is forwarded to the
-//! app on `127.0.0.1:<port>`: the sidecar's own connections to loopback are never captured, so
-//! this cannot loop (the app must listen on loopback or on all addresses). Metrics are recorded
+//! app on `127.0.0.1:<port>`, or, when that refuses (an app bound to the pod IP only), to the pod
+//! IP from 127.0.0.6: the capture rules let both through, so this cannot loop. Metrics are recorded
 //! on the inbound edge of the calling workload, recognised by its address.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ pub async fn handle(
     orig_dst: SocketAddr,
 ) {
     let tables = Arc::clone(&inputs.tables.borrow());
-    let app = inputs.app(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), orig_dst.port()));
+    let app = inputs.app(orig_dst.port());
     let metrics = Arc::clone(tables.inbound_edge(peer.ip()));
     let protocol = tables.inbound_protocol(orig_dst.port());
     let target = Some((Arc::clone(&app), Arc::clone(&metrics)));

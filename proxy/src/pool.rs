@@ -1,16 +1,18 @@
-//! Upstream connections to one endpoint: TCP connects with a timeout, a LIFO stack of idle
+//! Upstream connections to one endpoint: TCP connects with a timeout (and, for the app behind
+//! the inbound listener, a fallback address), a LIFO stack of idle
 //! HTTP/1.1 connections (kept alive, reused warmest first) and one shared, multiplexed HTTP/2
 //! connection. Locks are held only to push or pop, never across an await.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Stream window of upstream HTTP/2 connections: large enough for full-speed streaming on a LAN.
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
@@ -64,19 +66,47 @@ struct Idle {
     since: Instant,
 }
 
+/// A second address to try when the first refuses, and the source address to connect from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback {
+    /// Where to connect instead.
+    pub addr: SocketAddr,
+    /// The local address to bind first.
+    pub source: IpAddr,
+}
+
 /// The connections to one endpoint.
 #[derive(Debug)]
 pub struct Pool {
     addr: SocketAddr,
     settings: PoolSettings,
+    fallback: Option<Fallback>,
+    /// Set once the fallback answered where the first address refused: used from then on.
+    use_fallback: AtomicBool,
     http1: Mutex<Vec<Idle>>,
     http2: Mutex<Option<http2::SendRequest<Incoming>>>,
     http2_connecting: tokio::sync::Mutex<()>,
 }
 
-/// Connects to `addr` within `timeout`, with Nagle off (the proxy writes whole messages).
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// Connects to `addr` (from `source`, if given) within `timeout`, with Nagle off (the proxy
+/// writes whole messages).
+pub async fn connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let attempt = async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(source) = source {
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        socket.connect(addr).await
+    };
+    let stream = tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| ConnectError::Timeout { addr, timeout })?
         .map_err(|source| ConnectError::Io { addr, source })?;
@@ -87,9 +117,20 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
 impl Pool {
     /// An empty pool for `addr`.
     pub fn new(addr: SocketAddr, settings: PoolSettings) -> Pool {
+        Pool::with_fallback(addr, None, settings)
+    }
+
+    /// An empty pool for `addr` that connects to `fallback` when `addr` refuses.
+    pub fn with_fallback(
+        addr: SocketAddr,
+        fallback: Option<Fallback>,
+        settings: PoolSettings,
+    ) -> Pool {
         Pool {
             addr,
             settings,
+            fallback,
+            use_fallback: AtomicBool::new(false),
             http1: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             http2_connecting: tokio::sync::Mutex::new(()),
@@ -101,9 +142,27 @@ impl Pool {
         self.addr
     }
 
-    /// A new TCP connection to the endpoint.
+    /// A new TCP connection to the endpoint (or to its fallback, once the endpoint refused and
+    /// the fallback answered).
     pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
-        connect(self.addr, self.settings.connect_timeout).await
+        let timeout = self.settings.connect_timeout;
+        let Some(fallback) = self.fallback else {
+            return connect(self.addr, None, timeout).await;
+        };
+        if self.use_fallback.load(Ordering::Relaxed) {
+            return connect(fallback.addr, Some(fallback.source), timeout).await;
+        }
+        match connect(self.addr, None, timeout).await {
+            Err(ConnectError::Io { source, .. })
+                if source.kind() == io::ErrorKind::ConnectionRefused =>
+            {
+                let stream = connect(fallback.addr, Some(fallback.source), timeout).await?;
+                tracing::info!(refused = %self.addr, using = %fallback.addr, "endpoint answers on its fallback address");
+                self.use_fallback.store(true, Ordering::Relaxed);
+                Ok(stream)
+            }
+            other => other,
+        }
     }
 
     /// An idle HTTP/1 connection ready for a request, if one is kept.

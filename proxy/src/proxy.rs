@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +18,12 @@ use crate::inbound;
 use crate::metrics::Metrics;
 use crate::orig_dst::OrigDstLookup;
 use crate::outbound;
-use crate::pool::PoolSettings;
+use crate::pool::{Fallback, Pool, PoolSettings};
 use crate::tables::{EndpointState, Tables};
+
+/// Source address of inbound connections to the app's pod IP: the capture rules return
+/// traffic from it on `lo` untouched (see `serin-iptables`).
+pub const PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
 /// First pause of the accept loop after an error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -97,13 +101,31 @@ impl ProxyInputs {
         }
     }
 
-    /// The pool and balancer state of the app at `addr`.
-    pub fn app(&self, addr: SocketAddr) -> Arc<EndpointState> {
+    /// The pool and balancer state of the app on local port `port`: `127.0.0.1:port`, or, for
+    /// an app that listens only on the pod IP, the pod's IPv4 address from [`PASSTHROUGH_SOURCE`]
+    /// (the capture rules let that source through to the pod IP).
+    pub fn app(&self, port: u16) -> Arc<EndpointState> {
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            apps.entry(addr)
-                .or_insert_with(|| EndpointState::new(addr, self.pool_settings())),
-        )
+        let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        let fallback = self
+            .identity
+            .pod_ips
+            .iter()
+            .find(|ip| ip.is_ipv4())
+            .map(|ip| Fallback {
+                addr: SocketAddr::new(*ip, port),
+                source: PASSTHROUGH_SOURCE.into(),
+            });
+        Arc::clone(apps.entry(loopback).or_insert_with(|| {
+            Arc::new(EndpointState {
+                lb: Default::default(),
+                pool: Arc::new(Pool::with_fallback(
+                    loopback,
+                    fallback,
+                    self.pool_settings(),
+                )),
+            })
+        }))
     }
 
     /// Whether `dst` is one of our own listeners (a loop if forwarded).

@@ -725,6 +725,53 @@ async fn inbound_forwards_to_the_app_on_loopback_with_the_peer_as_source() {
 }
 
 #[tokio::test]
+async fn inbound_reaches_an_app_bound_to_the_pod_ip_only_from_the_passthrough_source() {
+    // The "pod IP" is 127.0.0.5 here; 127.0.0.1 on the same port is bound but not listening, so
+    // a connect there is refused, as for an app that listens on its pod IP only.
+    let (app, port, _loopback_taken) = {
+        let mut found = None;
+        for _ in 0..10 {
+            let app = tokio::net::TcpListener::bind("127.0.0.5:0").await.unwrap();
+            let port = app.local_addr().unwrap().port();
+            let taken =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            if taken
+                .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+                .is_ok()
+            {
+                found = Some((app, port, taken));
+                break;
+            }
+        }
+        found.expect("a port free on both 127.0.0.5 and 127.0.0.1")
+    };
+    tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = app.accept().await {
+            let _ = stream
+                .write_all(format!("peer={}", peer.ip()).as_bytes())
+                .await;
+        }
+    });
+    let identity = serin_proxy::config::Identity {
+        pod_ips: vec!["127.0.0.5".parse().unwrap()],
+        ..identity()
+    };
+    let proxy = TestProxy::start_as(identity, serin_proxy::config::ProxySettings::default()).await;
+    proxy.apply(&service_config(9080, "PROTOCOL_HTTP1", &[]));
+    let pod_ip_dst = std::net::SocketAddr::from(([127, 0, 0, 5], port));
+    let mut stream = proxy
+        .connect_inbound("127.0.9.8".parse().unwrap(), pod_ip_dst)
+        .await;
+    stream.write_all(b"hello").await.unwrap();
+    let mut out = [0u8; 14];
+    tokio::time::timeout(LONG, stream.read_exact(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&out, b"peer=127.0.0.6");
+}
+
+#[tokio::test]
 async fn absolute_uris_http10_without_host_and_h2_without_authority_route_by_destination() {
     let server = echo_server().await;
     let proxy = TestProxy::start().await;

@@ -59,6 +59,8 @@ const BULK_PORT: u16 = 9000;
 const TCP_PORT: u16 = 7000;
 /// A port of `refused` where nothing listens.
 const REFUSED_PORT: u16 = 7001;
+/// HTTP served on the server pod's IP only, not on loopback (undeclared).
+const POD_IP_PORT: u16 = 8090;
 /// A server-speaks-first service (undeclared: must not wait out a long detection).
 const BANNER_PORT: u16 = 2525;
 /// Generous bound for things that should happen promptly.
@@ -91,6 +93,7 @@ fn snapshot(client: &Pod, server: &Pod) -> String {
       - {{port: {BULK_PORT}, name: bulk, protocol: PROTOCOL_HTTP1}}
       - {{port: {TCP_PORT}, name: tcp, protocol: PROTOCOL_TCP}}
       - {{port: {BANNER_PORT}, name: banner}}
+      - {{port: {POD_IP_PORT}, name: pod-ip}}
   - {{name: client, namespace: default}}
   - {{name: blackhole, namespace: default, vips: ["{BLACKHOLE_VIP}"], ports: [{{port: 80, protocol: PROTOCOL_HTTP1}}]}}
   - {{name: refused, namespace: default, vips: ["{REFUSED_VIP}"], ports: [{{port: {REFUSED_PORT}, protocol: PROTOCOL_HTTP1}}]}}
@@ -444,6 +447,31 @@ fn start_servers(rt: &tokio::runtime::Runtime, pod: &Pod) {
             }
         });
     }
+    // An app that listens on its pod IP only.
+    let std = pod
+        .run_in(|| std::net::TcpListener::bind((pod.ip(), POD_IP_PORT)))
+        .unwrap()
+        .unwrap();
+    std.set_nonblocking(true).unwrap();
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::TcpListener::from_std(std).unwrap()
+    };
+    rt.spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(full(format!(
+                        "from {}",
+                        peer.ip()
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
     let listener = listen(rt, pod, GRPC_PORT);
     rt.spawn(async move {
         let incoming = futures::stream::unfold(listener, |listener| async move {
@@ -866,7 +894,7 @@ fn failing_upstreams_get_prompt_answers_and_the_sidecars_keep_serving() {
         assert_eq!(response.status(), 503);
         let body = text(response).await;
         assert!(
-            body.contains(&format!("connect to 127.0.0.1:{REFUSED_PORT} failed")),
+            body.contains(&format!(":{REFUSED_PORT} failed: Connection refused")),
             "{body}"
         );
         assert!(
@@ -1087,4 +1115,23 @@ fn ipv6_vip_goes_through_both_sidecars() {
         Some(1.0),
         "{text}"
     );
+}
+
+#[test]
+fn an_app_bound_to_its_pod_ip_only_is_reached_from_the_passthrough_source() {
+    let Some(fx) =
+        Sidecars::new("an_app_bound_to_its_pod_ip_only_is_reached_from_the_passthrough_source")
+    else {
+        return;
+    };
+    fx.rt.block_on(async {
+        let mut client = http1_client(fx.connect(POD_IP_PORT).await).await;
+        for _ in 0..2 {
+            client.ready().await.unwrap();
+            let response = client.send_request(get("/")).await.unwrap();
+            assert_eq!(response.status(), 200);
+            // The inbound sidecar connected from 127.0.0.6, which the capture rules let through.
+            assert_eq!(text(response).await, "from 127.0.0.6");
+        }
+    });
 }

@@ -73,10 +73,15 @@ impl TestProxy {
 
     /// A proxy with `settings` and no config.
     pub async fn start_with(settings: ProxySettings) -> TestProxy {
+        TestProxy::start_as(identity(), settings).await
+    }
+
+    /// A proxy for the pod `identity` with `settings` and no config.
+    pub async fn start_as(identity: Identity, settings: ProxySettings) -> TestProxy {
         init_tracing();
         let any = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
         let config = Config {
-            identity: identity(),
+            identity,
             source: ConfigSource::None,
             admin_addr: any,
             outbound_addr: any,
