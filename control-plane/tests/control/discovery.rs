@@ -397,3 +397,60 @@ async fn one_apply_reaches_a_hundred_subscribers() {
     })
     .await;
 }
+
+/// After a NACK the control plane does not push the rejected version again (no retry loop on a
+/// bad version, FAULTS.md 19): the next push the proxy sees is the next change.
+#[tokio::test]
+async fn a_nacked_version_is_not_pushed_again() {
+    let h = Harness::start().await;
+    let mut proxy = Proxy::connect(&h, "p").await;
+    proxy.next().await;
+    h.admin()
+        .await
+        .apply_policy(apply_request(reviews(90, 10)))
+        .await
+        .unwrap();
+    let (pushed, _) = proxy
+        .until("reviews", |s| policy_names(s) == ["reviews"])
+        .await;
+    let nack = v1::SnapshotNack {
+        version: pushed.version.clone(),
+        nonce: pushed.nonce.clone(),
+        errors: vec![v1::ResourceError {
+            kind: v1::ResourceKind::TrafficPolicy as i32,
+            namespace: "default".into(),
+            name: "reviews".into(),
+            field: String::new(),
+            reason: "unsupported".into(),
+        }],
+    };
+    proxy
+        .tx
+        .send(v1::SubscribeRequest {
+            kind: Some(v1::subscribe_request::Kind::Nack(nack)),
+        })
+        .await
+        .unwrap();
+    eventually("the NACK recorded", Duration::from_secs(5), || async {
+        let list = proxies(&h).await;
+        (list[0].nacked_version == pushed.version).then_some(())
+    })
+    .await;
+    h.admin()
+        .await
+        .apply_policy(apply_request(simple("ratings", "v1")))
+        .await
+        .unwrap();
+    let next = proxy.next().await;
+    assert_ne!(
+        next.version, pushed.version,
+        "the rejected version was not resent"
+    );
+    assert_eq!(policy_names(snapshot(&next)), ["ratings", "reviews"]);
+    let list = proxies(&h).await;
+    assert_eq!(
+        list[0].nacked_version, pushed.version,
+        "the NACK stays visible after later pushes"
+    );
+    assert!(!list[0].in_sync);
+}
