@@ -268,6 +268,75 @@ fn status_shows_connected_proxies() {
             .unwrap();
     assert_eq!(json["inSync"], true);
     assert_eq!(json["ackedVersion"], first.version.as_str());
+    // A second proxy rejects a policy: status names the resource and the reason.
+    let (tx2, rx2) = tokio::sync::mpsc::channel(4);
+    let url = cp.url();
+    let mut second = rt.block_on(async {
+        let mut client = v1::discovery_client::DiscoveryClient::connect(url)
+            .await
+            .unwrap();
+        let hello = v1::Hello {
+            proxy: Some(v1::ProxyIdentity {
+                pod_name: "reviews-v2-0".into(),
+                namespace: "default".into(),
+                pod_ips: vec!["10.244.0.21".into()],
+                service: "reviews".into(),
+                version: "v2".into(),
+                ..Default::default()
+            }),
+            capabilities: vec!["snapshot.full".into()],
+            applied_version: String::new(),
+        };
+        tx2.send(v1::SubscribeRequest {
+            kind: Some(v1::subscribe_request::Kind::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        client
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx2))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let pushed = rt.block_on(second.message()).unwrap().unwrap();
+    let nack = v1::SnapshotNack {
+        version: pushed.version.clone(),
+        nonce: pushed.nonce.clone(),
+        errors: vec![v1::ResourceError {
+            kind: v1::ResourceKind::TrafficPolicy as i32,
+            namespace: "default".into(),
+            name: "reviews".into(),
+            field: "spec.rules[0].match[0].os".into(),
+            reason: "unknown os class".into(),
+        }],
+    };
+    rt.block_on(tx2.send(v1::SubscribeRequest {
+        kind: Some(v1::subscribe_request::Kind::Nack(nack)),
+    }))
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        let status = cp.ok(&["status"]);
+        if status.contains("NACK") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the NACK never showed: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let line = status.lines().find(|l| l.contains("reviews-v2-0")).unwrap();
+    let expected = format!(
+        "NACK {}: traffic_policy default/reviews spec.rules[0].match[0].os: unknown os class",
+        pushed.version
+    );
+    assert!(line.ends_with(&expected), "{status}");
+    assert!(
+        status.contains("2 proxies connected, 1 in sync"),
+        "{status}"
+    );
+    drop(tx2);
     drop(tx);
 }
 
