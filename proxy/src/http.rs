@@ -37,6 +37,10 @@ use guard::{HeadGuard, Verdicts};
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 /// Connection window of downstream HTTP/2 connections.
 const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
+/// How often an idle downstream HTTP/2 connection is pinged.
+const H2_KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+const H2_KEEP_ALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// hyper's own default for the most headers; setting it explicitly costs an allocation per
 /// request, so it is only set when configured otherwise.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -125,6 +129,9 @@ pub async fn serve(
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
+                // Pings find peers that vanished without a FIN.
+                .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
                 .max_header_list_size(settings.max_header_bytes as u32)
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_CONN_WINDOW);

@@ -1,5 +1,5 @@
 //! Load balancing: power of two choices over the ready endpoints, comparing each one's load as
-//! (requests in flight + 1) × its latency EWMA, the "peak EWMA" idea of linkerd and Finagle
+//! (requests in flight + 1) × its latency EWMA (divided by the endpoint's weight), the "peak EWMA" idea of linkerd and Finagle
 //! without its decay clock. State lives in atomics: picking takes no lock.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -58,8 +58,9 @@ impl LbStats {
     }
 }
 
-/// Picks the index of one of `items` by power of two choices on `stats`; `None` when empty.
-pub fn pick<T>(items: &[T], stats: impl Fn(&T) -> &LbStats) -> Option<usize> {
+/// Picks the index of one of `items` by power of two choices on `score` (lower is better, e.g.
+/// [`LbStats::load`] divided by the endpoint's weight); `None` when empty.
+pub fn pick<T>(items: &[T], score: impl Fn(&T) -> f64) -> Option<usize> {
     match items.len() {
         0 => None,
         1 => Some(0),
@@ -67,7 +68,7 @@ pub fn pick<T>(items: &[T], stats: impl Fn(&T) -> &LbStats) -> Option<usize> {
             let a = rand::random_range(0..n);
             // A second, different index.
             let b = (a + 1 + rand::random_range(0..n - 1)) % n;
-            Some(if stats(&items[a]).load() <= stats(&items[b]).load() {
+            Some(if score(&items[a]) <= score(&items[b]) {
                 a
             } else {
                 b
@@ -87,7 +88,7 @@ mod tests {
             stats[0].begin();
         }
         for _ in 0..50 {
-            assert_eq!(pick(&stats, |s| s), Some(1));
+            assert_eq!(pick(&stats, LbStats::load), Some(1));
         }
     }
 
@@ -99,10 +100,20 @@ mod tests {
         }
         let mut counts = [0; 3];
         for _ in 0..3000 {
-            counts[pick(&stats, |s| s).unwrap()] += 1;
+            counts[pick(&stats, LbStats::load).unwrap()] += 1;
         }
         assert_eq!(counts[2], 0, "{counts:?}");
         assert!(counts[0] > 1000 && counts[1] > 1000, "{counts:?}");
+    }
+
+    #[test]
+    fn weights_scale_the_share() {
+        let stats = [LbStats::default(), LbStats::default()];
+        let weights = [1.0, 4.0];
+        // Equal load: the heavier endpoint always wins the comparison.
+        for _ in 0..50 {
+            assert_eq!(pick(&[0, 1], |&i| stats[i].load() / weights[i]), Some(1));
+        }
     }
 
     #[test]
@@ -112,6 +123,6 @@ mod tests {
         assert_eq!(s.in_flight(), 1);
         s.end();
         assert_eq!(s.in_flight(), 0);
-        assert_eq!(pick::<LbStats>(&[], |s| s), None);
+        assert_eq!(pick::<LbStats>(&[], LbStats::load), None);
     }
 }

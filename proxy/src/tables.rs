@@ -53,6 +53,8 @@ pub struct Backend {
     pub pod_name: Arc<str>,
     /// Its version label.
     pub version: Arc<str>,
+    /// Its relative weight (at least 1).
+    pub weight: f64,
     /// Pools and balancer state.
     pub state: Arc<EndpointState>,
     /// The outbound edge to its version.
@@ -79,7 +81,7 @@ pub struct Destination {
 impl Destination {
     /// The backend for a new request or connection, `None` when no endpoint is ready.
     pub fn pick(&self) -> Option<&Backend> {
-        lb::pick(&self.backends, |b| &b.state.lb).map(|i| &self.backends[i])
+        lb::pick(&self.backends, |b| b.state.lb.load() / b.weight).map(|i| &self.backends[i])
     }
 }
 
@@ -192,6 +194,7 @@ impl Builder {
                             addr,
                             pod_name: ep.pod_name.as_str().into(),
                             version: ep.version.as_str().into(),
+                            weight: f64::from(ep.weight),
                             state,
                             metrics,
                         });
