@@ -225,3 +225,44 @@ async fn traffic_reports_versions_failures_and_client_oses() {
     );
     assert!(report.client_os.len() > 2, "{report:?}");
 }
+
+#[tokio::test]
+async fn the_grpc_service_answers_on_the_same_port_and_fails_on_fault() {
+    use serin_local::demo_app::proto::HelloRequest;
+    use serin_local::demo_app::proto::demo_client::DemoClient;
+    init_tracing();
+    let addr = start("reviews", "v2", vec![], Fault::default()).await;
+    let mut client = DemoClient::connect(format!("http://{addr}")).await.unwrap();
+    let reply = client
+        .hello(HelloRequest {
+            name: "jason".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.service, "reviews");
+    assert_eq!(reply.version, "v2");
+    assert_eq!(reply.pod, "reviews-v2");
+    assert_eq!(reply.message, "hello jason from reviews v2");
+    // HTTP still answers on the same port.
+    let (status, _, body) = send(get(addr, "/").body(Full::default()).unwrap(), true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["version"], "v2");
+
+    let failing = start(
+        "ratings",
+        "v1",
+        vec![],
+        Fault {
+            delay_ms: 0,
+            error_rate: 1.0,
+        },
+    )
+    .await;
+    let mut client = DemoClient::connect(format!("http://{failing}"))
+        .await
+        .unwrap();
+    let status = client.hello(HelloRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "injected fault");
+}
