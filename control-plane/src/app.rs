@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
-use crate::config::Config;
+use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
 use crate::mesh::Mesh;
@@ -132,6 +132,10 @@ impl App {
         let mut grpc_stop = stop_rx.clone();
         let grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
+                // Pings find proxies whose host vanished without closing the connection, so that
+                // ListProxies does not show them connected forever.
+                .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
                 .add_service(discovery)
                 .add_service(admin)
                 .add_service(telemetry)

@@ -17,6 +17,11 @@ pub const DEFAULT_STORE: &str = "serin-store";
 /// Default debounce of snapshot pushes.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// How often the gRPC server pings an idle HTTP/2 connection.
+pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long it waits for the answer before closing the connection.
+pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Command line of `serin-control` (each flag also reads `SERIN_*` from the environment).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "serin-control", version, about = "The Serin control plane")]
