@@ -105,3 +105,48 @@ async fn sigterm_with_a_subscribed_proxy_stops_cleanly() {
     assert!(exit.success(), "exit status {exit}");
     drop(tx);
 }
+
+#[test]
+fn a_store_in_use_by_another_control_plane_is_refused() {
+    tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut first = bin()
+        .args([
+            "--grpc",
+            &grpc.to_string(),
+            "--http",
+            "127.0.0.1:0",
+            "--store",
+        ])
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The store is opened before the ports are bound: once gRPC accepts, the store is held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(grpc).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the first control plane never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = bin()
+        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--store"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = dir.path().join("serin.redb");
+    assert!(
+        stderr.contains(&format!("cannot open the store {}", file.display())),
+        "{stderr}"
+    );
+}
