@@ -557,13 +557,23 @@ impl Cluster {
     }
 
     /// A command running `argv` inside pod `pod`'s network namespace (`ip netns exec`), so that
-    /// it sees the pod's hosts file and addresses; the caller picks stdio and runs it.
+    /// it sees the pod's hosts file and addresses; the caller picks stdio and runs it. The
+    /// control plane's pod ([`CONTROL_PLANE_POD`]) is one too.
     pub fn exec<I, S>(&self, pod: &str, argv: I) -> Result<Command, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let pod = self.pod(pod)?;
+        let netns = if pod == CONTROL_PLANE_POD {
+            crate::naming::RunId::parse(&self.record.run_id)
+                .map(|id| id.pod_netns(CONTROL_PLANE_POD))
+                .ok_or_else(|| Error::StateFile {
+                    path: self.dir.state_file(),
+                    reason: format!("run id {:?} is malformed", self.record.run_id),
+                })?
+        } else {
+            self.pod(pod)?.netns
+        };
         let mut argv = argv.into_iter().peekable();
         if argv.peek().is_none() {
             return Err(Error::Invalid {
@@ -572,12 +582,16 @@ impl Cluster {
             });
         }
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pod.netns]).args(argv);
+        cmd.args(["netns", "exec", &netns]).args(argv);
         Ok(cmd)
     }
 
-    /// The log file of pod `pod`'s app or sidecar.
+    /// The log file of pod `pod`'s app or sidecar ([`CONTROL_PLANE_POD`]'s app is the control
+    /// plane).
     pub fn log_path(&self, pod: &str, stream: LogStream) -> Result<PathBuf, Error> {
+        if pod == CONTROL_PLANE_POD && stream == LogStream::App {
+            return Ok(self.dir.log(pod, stream));
+        }
         let record = self.pod(pod)?;
         match stream {
             LogStream::App => Ok(record.app_log),

@@ -299,6 +299,23 @@ fn pods_run_register_and_serve_by_name_and_down_removes_everything() {
         .unwrap_err();
     assert!(err.to_string().contains("has no sidecar"), "{err}");
 
+    // The control plane's pod has a log and takes exec too.
+    let log = cluster
+        .log_path(serin_local::cluster::CONTROL_PLANE_POD, LogStream::App)
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("serin-control serving"), "{text}");
+    let out = cluster
+        .exec(
+            serin_local::cluster::CONTROL_PLANE_POD,
+            ["ip", "-o", "-4", "addr", "show", "eth0"],
+        )
+        .unwrap()
+        .output()
+        .unwrap();
+    let addr = cluster.record().control_plane_ip.unwrap().to_string();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&addr));
+
     // Removing a pod deregisters it.
     cluster.remove_pod("reviews-v2").unwrap();
     assert_eq!(cluster.pods().unwrap().len(), 4);
