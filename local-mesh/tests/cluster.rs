@@ -844,3 +844,19 @@ fn sigterm_to_the_agent_removes_the_mesh() {
     let removed = Cluster::down(mesh.state_dir()).unwrap();
     assert!(removed.run_id.is_none(), "{removed}");
 }
+
+#[test]
+fn open_without_a_mesh_says_to_run_up() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let err = Cluster::open(dir.path().join("mesh"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "no local mesh is up in {} (run `serinctl up` first)",
+            dir.path().join("mesh").display()
+        )
+    );
+}
