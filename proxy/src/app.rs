@@ -23,6 +23,9 @@ use crate::tables::{self, ConfigWriter};
 // `--version` is the pod's version label (DESIGN.md), so clap's own version flag is off.
 #[command(name = "serin-proxy", about = "The Serin sidecar proxy")]
 pub struct Cli {
+    /// `wait-ready`: instead of proxying, wait for the sidecar on `--admin-port` to be ready.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// URL of the control plane's Discovery service (not implemented yet: the proxy stays not ready).
     #[arg(long, env = ENV_CONTROL_PLANE, conflicts_with = "config")]
     pub control_plane: Option<String>,
@@ -66,6 +69,66 @@ pub struct Cli {
     /// (target `access`) is off unless named.
     #[arg(long, env = ENV_LOG_LEVEL, default_value = "info")]
     pub log_level: String,
+}
+
+/// What the binary does instead of proxying.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Wait until the sidecar of this pod (`127.0.0.1:<admin-port>/ready`) answers 200, then exit
+    /// 0; exit 1 if it has not by the timeout. Start the app after it (FAULTS 24: an app starts
+    /// only once its sidecar is ready).
+    WaitReady {
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Why `wait-ready` gave up.
+#[derive(Debug, thiserror::Error)]
+#[error("sidecar at {addr} not ready after {timeout:?}: {last}")]
+pub struct NotReady {
+    /// The admin address asked.
+    pub addr: SocketAddr,
+    /// How long it waited.
+    pub timeout: Duration,
+    /// The last answer or error.
+    pub last: String,
+}
+
+/// How often `wait-ready` asks.
+const WAIT_READY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Asks `admin/ready` until it answers 200 or `timeout` passes.
+pub async fn wait_ready(admin: SocketAddr, timeout: Duration) -> Result<(), NotReady> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    loop {
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(admin).await?;
+            stream
+                .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(answer)) if answer.starts_with("HTTP/1.1 200") => return Ok(()),
+            Ok(Ok(answer)) => last = answer.lines().next().unwrap_or_default().to_owned(),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() + WAIT_READY_INTERVAL > deadline {
+            return Err(NotReady {
+                addr: admin,
+                timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(WAIT_READY_INTERVAL).await;
+    }
 }
 
 impl Cli {

@@ -43,6 +43,29 @@ async fn ready_only_once_a_config_is_applied() {
 }
 
 #[tokio::test]
+async fn wait_ready_returns_once_a_config_arrives_and_gives_up_at_its_timeout() {
+    let proxy = TestProxy::start().await;
+    let admin = proxy.bound.admin_addr;
+    let err = serin_proxy::app::wait_ready(admin, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    let mut waiting = tokio::spawn(serin_proxy::app::wait_ready(admin, LONG));
+    // Not ready, so still waiting a while later.
+    let early = tokio::time::timeout(Duration::from_millis(150), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "wait-ready returned before a config: {early:?}"
+    );
+    proxy.apply(&service_config(80, "PROTOCOL_HTTP1", &[]));
+    tokio::time::timeout(LONG, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn http1_keep_alive_reuses_one_upstream_connection_and_close_is_honoured() {
     let server = echo_server().await;
     let proxy = TestProxy::start().await;

@@ -988,6 +988,31 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
         admin_get(&fx.client, 15100, "/ready").unwrap(),
         (503, "no config yet\n".to_owned())
     );
+    // `wait-ready`, what a pod runs before starting its app: gives up on the bare proxy, passes on
+    // the configured sidecar.
+    let wait = |port: &str| {
+        let proxy = fx.files.proxy().display().to_string();
+        fx.client
+            .exec([
+                &proxy[..],
+                "--admin-port",
+                port,
+                "wait-ready",
+                "--timeout",
+                "300ms",
+            ])
+            .user(PROXY_UID, PROXY_UID)
+            .output()
+            .unwrap()
+    };
+    let out = wait("15100");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not ready after 300ms") && stderr.contains("503"),
+        "{stderr}"
+    );
+    assert!(wait("15000").status.success());
     bare.kill().unwrap();
     let cp_ports = [
         "--admin-port",
