@@ -673,6 +673,31 @@ impl Agent {
     ) -> Result<PodRecord, Error> {
         let workload = ControlPlane::workload(spec, pod.ip());
         let registration = self.control_plane.register(workload.clone()).await?;
+        let lease_id = registration.lease_id.clone();
+        let result = self
+            .record_pod(spec, pod, app, sidecar, workload, registration)
+            .await;
+        if result.is_err() {
+            // Undo the registration and the record; the caller removes the pod itself.
+            if let Err(e) = self.control_plane.deregister(&lease_id).await {
+                tracing::warn!(pod = %spec.name, error = %e, "deregistration after a failed run failed");
+            }
+            let _ = self.update(|r| r.pods.retain(|p| p.name != spec.name));
+        }
+        result
+    }
+
+    /// Records a registered pod: its VIP's names in every hosts file, the state file, the node's
+    /// service rules, and the task that renews its lease.
+    async fn record_pod(
+        self: &Arc<Self>,
+        spec: &PodSpec,
+        pod: &Pod,
+        app: Process,
+        sidecar: Option<Process>,
+        workload: serin_proto::v1::Workload,
+        registration: control::Registration,
+    ) -> Result<PodRecord, Error> {
         let vip = self
             .control_plane
             .vip(&spec.service, &spec.namespace)
