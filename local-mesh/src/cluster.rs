@@ -290,6 +290,21 @@ impl Cluster {
             let removed = Cluster::down_locked(&dir)?;
             tracing::warn!(%removed, "removed the leftovers of a crashed mesh before up");
         }
+        for (tool, hint) in [
+            ("ip", "install iproute2 (Debian: apt-get install iproute2)"),
+            (
+                "iptables-restore",
+                "install iptables (Debian: apt-get install iptables)",
+            ),
+            (
+                "setpriv",
+                "install util-linux (Debian: apt-get install util-linux)",
+            ),
+        ] {
+            if !crate::ip::in_path(tool) {
+                return Err(Error::MissingTool { tool, hint });
+            }
+        }
         for name in MESH_BINS {
             let path = options.bin_dir.join(name);
             if !path.is_file() {
