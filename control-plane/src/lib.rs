@@ -15,3 +15,12 @@ pub mod proto;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+
+/// Starts tracing into the test's captured output (once per test binary).
+#[cfg(test)]
+pub(crate) fn test_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("debug")
+        .try_init();
+}

@@ -794,6 +794,7 @@ mod tests {
 
     #[test]
     fn policy_round_trips_through_the_domain() {
+        crate::test_tracing();
         let draft = PolicyDraft::try_from(wire_policy()).unwrap();
         assert_eq!(draft.policy.metadata.namespace, "default");
         assert_eq!(
@@ -818,6 +819,7 @@ mod tests {
 
     #[test]
     fn uri_ignore_case_is_refused_naming_the_field() {
+        crate::test_tracing();
         let mut p = wire_policy();
         p.spec.as_mut().unwrap().rules[0].r#match[0]
             .uri
@@ -830,6 +832,7 @@ mod tests {
 
     #[test]
     fn unknown_os_values_reach_validation() {
+        crate::test_tracing();
         let mut p = wire_policy();
         p.spec.as_mut().unwrap().rules[0].r#match[0].os = vec![0];
         let draft = PolicyDraft::try_from(p).unwrap();
@@ -839,6 +842,7 @@ mod tests {
 
     #[test]
     fn workload_errors_name_the_field() {
+        crate::test_tracing();
         let ok = v1::Workload {
             pod_name: "reviews-v1-0".into(),
             addresses: vec!["10.244.0.7".into()],

@@ -179,6 +179,7 @@ mod tests {
 
     #[test]
     fn the_version_follows_the_content_only() {
+        crate::test_tracing();
         assert_eq!(
             EncodedSnapshot::build(&view("v1")).version,
             EncodedSnapshot::build(&view("v1")).version
@@ -191,6 +192,7 @@ mod tests {
 
     #[test]
     fn the_shared_body_plus_a_nonce_is_a_subscribe_response() {
+        crate::test_tracing();
         let built = EncodedSnapshot::build(&view("v1"));
         let mut bytes = built.body.to_vec();
         prost::encoding::string::encode(2, &"7".to_owned(), &mut bytes);

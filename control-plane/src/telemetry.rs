@@ -277,6 +277,7 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_and_known_edges_keep_counting() {
+        crate::test_tracing();
         let table = EdgeTable::default();
         let (accepted, dropped) = table.record((0..MAX_EDGES + 5).map(|i| report(i, 1)).collect());
         assert_eq!((accepted, dropped), (MAX_EDGES as u64, 5));
@@ -294,6 +295,7 @@ mod tests {
 
     #[test]
     fn outcomes_per_edge_are_bounded() {
+        crate::test_tracing();
         let mut totals = EdgeTotals::default();
         for code in 0..(MAX_OUTCOMES_PER_EDGE as u32 + 10) {
             totals.add(EdgeDelta {

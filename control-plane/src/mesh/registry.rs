@@ -215,6 +215,7 @@ mod tests {
 
     #[test]
     fn vips_are_deterministic_in_range_and_skip_used_ones() {
+        crate::test_tracing();
         let key = ServiceKey {
             namespace: "default".into(),
             name: "reviews".into(),
