@@ -165,6 +165,7 @@ spec:
 
     #[test]
     fn namespace_defaults_and_empty_documents_are_skipped() {
+        crate::test_tracing();
         let text = format!(
             "---\n# nothing\n---\n{ONE}---\n{}",
             ONE.replace("{name: reviews}", "{name: ratings, namespace: shop}")
@@ -184,6 +185,7 @@ spec:
 
     #[test]
     fn errors_name_the_document_line_and_field() {
+        crate::test_tracing();
         let bad = ONE.replace(
             "  service: reviews\n",
             "  service: reviews\n  stickyness: {cookie: uid}\n",
@@ -199,6 +201,7 @@ spec:
 
     #[test]
     fn printed_documents_read_back() {
+        crate::test_tracing();
         let draft = parse(ONE).unwrap().remove(0).1.into_draft("default");
         let doc = Document::from_draft(
             draft.clone(),

@@ -19,6 +19,15 @@ use crate::cli::{Cli, Command};
 use crate::connect::ControlPlane;
 use crate::error::CliError;
 
+/// Starts tracing into the test's captured output (once per test binary).
+#[cfg(test)]
+pub(crate) fn test_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("debug")
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
