@@ -36,28 +36,33 @@ impl Verdicts {
     }
 }
 
-/// Where in the byte stream the guard is.
-#[derive(Debug)]
+/// Where in the byte stream the guard is. The bytes of the current head or line are kept in
+/// the guard's `pending` buffer, reused from one request to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scan {
     /// Collecting a request head.
-    Head(Vec<u8>),
+    Head,
     /// Skipping this many body bytes.
     Length(u64),
     /// Reading a chunk-size line.
-    ChunkSize(Vec<u8>),
+    ChunkSize,
     /// Skipping chunk data, then its CRLF.
     ChunkData(u64),
     /// Reading trailer lines until the empty one.
-    Trailers(Vec<u8>),
+    Trailers,
     /// Not following any more.
     Off,
 }
+
+/// Longest chunk-size or trailer line followed.
+const MAX_LINE: usize = 4096;
 
 /// A stream that checks the request heads read through it.
 #[derive(Debug)]
 pub struct HeadGuard<T> {
     inner: T,
     scan: Scan,
+    pending: Vec<u8>,
     limit: usize,
     verdicts: Arc<Verdicts>,
 }
@@ -67,7 +72,8 @@ impl<T> HeadGuard<T> {
     pub fn new(inner: T, limit: usize, verdicts: Arc<Verdicts>) -> Self {
         HeadGuard {
             inner,
-            scan: Scan::Head(Vec::new()),
+            scan: Scan::Head,
+            pending: Vec::new(),
             limit,
             verdicts,
         }
@@ -76,37 +82,32 @@ impl<T> HeadGuard<T> {
     /// Follows `bytes`, the next bytes of the stream.
     fn follow(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            let scan = std::mem::replace(&mut self.scan, Scan::Off);
-            self.scan = match scan {
+            self.scan = match self.scan {
                 Scan::Off => return,
-                Scan::Head(mut head) => {
+                Scan::Head => {
                     // Empty lines before a request line are allowed (RFC 9112 §2.2).
-                    if head.is_empty() {
+                    if self.pending.is_empty() {
                         let skip = bytes
                             .iter()
                             .take_while(|b| **b == b'\r' || **b == b'\n')
                             .count();
                         bytes = &bytes[skip..];
                         if bytes.is_empty() {
-                            self.scan = Scan::Head(head);
                             return;
                         }
                     }
-                    let before = head.len();
-                    head.extend_from_slice(bytes);
-                    // Search from a little before the new bytes: the end may straddle reads.
-                    let from = before.saturating_sub(3);
-                    match headers::head_end(&head[from..]) {
-                        Some(end) => {
-                            let end = from + end;
-                            bytes = &bytes[end - before..];
-                            head.truncate(end);
-                            self.after_head(&head)
+                    match head_end(&self.pending, bytes) {
+                        Some(n) => {
+                            self.pending.extend_from_slice(&bytes[..n]);
+                            bytes = &bytes[n..];
+                            let next = self.after_head();
+                            self.pending.clear();
+                            next
                         }
-                        None if head.len() > self.limit => Scan::Off,
+                        None if self.pending.len() + bytes.len() > self.limit => Scan::Off,
                         None => {
-                            bytes = &[];
-                            Scan::Head(head)
+                            self.pending.extend_from_slice(bytes);
+                            return;
                         }
                     }
                 }
@@ -114,42 +115,48 @@ impl<T> HeadGuard<T> {
                     let n = left.min(bytes.len() as u64);
                     bytes = &bytes[n as usize..];
                     match left - n {
-                        0 => Scan::Head(Vec::new()),
+                        0 => Scan::Head,
                         left => Scan::Length(left),
                     }
                 }
-                Scan::ChunkSize(mut line) | Scan::Trailers(mut line) if line.len() > 4096 => {
-                    line.clear();
-                    Scan::Off
-                }
-                Scan::ChunkSize(mut line) => match take_line(&mut line, &mut bytes) {
-                    false => Scan::ChunkSize(line),
-                    true => match chunk_size(&line) {
-                        Some(0) => Scan::Trailers(Vec::new()),
-                        // The data, then its CRLF.
-                        Some(size) => Scan::ChunkData(size + 2),
-                        None => Scan::Off,
-                    },
-                },
                 Scan::ChunkData(left) => {
                     let n = left.min(bytes.len() as u64);
                     bytes = &bytes[n as usize..];
                     match left - n {
-                        0 => Scan::ChunkSize(Vec::new()),
+                        0 => Scan::ChunkSize,
                         left => Scan::ChunkData(left),
                     }
                 }
-                Scan::Trailers(mut line) => match take_line(&mut line, &mut bytes) {
-                    false => Scan::Trailers(line),
-                    true if line.trim_ascii().is_empty() => Scan::Head(Vec::new()),
-                    true => Scan::Trailers(Vec::new()),
-                },
+                line @ (Scan::ChunkSize | Scan::Trailers) => {
+                    if !take_line(&mut self.pending, &mut bytes) {
+                        if self.pending.len() > MAX_LINE {
+                            self.pending.clear();
+                            Scan::Off
+                        } else {
+                            line
+                        }
+                    } else {
+                        let next = match line {
+                            Scan::ChunkSize => match chunk_size(&self.pending) {
+                                Some(0) => Scan::Trailers,
+                                // The data, then its CRLF.
+                                Some(size) => Scan::ChunkData(size + 2),
+                                None => Scan::Off,
+                            },
+                            _ if self.pending.trim_ascii().is_empty() => Scan::Head,
+                            _ => Scan::Trailers,
+                        };
+                        self.pending.clear();
+                        next
+                    }
+                }
             };
         }
     }
 
-    /// Records the verdict on a complete head and decides how its body is framed.
-    fn after_head(&mut self, head: &[u8]) -> Scan {
+    /// Records the verdict on the complete head in `pending` and decides how its body is framed.
+    fn after_head(&mut self) -> Scan {
+        let head = &self.pending[..];
         let verdict = headers::check_head(head);
         self.verdicts.push(verdict);
         if verdict.is_err() {
@@ -176,11 +183,27 @@ impl<T> HeadGuard<T> {
         match (upgrade, chunked, length) {
             // What follows may be a tunnel: stop following.
             (true, _, _) => Scan::Off,
-            (_, true, _) => Scan::ChunkSize(Vec::new()),
+            (_, true, _) => Scan::ChunkSize,
             (_, _, Some(n)) if n > 0 => Scan::Length(n),
-            _ => Scan::Head(Vec::new()),
+            _ => Scan::Head,
         }
     }
+}
+
+/// Where the head that `pending` starts ends in `bytes` (the index after its blank line), if it
+/// does: the blank line may straddle the two.
+fn head_end(pending: &[u8], bytes: &[u8]) -> Option<usize> {
+    const END: &[u8] = b"\r\n\r\n";
+    for k in (1..=3).rev() {
+        if pending.len() >= k
+            && bytes.len() >= 4 - k
+            && pending.ends_with(&END[..k])
+            && bytes.starts_with(&END[k..])
+        {
+            return Some(4 - k);
+        }
+    }
+    headers::head_end(bytes)
 }
 
 /// Moves bytes up to and including the next `\n` into `line`; whether the line is complete.
