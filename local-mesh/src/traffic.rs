@@ -135,10 +135,11 @@ impl TrafficReport {
             .into_iter()
             .flatten()
         {
+            let target = call.get("target").and_then(Value::as_str).unwrap_or("?");
             if let Some(error) = call.get("error").and_then(Value::as_str) {
                 *self
                     .failures
-                    .entry(format!("call to {}: {error}", call["target"]))
+                    .entry(format!("call to {target}: {error}"))
                     .or_default() += 1;
             }
             if let Some(status) = call
@@ -148,7 +149,7 @@ impl TrafficReport {
             {
                 *self
                     .failures
-                    .entry(format!("call to {}: status {status}", call["target"]))
+                    .entry(format!("call to {target}: status {status}"))
                     .or_default() += 1;
             }
             if let Some(response) = call.get("response") {
