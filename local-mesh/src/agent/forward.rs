@@ -107,3 +107,62 @@ pub async fn serve(listener: TcpListener, dialer: Dialer, target: SocketAddr) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Forwards through a dialer in this process's own namespace (entering it needs root).
+    #[tokio::test]
+    async fn forwards_both_ways_and_closes_when_the_target_refuses() {
+        crate::testing::init_tracing();
+        if crate::testing::skip_unless_root("forwards_both_ways_and_closes_when_the_target_refuses")
+        {
+            return;
+        }
+        let dialer = Dialer::start(Path::new("/proc/self/ns/net")).unwrap();
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = target.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0; 5];
+                    if conn.read_exact(&mut buf).await.is_ok() {
+                        let _ = conn.write_all(&buf).await;
+                    }
+                });
+            }
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        tokio::spawn(serve(front, dialer.clone(), target_addr));
+        for _ in 0..3 {
+            let mut conn = TcpStream::connect(front_addr).await.unwrap();
+            conn.write_all(b"hello").await.unwrap();
+            let mut buf = [0; 5];
+            tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&buf, b"hello");
+        }
+
+        // Nothing listens there: the forwarder closes the client's connection.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        tokio::spawn(serve(front, dialer, refused_addr));
+        let mut conn = TcpStream::connect(front_addr).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf))
+            .await
+            .unwrap();
+        assert!(read.is_ok_and(|n| n == 0) || buf.is_empty());
+    }
+}
