@@ -10,6 +10,10 @@ use crate::document;
 use crate::error::CliError;
 
 /// Applies every document in order; stops at the first one the control plane refuses.
+///
+/// Every document is validated here first, with the same code the control plane uses, so a bad
+/// document in a file applies nothing, and values the wire cannot carry (a negative weight) are
+/// reported as written instead of as what they would become on the wire.
 pub async fn apply(
     cp: &mut ControlPlane,
     namespace: &str,
@@ -36,8 +40,22 @@ pub async fn apply(
     if docs.is_empty() {
         return Err(CliError::Input(format!("{source}: no policy documents")));
     }
-    for (index, doc) in docs {
-        let draft = doc.into_draft(namespace);
+    let drafts: Vec<_> = docs
+        .into_iter()
+        .map(|(index, doc)| (index, doc.into_draft(namespace)))
+        .collect();
+    for (index, draft) in &drafts {
+        if let Err(errors) = serin_policy::validate(&draft.policy, None) {
+            let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(CliError::Input(format!(
+                "{source}: document {} (policy/{}): {}",
+                index + 1,
+                draft.policy.metadata.name,
+                reasons.join("; ")
+            )));
+        }
+    }
+    for (index, draft) in drafts {
         let name = format!("policy/{}", draft.policy.metadata.name);
         let req = v1::ApplyPolicyRequest {
             policy: Some(v1::TrafficPolicy::from(&draft)),

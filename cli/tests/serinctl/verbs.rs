@@ -358,20 +358,30 @@ fn failures_are_one_clear_line() {
         "{err}"
     );
 
-    // A validation error names the document, the policy, the field and the reason, after the
-    // documents before it were applied.
+    // A validation error names the document, the policy, the field and the reason, and nothing
+    // of the file is applied: every document is validated before any is sent.
     let invalid = TWO_POLICIES.replace("{version: v1, weight: 100}", "{version: v1, weight: 0}");
     let out = cp.ctl_stdin(&["apply", "-f", "-"], &invalid);
-    assert_eq!(
-        String::from_utf8(out.stdout.clone()).unwrap(),
-        "policy/reviews created (generation 1)\n"
-    );
+    assert_eq!(String::from_utf8(out.stdout.clone()).unwrap(), "");
     let err = one_error_line(&out);
     assert!(
         err.starts_with("serinctl: <stdin>: document 2 (policy/ratings): spec.default.route: "),
         "{err}"
     );
     assert!(err.contains("weights are zero"), "{err}");
+    let err = one_error_line(&cp.ctl(&["get", "policies", "reviews"]));
+    assert_eq!(
+        err,
+        "serinctl: getting policy reviews: policy default/reviews not found"
+    );
+
+    // A negative weight is reported as written, not as the zero it would become on the wire.
+    let negative = TWO_POLICIES.replace("{version: v1, weight: 100}", "{version: v1, weight: -5}");
+    let err = one_error_line(&cp.ctl_stdin(&["apply", "-f", "-"], &negative));
+    assert!(
+        err.starts_with("serinctl: <stdin>: document 2 (policy/ratings): spec.default.route[0].weight: weight -5 is negative"),
+        "{err}"
+    );
 
     let err = one_error_line(&cp.ctl(&["apply", "-f", "/nonexistent/policy.yaml"]));
     assert!(
