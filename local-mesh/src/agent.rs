@@ -146,7 +146,7 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
         pods: Vec::new(),
         services: Vec::new(),
     };
-    // Written before anything else exists, so `down` finds the run even if we crash below.
+    // Written as soon as the run id exists, so `down` finds the run if we crash from here on.
     dir.write(&record)?;
 
     // 2. The host ports, before the control plane starts, so a taken port fails fast.

@@ -60,7 +60,7 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         rate: u32,
         /// How long, e.g. 5s.
-        #[arg(long, default_value = "5s", value_parser = humantime_secs)]
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
         duration: Duration,
         /// Requests in flight at most.
         #[arg(long, default_value_t = 8)]
@@ -77,7 +77,7 @@ enum Command {
     },
 }
 
-fn humantime_secs(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.trim().split_at(
         s.trim()
             .find(|c: char| !c.is_ascii_digit())
