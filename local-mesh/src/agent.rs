@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,8 +45,10 @@ const CONTROL_PLANE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an app, then a sidecar (whose drain deadline is 5 s), may take to exit after
 /// SIGTERM before they are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(6);
-/// How often the agent checks that each app still runs.
+/// How often the agent checks that each app, and the control plane, still runs.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How many times the agent restarts a control plane that died, before giving up.
+const MAX_CONTROL_PLANE_RESTARTS: u32 = 5;
 
 /// The agent's command line.
 #[derive(Debug, Clone, clap::Parser)]
@@ -100,7 +103,11 @@ struct Agent {
     pods: Mutex<HashMap<String, PodProcesses>>,
     /// Serialises changes (run, remove, down).
     changes: tokio::sync::Mutex<()>,
-    control_plane_process: Process,
+    /// The control plane's pod and its current process (replaced when it is restarted).
+    control_plane_pod: Pod,
+    control_plane_process: Mutex<Arc<Process>>,
+    /// Set when teardown starts, so that the control plane's exit is not mistaken for a crash.
+    stopping: AtomicBool,
     sidecar_timeout: Duration,
     app_timeout: Duration,
     stop: Notify,
@@ -206,14 +213,17 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
         record: Mutex::new(record),
         pods: Mutex::new(HashMap::new()),
         changes: tokio::sync::Mutex::new(()),
-        control_plane_process: cp_process,
+        control_plane_pod: cp_pod.clone(),
+        control_plane_process: Mutex::new(Arc::new(cp_process)),
+        stopping: AtomicBool::new(false),
         sidecar_timeout: Duration::from_millis(args.sidecar_ready_timeout_ms),
         app_timeout: Duration::from_millis(args.app_ready_timeout_ms),
         stop: Notify::new(),
     });
 
-    // 7. Ready: later `serinctl` processes may use the mesh now.
+    // 7. Ready: later `serinctl` processes may use the mesh now; the control plane is watched.
     agent.update(|r| r.ready = true)?;
+    let supervisor = tokio::spawn(Arc::clone(&agent).supervise_control_plane());
     tracing::info!(run_id = %agent.mesh.run_id(), grpc = args.grpc_port, http = args.http_port, "local mesh up");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -247,6 +257,7 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
         let _ = std::fs::remove_file(dir.state_file());
     }
     accept.abort();
+    supervisor.abort();
     Ok(())
 }
 
@@ -264,6 +275,12 @@ fn start_control_plane(
     log: &Path,
 ) -> anyhow::Result<(Pod, Process)> {
     let pod = mesh.add_pod(CONTROL_PLANE_POD)?;
+    let process = spawn_control_plane(&pod, bin, store, log)?;
+    Ok((pod, process))
+}
+
+/// Starts `serin-control` in its pod and waits until both its ports listen.
+fn spawn_control_plane(pod: &Pod, bin: &Path, store: &Path, log: &Path) -> Result<Process, Error> {
     let process = pod
         .exec([bin.as_os_str()])
         .args(["--grpc", &format!("0.0.0.0:{GRPC_PORT}")])
@@ -274,7 +291,7 @@ fn start_control_plane(
         .stderr(Redirect::Append(log.to_owned()))
         .spawn()?;
     for port in [GRPC_PORT, HTTP_PORT] {
-        wait_listening(&pod, &process, port, CONTROL_PLANE_TIMEOUT).map_err(|reason| {
+        wait_listening(pod, &process, port, CONTROL_PLANE_TIMEOUT).map_err(|reason| {
             Error::NotReady {
                 what: "control plane",
                 pod: CONTROL_PLANE_POD.to_owned(),
@@ -283,7 +300,7 @@ fn start_control_plane(
             }
         })?;
     }
-    Ok((pod, process))
+    Ok(process)
 }
 
 /// Polls until `process` listens on `port` of `pod` (connecting from inside the pod); the
@@ -831,6 +848,57 @@ impl Agent {
         }
     }
 
+    /// Restarts the control plane (same pod, same store) when it dies, at most
+    /// [`MAX_CONTROL_PLANE_RESTARTS`] times; pods whose lease it no longer knows register again
+    /// through their renewal.
+    async fn supervise_control_plane(self: Arc<Self>) {
+        let mut watch = tokio::time::interval(WATCH_INTERVAL);
+        let mut restarts = 0;
+        loop {
+            watch.tick().await;
+            let process = Arc::clone(
+                &self
+                    .control_plane_process
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            let Ok(Some(status)) = process.try_wait() else {
+                continue;
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if restarts == MAX_CONTROL_PLANE_RESTARTS {
+                tracing::error!(%status, restarts, "the control plane died again; not restarting it (run `serinctl down` and `serinctl up`)");
+                return;
+            }
+            restarts += 1;
+            tracing::error!(%status, restarts, "the control plane died; restarting it");
+            let agent = Arc::clone(&self);
+            let started = blocking(move || {
+                spawn_control_plane(
+                    &agent.control_plane_pod,
+                    &agent.bin_dir.join("serin-control"),
+                    &agent.dir.store(),
+                    &agent.dir.log(CONTROL_PLANE_POD, LogStream::App),
+                )
+            })
+            .await;
+            match started {
+                Ok(process) => {
+                    let pid = process.id();
+                    *self
+                        .control_plane_process
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Arc::new(process);
+                    let _ = self.update(|r| r.control_plane_pid = Some(pid));
+                    tracing::info!(pid, "control plane restarted");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot restart the control plane"),
+            }
+        }
+    }
+
     async fn remove_pod(self: &Arc<Self>, name: &str) -> Result<(), Error> {
         let _change = self.changes.lock().await;
         let record = self
@@ -868,6 +936,7 @@ impl Agent {
     /// Deregisters every pod and removes the whole mesh; says what it removed.
     async fn down(self: &Arc<Self>) -> Removed {
         let _change = self.changes.lock().await;
+        self.stopping.store(true, Ordering::SeqCst);
         let record = self.lock_record().clone();
         let mut removed = Removed {
             run_id: Some(record.run_id.clone()),
@@ -897,6 +966,12 @@ impl Agent {
                     .push(format!("SERIN_* capture chains in pod {}", pod.name));
             }
         }
+        let control_plane = Arc::clone(
+            &self
+                .control_plane_process
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         if let Some(pid) = record.control_plane_pid {
             removed.processes.push(format!("pid {pid} (control plane)"));
         }
@@ -917,7 +992,7 @@ impl Agent {
                 .iter()
                 .filter_map(|(_, p)| p.sidecar.as_deref())
                 .collect();
-            rest.push(&agent.control_plane_process);
+            rest.push(&control_plane);
             stop_gracefully(&rest);
             agent.mesh.close()
         })

@@ -860,3 +860,43 @@ fn open_without_a_mesh_says_to_run_up() {
         )
     );
 }
+
+#[test]
+fn a_dead_control_plane_is_restarted_with_its_store() {
+    init_tracing();
+    if skip_unless_root("a_dead_control_plane_is_restarted_with_its_store") {
+        return;
+    }
+    let mesh = TestCluster::up(25190);
+    let cluster = &mesh.cluster;
+    cluster.create_namespace("plain", false).unwrap();
+    cluster
+        .run(&demo_pod("details-v1", "plain", "details", "v1", &[]))
+        .unwrap();
+    let old = cluster.record().control_plane_pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut reopened = Cluster::open(mesh.state_dir()).unwrap();
+    let new = eventually("a new control plane", Duration::from_secs(30), || {
+        let pid = reopened.refresh().ok()?.control_plane_pid?;
+        (pid != old && is_running(pid)).then_some(pid)
+    });
+    assert!(!is_running(old));
+    // Through the same forwarded port, the new process serves what the store kept.
+    let details = eventually("details listed again", Duration::from_secs(30), || {
+        let services = list_services(&cluster.control_plane_url());
+        services.into_iter().find(|s| s.key == "plain/details")
+    });
+    assert_eq!(details.versions, [("v1".to_owned(), 1)], "{details:?}");
+    let removed = Cluster::down(mesh.state_dir()).unwrap();
+    assert!(
+        removed
+            .processes
+            .contains(&format!("pid {new} (control plane)")),
+        "{removed}"
+    );
+    assert!(!is_running(new));
+}
