@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
 
 use crate::config::{Identity, ProxySettings};
 use crate::drain;
@@ -249,14 +250,12 @@ async fn handle(side: Side, inputs: Arc<ProxyInputs>, stream: TcpStream, peer: S
         return;
     }
     let span = tracing::debug_span!("conn", ?side, %peer, %orig_dst);
-    let _ = tracing::Instrument::instrument(
-        async move {
-            match side {
-                Side::Outbound => outbound::handle(&inputs, stream, peer, orig_dst).await,
-                Side::Inbound => inbound::handle(&inputs, stream, peer, orig_dst).await,
-            }
-        },
-        span,
-    )
+    async move {
+        match side {
+            Side::Outbound => outbound::handle(&inputs, stream, peer, orig_dst).await,
+            Side::Inbound => inbound::handle(&inputs, stream, peer, orig_dst).await,
+        }
+    }
+    .instrument(span)
     .await;
 }
