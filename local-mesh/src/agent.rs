@@ -154,6 +154,7 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
         services: Vec::new(),
     };
     // Written as soon as the run id exists, so `down` finds the run if we crash from here on.
+    dir.write_run_id(&record.run_id)?;
     dir.write(&record)?;
 
     // 2. The host ports, before the control plane starts, so a taken port fails fast.
@@ -940,6 +941,7 @@ impl Agent {
         let record = self.lock_record().clone();
         let mut removed = Removed {
             run_id: Some(record.run_id.clone()),
+            agent_pid: Some(std::process::id()),
             ..Removed::default()
         };
         let processes: Vec<(String, PodProcesses)> = self.lock_pods().drain().collect();

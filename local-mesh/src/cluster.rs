@@ -194,6 +194,9 @@ pub struct Removed {
     pub state_dir: Option<PathBuf>,
     /// Steps that failed.
     pub errors: Vec<String>,
+    /// The agent that tore the mesh down (it exits right after answering).
+    #[serde(default)]
+    pub agent_pid: Option<u32>,
 }
 
 impl Removed {
@@ -279,7 +282,15 @@ impl Cluster {
         // One `up` or `down` at a time per state directory: two racing `up`s would start two
         // agents writing one state file.
         let _lock = dir.lock()?;
-        if let Some(record) = dir.read()? {
+        let existing = match dir.read() {
+            Err(Error::StateFile { .. }) => {
+                let removed = Cluster::down_locked(&dir)?;
+                tracing::warn!(%removed, "removed a mesh whose state file was damaged before up");
+                None
+            }
+            other => other?,
+        };
+        if let Some(record) = existing {
             if agent_alive(&record) {
                 let cluster = Cluster::wait_ready(&dir, record.agent_pid, options.start_timeout)?;
                 return Ok(Up {
@@ -433,7 +444,16 @@ impl Cluster {
     }
 
     fn down_locked(dir: &StateDir) -> Result<Removed, Error> {
-        let Some(record) = dir.read()? else {
+        let record = match dir.read() {
+            Err(Error::StateFile { path, reason }) => {
+                return Cluster::down_without_state(
+                    dir,
+                    &format!("state file {} was unreadable: {reason}", path.display()),
+                );
+            }
+            other => other?,
+        };
+        let Some(record) = record else {
             let state_dir = dir.remove()?.then(|| dir.path().to_owned());
             return Ok(Removed {
                 state_dir,
@@ -479,12 +499,53 @@ impl Cluster {
                         .iter()
                         .map(|ns| format!("iptables rules in {ns}"))
                         .collect(),
-                    registrations: Vec::new(),
-                    state_dir: None,
                     errors: report.errors.iter().map(ToString::to_string).collect(),
+                    ..Removed::default()
                 }
             }
         };
+        if dir.remove()? {
+            removed.state_dir = Some(dir.path().to_owned());
+        }
+        Ok(removed)
+    }
+
+    /// `down` when the state file cannot be read: ask the agent over its socket, else sweep the
+    /// run named by the run id file (never another mesh), then drop the directory.
+    fn down_without_state(dir: &StateDir, why: &str) -> Result<Removed, Error> {
+        tracing::warn!(why, "tearing down without the state file");
+        let mut removed = match call(&dir.socket(), &Request::Down, CALL_TIMEOUT) {
+            Ok(Response::Removed { removed }) => {
+                // Until it has exited, its forwarded ports are still taken.
+                if let Some(pid) = removed.agent_pid
+                    && let Ok(Some(start_time)) = crate::state::start_time(pid)
+                {
+                    let agent = Owner { pid, start_time };
+                    poll_until(EXIT_TIMEOUT, || (!agent.is_alive()).then_some(()));
+                }
+                removed
+            }
+            _ => match dir.read_run_id() {
+                Some(run_id) => {
+                    let report = sweep_run(&run_id)?;
+                    Removed {
+                        run_id: Some(run_id),
+                        after_crash: true,
+                        namespaces: report.namespaces.clone(),
+                        links: report.links.clone(),
+                        processes: report
+                            .processes
+                            .iter()
+                            .map(|p| format!("pid {p}"))
+                            .collect(),
+                        errors: report.errors.iter().map(ToString::to_string).collect(),
+                        ..Removed::default()
+                    }
+                }
+                None => Removed::default(),
+            },
+        };
+        removed.errors.insert(0, why.to_owned());
         if dir.remove()? {
             removed.state_dir = Some(dir.path().to_owned());
         }

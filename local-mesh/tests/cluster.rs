@@ -900,3 +900,56 @@ fn a_dead_control_plane_is_restarted_with_its_store() {
     );
     assert!(!is_running(new));
 }
+
+#[test]
+fn down_copes_with_a_damaged_state_file() {
+    init_tracing();
+    if skip_unless_root("down_copes_with_a_damaged_state_file") {
+        return;
+    }
+    // With the agent alive, down still reaches it through its socket.
+    let mesh = TestCluster::up(25200);
+    let record = mesh.cluster.record().clone();
+    std::fs::write(mesh.state_dir().join("cluster.json"), "{damaged").unwrap();
+    let removed = Cluster::down(mesh.state_dir()).unwrap();
+    assert!(removed.errors[0].contains("was unreadable"), "{removed}");
+    assert!(!removed.after_crash, "{removed}");
+    eventually("the agent to exit", Duration::from_secs(10), || {
+        (!is_running(record.agent_pid)).then_some(())
+    });
+    assert_eq!(leftovers(&record.run_id), Vec::<String>::new());
+    assert!(!mesh.state_dir().exists());
+
+    // With the agent dead too, the run id file names what to sweep.
+    let up = Cluster::up(&options(mesh.dir.path(), 25200)).unwrap();
+    let record = up.cluster.record().clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(record.agent_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the agent to die", Duration::from_secs(5), || {
+        (!is_running(record.agent_pid)).then_some(())
+    });
+    std::fs::write(mesh.state_dir().join("cluster.json"), "").unwrap();
+    let removed = Cluster::down(mesh.state_dir()).unwrap();
+    assert!(removed.after_crash, "{removed}");
+    assert_eq!(removed.run_id.as_deref(), Some(record.run_id.as_str()));
+    assert_eq!(
+        removed.namespaces.len(),
+        2,
+        "node and control plane: {removed}"
+    );
+    assert_eq!(leftovers(&record.run_id), Vec::<String>::new());
+    assert!(!mesh.state_dir().exists());
+
+    // And up over a damaged state file cleans up first, then makes a new mesh.
+    let up = Cluster::up(&options(mesh.dir.path(), 25200)).unwrap();
+    let record = up.cluster.record().clone();
+    std::fs::write(mesh.state_dir().join("cluster.json"), "[]").unwrap();
+    let again = Cluster::up(&options(mesh.dir.path(), 25200)).unwrap();
+    assert!(again.created);
+    assert_ne!(again.cluster.record().run_id, record.run_id);
+    assert_eq!(leftovers(&record.run_id), Vec::<String>::new());
+    assert!(!is_running(record.agent_pid));
+}

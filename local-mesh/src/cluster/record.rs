@@ -15,6 +15,9 @@ use crate::Error;
 
 /// The state file's name inside the state directory.
 pub const STATE_FILE: &str = "cluster.json";
+/// A file holding only the run id, written once before anything else, so that `down` can
+/// remove the run even when the state file is damaged.
+pub const RUN_ID_FILE: &str = "run-id";
 /// The agent's control socket inside the state directory.
 pub const SOCKET: &str = "agent.sock";
 /// The directory of every app's and sidecar's log.
@@ -101,6 +104,18 @@ impl StateDir {
         })?;
         fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| Error::io("replace", &path, e))
+    }
+
+    /// Records the run id (see [`RUN_ID_FILE`]).
+    pub fn write_run_id(&self, run_id: &str) -> Result<(), Error> {
+        let path = self.0.join(RUN_ID_FILE);
+        fs::write(&path, format!("{run_id}\n")).map_err(|e| Error::io("write", path, e))
+    }
+
+    /// The recorded run id, if any.
+    pub fn read_run_id(&self) -> Option<String> {
+        let text = fs::read_to_string(self.0.join(RUN_ID_FILE)).ok()?;
+        Some(text.trim().to_owned()).filter(|id| !id.is_empty())
     }
 
     /// Creates the directory and its log directory.
