@@ -65,7 +65,7 @@ pub async fn dispatch(
     };
     tracing::debug!(?protocol, ?detected, "protocol");
     match detected {
-        Detected::Tcp => forward_tcp(inputs, stream, &buf, tcp_target()).await,
+        Detected::Tcp => forward_tcp(inputs, stream, buf, tcp_target()).await,
         Detected::Http2 => {
             http::serve(
                 Prefixed::new(buf, stream),
@@ -91,7 +91,7 @@ pub async fn dispatch(
 
 /// Forwards an opaque connection; a failed connect resets the downstream (a RST, as the app
 /// would have seen from an unreachable server).
-async fn forward_tcp(inputs: &ProxyInputs, stream: TcpStream, prefix: &[u8], target: TcpTarget) {
+async fn forward_tcp(inputs: &ProxyInputs, stream: TcpStream, prefix: BytesMut, target: TcpTarget) {
     let Some((endpoint, metrics)) = target else {
         tracing::debug!("no ready endpoint, resetting");
         let _ = stream.set_zero_linger();

@@ -8,6 +8,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,7 +39,7 @@ pub enum Ended {
 /// downstream for detection) upstream first.
 pub async fn forward(
     downstream: TcpStream,
-    prefix: &[u8],
+    prefix: BytesMut,
     upstream: TcpStream,
     metrics: &TcpHandles,
     idle_timeout: Duration,
@@ -46,11 +47,12 @@ pub async fn forward(
     let (mut dr, mut dw) = downstream.into_split();
     let (mut ur, mut uw) = upstream.into_split();
     if !prefix.is_empty() {
-        if let Err(e) = uw.write_all(prefix).await {
+        if let Err(e) = uw.write_all(&prefix).await {
             return Ended::Error(e.kind());
         }
         metrics.sent.inc_by(prefix.len() as u64);
     }
+    drop(prefix);
     let start = Instant::now();
     let activity = AtomicU64::new(0);
     let ended = {

@@ -540,12 +540,22 @@ fn start_servers(rt: &tokio::runtime::Runtime, pod: &Pod) {
     });
 }
 
-async fn http1_client(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<BoxBody> {
+/// An HTTP/1 client connection that waits for the previous exchange to finish before sending.
+struct Http1Client(hyper::client::conn::http1::SendRequest<BoxBody>);
+
+impl Http1Client {
+    async fn send_request(&mut self, req: Request<BoxBody>) -> hyper::Result<Response<Incoming>> {
+        self.0.ready().await?;
+        self.0.send_request(req).await
+    }
+}
+
+async fn http1_client(stream: TcpStream) -> Http1Client {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
-    sender
+    Http1Client(sender)
 }
 
 fn get(path: &str) -> Request<BoxBody> {
@@ -851,7 +861,6 @@ fn bulk_transfers_stream_with_small_sidecar_memory() {
         assert_eq!(text(response).await, BULK_BYTES.to_string());
         let up = start.elapsed();
         let start = Instant::now();
-        client.ready().await.unwrap();
         let response = client.send_request(get("/download")).await.unwrap();
         let mut body = response.into_body();
         let mut total = 0u64;
@@ -1152,7 +1161,6 @@ fn an_app_bound_to_its_pod_ip_only_is_reached_from_the_passthrough_source() {
     fx.rt.block_on(async {
         let mut client = http1_client(fx.connect(POD_IP_PORT).await).await;
         for _ in 0..2 {
-            client.ready().await.unwrap();
             let response = client.send_request(get("/")).await.unwrap();
             assert_eq!(response.status(), 200);
             // The inbound sidecar connected from 127.0.0.6, which the capture rules let through.
