@@ -82,6 +82,32 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long `down` waits for the agent to exit after it answered.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The demo app binary (`serinctl demo` runs it in every Bookinfo pod).
+pub const DEMO_APP_BIN: &str = "serin-demo-app";
+
+/// The directory of the running executable: where `serinctl` finds the binaries it ships with
+/// (they are built and installed side by side).
+pub fn default_bin_dir() -> Result<PathBuf, Error> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("locate", "the running executable", e))?;
+    Ok(exe
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned))
+}
+
+/// `bin_dir/serin-demo-app`, or the error naming where it was looked for.
+pub fn demo_app_path(bin_dir: &Path) -> Result<PathBuf, Error> {
+    let path = bin_dir.join(DEMO_APP_BIN);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingBinary {
+            name: DEMO_APP_BIN,
+            path,
+        })
+    }
+}
+
 /// The state directory: `$SERIN_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
 pub fn default_state_dir() -> PathBuf {
     std::env::var_os(ENV_STATE_DIR).map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)
@@ -862,6 +888,22 @@ mod tests {
         assert_eq!(
             pods_table(&[]),
             "NAME  NAMESPACE  SERVICE  VERSION  IP  PORT  VIP  SIDECAR  STATUS\n"
+        );
+    }
+
+    #[test]
+    fn binaries_are_found_beside_the_running_executable() {
+        let dir = default_bin_dir().unwrap();
+        assert!(
+            dir.join(std::env::current_exe().unwrap().file_name().unwrap())
+                .is_file()
+        );
+        let err = demo_app_path(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "serin-demo-app not found at /nonexistent/serin-demo-app: build it (cargo build --bins) or point the mesh at the directory holding it"
         );
     }
 
