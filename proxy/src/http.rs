@@ -398,6 +398,7 @@ async fn send_http2(
         Err(mut e) => match e.take_message() {
             Some(req) => {
                 // The shared connection went away (GOAWAY) before this stream started.
+                pool.forget_http2();
                 let mut sender = pool.http2().await?;
                 sender
                     .send_request(req)

@@ -244,6 +244,12 @@ impl Pool {
         Ok(sender)
     }
 
+    /// Forgets the shared HTTP/2 connection (it refused a stream it never started, e.g. after a
+    /// GOAWAY), so the next [`Pool::http2`] makes a new one.
+    pub fn forget_http2(&self) {
+        *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn live_http2(&self) -> Option<http2::SendRequest<Incoming>> {
         let mut shared = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         match &*shared {

@@ -610,3 +610,52 @@ async fn idle_connections_are_closed_after_their_idle_timeouts() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_http2_upstream_that_goes_away_after_each_request_is_replaced_transparently() {
+    // Each connection serves one stream, then sends GOAWAY and closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (served_tx, served_rx) = tokio::sync::oneshot::channel::<()>();
+                let served_tx = std::sync::Mutex::new(Some(served_tx));
+                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    if let Some(tx) = served_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    async { Ok::<_, std::convert::Infallible>(Response::new(full("h2 ok"))) }
+                });
+                let conn =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = served_rx => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = TestProxy::start().await;
+    proxy.apply(&service_config(9090, "PROTOCOL_HTTP2", &[(addr, "v1")]));
+    let mut client = http2(proxy.connect_outbound(vip(9090)).await).await;
+    for i in 0..10 {
+        let req = Request::get("http://reviews/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (code, body) = status_and_body(client.send_request(req).await.unwrap()).await;
+        assert_eq!((code, body.as_str()), (200, "h2 ok"), "request {i}");
+    }
+    assert!(
+        connections.load(Ordering::SeqCst) >= 2,
+        "the upstream connection was never replaced"
+    );
+}
