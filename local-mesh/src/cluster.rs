@@ -52,7 +52,7 @@ use crate::poll::poll_until;
 use crate::privileges::require_root;
 use crate::state::Owner;
 use crate::sweep::sweep_run;
-use crate::traffic::TrafficReport;
+use crate::traffic::{TrafficOptions, TrafficReport};
 
 pub use protocol::{Request, Response, call};
 pub use record::{
@@ -727,21 +727,24 @@ impl Cluster {
         Ok(started)
     }
 
-    /// Sends traffic from inside pod `from` to `url` with the `serin-demo-app` at `demo_app`
-    /// (`traffic` subcommand), at `rate` requests per second for `duration`, and returns what
-    /// answered.
+    /// Sends `traffic` from inside pod `from` with the `serin-demo-app` at `demo_app` (its
+    /// `traffic` subcommand, so names resolve and connections leave from the pod) and returns
+    /// what answered.
     pub fn traffic(
         &self,
         from: &str,
         demo_app: &Path,
-        url: &str,
-        rate: u32,
-        duration: Duration,
+        traffic: &TrafficOptions,
     ) -> Result<TrafficReport, Error> {
         let mut cmd = self.exec(from, [demo_app.as_os_str()])?;
-        cmd.args(["traffic", "--url", url, "--rate", &rate.to_string()])
-            .args(["--duration", &format!("{}ms", duration.as_millis())])
+        cmd.args(["traffic", "--url", &traffic.url])
+            .args(["--rate", &traffic.rate.to_string()])
+            .args(["--duration", &format!("{}ms", traffic.duration.as_millis())])
+            .args(["--concurrency", &traffic.concurrency.to_string()])
             .stdin(Stdio::null());
+        if traffic.http2 {
+            cmd.arg("--http2");
+        }
         let line = crate::ip::render(&cmd);
         let out = cmd.output().map_err(|e| crate::ip::spawn_error(&cmd, e))?;
         if !out.status.success() {

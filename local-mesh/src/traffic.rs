@@ -78,6 +78,8 @@ pub struct TrafficOptions {
     pub concurrency: usize,
     /// How long one request may take.
     pub timeout: Duration,
+    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 impl TrafficOptions {
@@ -89,6 +91,7 @@ impl TrafficOptions {
             duration: Duration::from_secs(5),
             concurrency: 8,
             timeout: Duration::from_secs(5),
+            http2: false,
         }
     }
 }
@@ -169,6 +172,7 @@ pub async fn run(options: &TrafficOptions) -> Result<TrafficReport, String> {
     // sidecar) spreads the requests too.
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
+        .http2_only(options.http2)
         .build_http();
     let report = Arc::new(Mutex::new(TrafficReport::default()));
     let limit = Arc::new(Semaphore::new(options.concurrency.max(1)));

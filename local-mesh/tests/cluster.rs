@@ -17,6 +17,7 @@ use serde_json::Value;
 use serin_local::cluster::bookinfo::{self, Bookinfo};
 use serin_local::cluster::{Cluster, LogStream, PodSpec, UpOptions, pods_table};
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
+use serin_local::traffic::TrafficOptions;
 use serin_proto::v1::ListServicesRequest;
 use serin_proto::v1::admin_client::AdminClient;
 
@@ -772,14 +773,11 @@ fn bookinfo_answers_from_every_version_by_service_name() {
     assert_eq!(table.lines().count(), 8, "{table}");
     assert!(table.contains("reviews-v3"), "{table}");
 
+    let mut traffic = TrafficOptions::new(bookinfo::ENTRY_URL);
+    traffic.rate = 60;
+    traffic.duration = Duration::from_secs(3);
     let report = cluster
-        .traffic(
-            bookinfo::LOADGEN_POD,
-            &demo,
-            bookinfo::ENTRY_URL,
-            60,
-            Duration::from_secs(3),
-        )
+        .traffic(bookinfo::LOADGEN_POD, &demo, &traffic)
         .unwrap();
     tracing::info!(?report, "bookinfo traffic");
     assert!(report.sent >= 30, "{report:?}");
@@ -801,6 +799,15 @@ fn bookinfo_answers_from_every_version_by_service_name() {
         "only v2 and v3 call ratings"
     );
     assert!(report.failures.is_empty(), "{report:?}");
+
+    // The same over h2c.
+    traffic.http2 = true;
+    traffic.duration = Duration::from_secs(1);
+    let h2 = cluster
+        .traffic(bookinfo::LOADGEN_POD, &demo, &traffic)
+        .unwrap();
+    assert!(h2.sent >= 10 && h2.ok == h2.sent, "{h2:?}");
+    assert_eq!(h2.count("productpage", "v1"), h2.sent);
 
     // A deploy that fails half way removes what it started and keeps what ran before.
     let mut broken = Bookinfo::new("bookinfo", &demo).pods();

@@ -65,6 +65,9 @@ enum Command {
         /// Requests in flight at most.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Send HTTP/2 with prior knowledge (h2c).
+        #[arg(long)]
+        http2: bool,
     },
     /// One GET; prints the status line and body.
     #[command(hide = true)]
@@ -126,11 +129,13 @@ async fn run_args(args: Args) -> anyhow::Result<()> {
             rate,
             duration,
             concurrency,
+            http2,
         }) => {
             let options = TrafficOptions {
                 rate,
                 duration,
                 concurrency,
+                http2,
                 ..TrafficOptions::new(url)
             };
             let report = run(&options).await.map_err(anyhow::Error::msg)?;
