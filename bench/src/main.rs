@@ -1,8 +1,9 @@
-//! `serin-bench`: side-by-side benchmarks.
+//! `serin-bench`: see `serin_bench::app`.
 
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("serin-bench: no benchmarks are implemented yet");
-    std::process::exit(2);
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    serin_bench::app::main(&serin_bench::app::Cli::parse())
 }

@@ -1,0 +1,280 @@
+//! The binary's start-up script: check privileges, make sure the peers are installed, find the
+//! programs, measure every shape, then print the report and (with `--write`) write
+//! BENCHMARKS.md.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::control;
+use crate::machine::{self, Install};
+use crate::pinning::Pinning;
+use crate::report::Report;
+use crate::run::{self, Env, Plan};
+use crate::shape::{Programs, Proxy, Scratch, Shape};
+use crate::workload::Workload;
+
+/// Environment variable naming the `serin-proxy` binary to measure.
+pub const ENV_SERIN_PROXY: &str = "SERIN_BENCH_PROXY";
+/// A one-minute load average above this marks the figures as preliminary.
+const QUIET_LOAD: f64 = 0.5;
+
+/// `serin-bench`: Serin side by side with nginx, HAProxy and no proxy, on this machine. Needs
+/// root (it builds network namespaces); installs nginx and HAProxy with apt-get when missing.
+#[derive(Debug, Parser)]
+#[command(name = "serin-bench", version)]
+pub struct Cli {
+    /// A short smoke run of every shape, workload and table (CI): checks the harness end to end,
+    /// its figures mean nothing.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the report, with the method, to this file (BENCHMARKS.md).
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// The serin-proxy binary to measure (default: next to serin-bench, or in the release
+    /// directory beside it).
+    #[arg(long, env = ENV_SERIN_PROXY, value_name = "FILE")]
+    pub serin_proxy: Option<PathBuf>,
+}
+
+/// Runs the CLI and turns the result into an exit code.
+pub fn main(cli: &Cli) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("serin-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    // 1. Root, or a clear skip: the shapes are network namespaces.
+    if let Err(e) = serin_local::require_root() {
+        eprintln!("serin-bench: skipping: needs root (network namespaces, iptables): {e}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plan = if cli.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let load_before = machine::load_average();
+
+    // 2. The peers: installed when missing; their shapes are skipped, with the reason, if not.
+    let mut unavailable = Vec::new();
+    if let Install::Failed(why) = machine::ensure_peers() {
+        eprintln!("serin-bench: nginx and HAProxy shapes will be skipped: {why}");
+    }
+    let nginx = machine::find_program("nginx");
+    let haproxy = machine::find_program("haproxy");
+    for (proxy, program) in [(Proxy::Nginx, &nginx), (Proxy::Haproxy, &haproxy)] {
+        if program.is_none() {
+            unavailable.push((
+                proxy,
+                format!(
+                    "{proxy} is not installed and could not be (apt-get install {})",
+                    machine::PEER_PACKAGES.join(" ")
+                ),
+            ));
+        }
+    }
+
+    // 3. serin-proxy, copied where uid 1337 may run it (a build directory may be closed to it).
+    let bin_dir = Scratch::new("bin")?;
+    let serin_proxy = match find_serin_proxy(cli.serin_proxy.as_deref()) {
+        Some(found) => {
+            let copy = bin_dir.path().join("serin-proxy");
+            fs::copy(&found, &copy).with_context(|| format!("copy {}", found.display()))?;
+            Some((found, copy))
+        }
+        None => {
+            unavailable.push((
+                Proxy::Serin,
+                "serin-proxy not found next to serin-bench (build it: cargo build --release \
+                 --bins -p serin-proxy, or pass --serin-proxy FILE)"
+                    .to_owned(),
+            ));
+            None
+        }
+    };
+    let pinning = Pinning::detect()?;
+    let env = Env {
+        programs: Programs {
+            serin_proxy: serin_proxy.as_ref().map(|(_, copy)| copy.clone()),
+            nginx: nginx.clone(),
+            nginx_stream_module: PathBuf::from(machine::NGINX_STREAM_MODULE),
+            haproxy: haproxy.clone(),
+        },
+        pinning,
+        unavailable,
+    };
+
+    // 4. Measure.
+    eprintln!(
+        "serin-bench: {} run of {} shapes × {} workloads",
+        if plan.quick { "quick" } else { "full" },
+        Shape::ALL.len(),
+        Workload::ALL.len()
+    );
+    let measured = run::run(&plan, &env, &Shape::ALL, &Workload::ALL);
+    let load_after = machine::load_average();
+
+    // 5. Report.
+    let control = find_sibling("serin-control");
+    let mut machine_lines = machine::describe(&[
+        ("nginx", nginx, &["-v"]),
+        ("HAProxy", haproxy, &["-v"]),
+        (
+            "serin-proxy",
+            serin_proxy.as_ref().map(|(found, _)| found.clone()),
+            // `-V`: its `--version` is the pod's version label.
+            &["-V"],
+        ),
+    ]);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    machine_lines.push((
+        "load average (1 min) before / after".into(),
+        format!(
+            "{} / {} on {cores} cores",
+            fmt_load(load_before),
+            fmt_load(load_after)
+        ),
+    ));
+    let caveat = if plan.quick {
+        Some(
+            "Quick run (--quick): a smoke test of the harness. Its runs are far too short for \
+             the figures to mean anything."
+                .to_owned(),
+        )
+    } else {
+        let busiest = load_before.unwrap_or(0.0).max(load_after.unwrap_or(0.0));
+        (busiest > QUIET_LOAD).then(|| {
+            format!(
+                "Preliminary: the machine was not quiet (1-minute load average up to {busiest:.2} \
+                 on {cores} cores while measuring). Treat these figures as noise, not results."
+            )
+        })
+    };
+    let report = Report {
+        command: command_line(),
+        machine: machine_lines,
+        method: plan.describe(pinning),
+        caveat,
+        workloads: measured.workloads,
+        sweep: measured.sweep,
+        rate: plan.rate,
+        connections: plan.connections,
+        features: measured.features,
+        control_plane: control::skipped(control.as_deref()),
+    };
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(path) = &cli.write {
+        fs::write(path, format!("{INTRO}\n{markdown}"))
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("serin-bench: wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_load(load: Option<f64>) -> String {
+    load.map_or("unknown".into(), |l| format!("{l:.2}"))
+}
+
+/// The command as typed (arguments quoted when they need it).
+fn command_line() -> String {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| {
+            let a = if i == 0 {
+                Path::new(&a)
+                    .file_name()
+                    .map_or(a.clone(), |n| n.to_string_lossy().into_owned())
+            } else {
+                a
+            };
+            if a.contains(' ') { format!("'{a}'") } else { a }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `name` next to this executable, or in the `release` directory beside its directory (a test
+/// binary in `target/debug` finding `target/release/serin-proxy`).
+fn find_sibling(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let mut candidates = vec![dir.join(name)];
+    if let Some(target) = dir.parent() {
+        candidates.push(target.join("release").join(name));
+        // Test binaries live in target/<profile>/deps.
+        if let Some(root) = target.parent() {
+            candidates.push(root.join("release").join(name));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn find_serin_proxy(given: Option<&Path>) -> Option<PathBuf> {
+    match given {
+        Some(path) => path.is_file().then(|| path.to_owned()),
+        None => find_sibling("serin-proxy"),
+    }
+}
+
+/// BENCHMARKS.md's opening: what is measured and how to reproduce it.
+pub const INTRO: &str = "# Serin benchmarks
+
+What Serin costs in latency, CPU and memory, measured side by side with nginx, HAProxy and no
+proxy at all, in one run on one machine. Reproduce it on yours with one command (as root: it
+builds network namespaces; it installs nginx and HAProxy from Debian's packages when missing):
+
+```sh
+cargo build --release --bins -p serin-proxy -p serin-bench
+sudo target/release/serin-bench --write BENCHMARKS.md     # about 15 minutes on 2 cores
+sudo target/release/serin-bench --quick                   # CI smoke run, under 2 minutes
+```
+
+## Method
+
+- **Shapes.** *Direct*: the load generator in a client pod calls the upstream in a server pod
+  (two network namespaces on a bridge, built by `serin-local`). *1 hop*: a proxy in the client
+  pod. *2 hops*: a proxy in each pod, the mesh shape. Every proxied shape uses Serin's real
+  capture rules (`serin-iptables`: REDIRECT to 15001 outbound, 15006 inbound), whichever proxy
+  listens there, so nginx and HAProxy pay the same netfilter cost as Serin.
+- **Proxies.** `serin-proxy --config` (a static snapshot, ports with declared protocols);
+  nginx and HAProxy from Debian, each the same way: one worker (`worker_processes 1`,
+  `nbthread 1`; Serin's runtime sizes itself to the one CPU it is given), keep-alive to the
+  upstream (nginx `keepalive 128`, HAProxy `http-reuse always`), no access log, per-connection
+  request limits lifted. The exact configuration files are `bench/golden/*`. All run as uid 1337.
+  nginx's proxy module speaks HTTP/1.1 only, so in the h2c rows it forwards HTTP/1.1 upstream;
+  gRPC goes through `grpc_pass` (HTTP/2).
+- **Pinning** (2 cores): the client pod's load generator and proxy on one CPU, the server pod's
+  upstream and proxy on the other (`taskset`), as two pods on two nodes' worth of CPU: a sidecar
+  competes with its own pod's work.
+- **Load.** A built-in generator (tokio + hyper, one thread). Capacity: closed loop, 16
+  connections. Latency: open loop at 1000 rps over 16 connections, each request scheduled at an
+  intended send time and its latency measured from that time (coordinated-omission
+  correction), into HDR histograms: p50/p90/p99/p99.9/max. 1 KiB request and response bodies.
+  Workloads: HTTP/1.1 keep-alive, HTTP/1.1 with a new connection per request, h2c (all streams
+  multiplexed on one connection), gRPC unary, raw TCP throughput. A connection sweep (1-64)
+  for HTTP/1.1 keep-alive.
+- **Upstream.** serin-bench's own: hyper on one thread (HTTP/1.1 and h2c), a gRPC-like unary
+  handler, a TCP sink.
+- **Resources.** CPU: utime + stime of the proxy processes (`/proc/PID/stat`) over the
+  capacity run, per request per hop. RSS: just started, after warm-up, and the peak sampled
+  every 20 ms.
+- **Honesty.** Ratios compare figures of the same run. A run on a busy machine is labelled
+  preliminary with its load average. Scenarios that cannot run yet say why instead of showing
+  figures.
+";

@@ -1,0 +1,459 @@
+//! The measurement itself: for every shape a fresh stage, for every workload fresh proxies, then
+//! warm-up, closed-loop capacity (with the proxies' CPU read before and after), open-loop
+//! latency at the fixed rate, and (HTTP/1.1 keep-alive) the connection sweep; RSS is read when
+//! idle, after the warm-up, and sampled for its peak throughout.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::drive::{self, Mode, Spec};
+use crate::features::{self, Scenario};
+use crate::load::Outcome;
+use crate::pinning::Pinning;
+use crate::report::{Figures, Row, Rss, SweepPoint};
+use crate::resources::{self, PeakSampler};
+use crate::shape::{self, Programs, Proxy, Shape, Stage};
+use crate::workload::Workload;
+
+/// Durations and sizes of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Whether this is the CI smoke run.
+    pub quick: bool,
+    /// Load before measuring (discarded).
+    pub warmup: Duration,
+    /// Closed-loop capacity run.
+    pub capacity: Duration,
+    /// Open-loop latency run.
+    pub latency: Duration,
+    /// Rate of the open-loop runs, requests per second.
+    pub rate: u32,
+    /// Connections of the main runs.
+    pub connections: u32,
+    /// Connection counts of the sweep.
+    pub sweep: Vec<u32>,
+    /// Length of each sweep run (capacity and latency each).
+    pub sweep_run: Duration,
+}
+
+impl Plan {
+    /// The run that writes BENCHMARKS.md.
+    pub fn full() -> Plan {
+        Plan {
+            quick: false,
+            warmup: Duration::from_secs(2),
+            capacity: Duration::from_secs(8),
+            latency: Duration::from_secs(8),
+            rate: 1000,
+            connections: 16,
+            sweep: vec![1, 4, 16, 64],
+            sweep_run: Duration::from_secs(3),
+        }
+    }
+
+    /// The CI smoke run: every shape, workload and table, briefly.
+    pub fn quick() -> Plan {
+        Plan {
+            quick: true,
+            warmup: Duration::from_millis(150),
+            capacity: Duration::from_millis(400),
+            latency: Duration::from_millis(400),
+            rate: 1000,
+            connections: 16,
+            sweep: vec![1, 64],
+            sweep_run: Duration::from_millis(250),
+        }
+    }
+
+    /// The method, one line each, for the report.
+    pub fn describe(&self, pinning: Pinning) -> Vec<String> {
+        vec![
+            format!(
+                "Per shape and workload: fresh proxies, {:?} warm-up (discarded), {:?} \
+                 closed-loop capacity, {:?} open-loop latency at {} rps over {} connections.",
+                self.warmup, self.capacity, self.latency, self.rate, self.connections
+            ),
+            format!(
+                "Connection sweep: {:?} connections, {:?} capacity and {:?} latency runs each.",
+                self.sweep, self.sweep_run, self.sweep_run
+            ),
+            format!(
+                "Pinning: {pinning}. Every proxy runs one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, Serin's tokio runtime sized to its one CPU)."
+            ),
+            "Shapes: each in a fresh mesh of two pods (network namespaces on a bridge). Proxied \
+             shapes use the same real capture rules (serin-iptables, REDIRECT to 15001 outbound \
+             and 15006 inbound) whatever the proxy, so nginx and HAProxy pay the same netfilter \
+             cost as Serin; direct connects to the upstream pod with no rules."
+                .to_owned(),
+            "Upstream: serin-bench's own server (hyper, one thread, pinned) answering 1 KiB to \
+             1 KiB POSTs over HTTP/1.1 and h2c, gRPC-like unary calls, and a TCP sink."
+                .to_owned(),
+        ]
+    }
+}
+
+/// What the measuring needs.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The proxies' programs.
+    pub programs: Programs,
+    /// CPUs.
+    pub pinning: Pinning,
+    /// Why a proxy cannot be measured, if it cannot.
+    pub unavailable: Vec<(Proxy, String)>,
+}
+
+/// Everything measured.
+#[derive(Debug, Default)]
+pub struct Measured {
+    /// Rows per workload.
+    pub workloads: Vec<(Workload, Vec<Row>)>,
+    /// Sweep per shape.
+    pub sweep: Vec<(Shape, Vec<SweepPoint>)>,
+    /// Feature-cost scenarios and their outcome.
+    pub features: Vec<(String, String)>,
+}
+
+/// Runs `plan` over `shapes` and `workloads`.
+pub fn run(plan: &Plan, env: &Env, shapes: &[Shape], workloads: &[Workload]) -> Measured {
+    let mut measured = Measured {
+        workloads: workloads.iter().map(|w| (*w, Vec::new())).collect(),
+        ..Measured::default()
+    };
+    let mut routes_status = None;
+    let mut baseline = None;
+    for &shape in shapes {
+        let unavailable = shape.proxy().and_then(|p| {
+            env.unavailable
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, why)| why.clone())
+        });
+        let stage = match unavailable {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Stage::new(shape, env.pinning).with_context(|| format!("set up {shape}")),
+        };
+        let stage = match stage {
+            Ok(stage) => stage,
+            Err(e) => {
+                let why = format!("{e:#}");
+                eprintln!("serin-bench: {shape}: not measured: {why}");
+                for (_, rows) in &mut measured.workloads {
+                    rows.push(Row {
+                        shape,
+                        result: Err(why.clone()),
+                    });
+                }
+                measured.sweep.push((shape, vec![]));
+                continue;
+            }
+        };
+        for (workload, rows) in &mut measured.workloads {
+            let result = measure(plan, env, &stage, shape, *workload);
+            let (figures, sweep) = match result {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    eprintln!("serin-bench: {shape}, {workload}: failed: {why}");
+                    (Err(why.clone()), None)
+                }
+            };
+            if let (Ok(f), Workload::Http1KeepAlive) = (&figures, *workload) {
+                eprintln!(
+                    "serin-bench: {shape}, {workload}: {:.0} rps, p99 {:?}",
+                    f.capacity,
+                    f.latency.map(|l| l.p99)
+                );
+            }
+            if shape == Shape::OneHop(Proxy::Serin) && *workload == Workload::Http1KeepAlive {
+                routes_status = probe_routes(env, &stage);
+                baseline = figures.as_ref().ok().cloned();
+            }
+            if let Some(points) = sweep {
+                measured.sweep.push((shape, points));
+            }
+            rows.push(Row {
+                shape,
+                result: figures,
+            });
+        }
+        if shape == Shape::OneHop(Proxy::Serin) {
+            measured.features = feature_costs(plan, env, &stage, routes_status, baseline.as_ref());
+        }
+    }
+    if measured.features.is_empty() {
+        let why = features::unsupported_reason(None).unwrap_or_default();
+        measured.features = Scenario::ALL
+            .iter()
+            .map(|s| (s.name().to_owned(), why.clone()))
+            .collect();
+    }
+    measured
+}
+
+type Measurement = (Result<Figures, String>, Option<Vec<SweepPoint>>);
+
+fn measure(
+    plan: &Plan,
+    env: &Env,
+    stage: &Stage,
+    shape: Shape,
+    workload: Workload,
+) -> anyhow::Result<Measurement> {
+    let proxies = stage.start_proxies(workload, &env.programs, None)?;
+    let pids = proxies.pids();
+    let cpu = env.pinning.client;
+    let target = stage.target(workload);
+    let idle = resources::usage(&pids).rss_bytes;
+    let spec = |mode, connections, duration| Spec {
+        workload,
+        target,
+        connections,
+        duration,
+        mode,
+    };
+    let hops = f64::from(shape.hops().max(1));
+    if workload == Workload::Tcp {
+        drive::run_tcp(stage.client(), cpu, target, plan.connections, plan.warmup)?;
+        let warm = resources::usage(&pids).rss_bytes;
+        let sampler = PeakSampler::start(pids.clone());
+        let (cpu0, sink0) = (
+            resources::usage(&pids).cpu_us,
+            stage.upstream().sink_bytes(),
+        );
+        let started = std::time::Instant::now();
+        let outcome = drive::run_tcp(stage.client(), cpu, target, plan.connections, plan.capacity)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let (cpu1, sink1) = (
+            resources::usage(&pids).cpu_us,
+            stage.upstream().sink_bytes(),
+        );
+        let peak = sampler.finish();
+        proxies.check_alive()?;
+        let mib = (sink1 - sink0) as f64 / (1024.0 * 1024.0);
+        let figures = Figures {
+            capacity: mib / elapsed,
+            capacity_errors: outcome.errors,
+            cpu_us_per_hop: (shape != Shape::Direct && mib > 0.0)
+                .then(|| (cpu1 - cpu0) as f64 / mib / hops),
+            rss: (shape != Shape::Direct).then_some(Rss { idle, warm, peak }),
+            first_error: outcome.first_error,
+            ..Figures::default()
+        };
+        return Ok((Ok(figures), None));
+    }
+    drive::run(
+        stage.client(),
+        cpu,
+        spec(Mode::Closed, plan.connections, plan.warmup),
+    )?;
+    let warm = resources::usage(&pids).rss_bytes;
+    let sampler = PeakSampler::start(pids.clone());
+    let cpu0 = resources::usage(&pids).cpu_us;
+    let started = std::time::Instant::now();
+    let capacity = drive::run(
+        stage.client(),
+        cpu,
+        spec(Mode::Closed, plan.connections, plan.capacity),
+    )?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu1 = resources::usage(&pids).cpu_us;
+    let latency = drive::run(
+        stage.client(),
+        cpu,
+        spec(Mode::Open(plan.rate), plan.connections, plan.latency),
+    )?;
+    let sweep = (workload == Workload::Http1KeepAlive).then(|| {
+        plan.sweep
+            .iter()
+            .map(|&connections| SweepPoint {
+                connections,
+                result: sweep_point(
+                    stage,
+                    cpu,
+                    spec(Mode::Closed, connections, plan.sweep_run),
+                    plan.rate,
+                )
+                .map_err(|e| format!("{e:#}")),
+            })
+            .collect()
+    });
+    let peak = sampler.finish();
+    proxies.check_alive()?;
+    let figures = figures(
+        shape,
+        &capacity,
+        &latency,
+        elapsed,
+        cpu1 - cpu0,
+        Rss { idle, warm, peak },
+    );
+    Ok((Ok(figures), sweep))
+}
+
+fn figures(
+    shape: Shape,
+    capacity: &Outcome,
+    latency: &Outcome,
+    elapsed: f64,
+    cpu_us: u64,
+    rss: Rss,
+) -> Figures {
+    let hops = f64::from(shape.hops().max(1));
+    Figures {
+        capacity: capacity.ok as f64 / elapsed,
+        capacity_errors: capacity.errors,
+        latency: Some(latency.latencies.summary()),
+        latency_errors: latency.errors,
+        missed: latency.missed,
+        cpu_us_per_hop: (shape != Shape::Direct && capacity.ok > 0)
+            .then(|| cpu_us as f64 / capacity.ok as f64 / hops),
+        rss: (shape != Shape::Direct).then_some(rss),
+        first_error: capacity
+            .first_error
+            .clone()
+            .or_else(|| latency.first_error.clone()),
+    }
+}
+
+fn sweep_point(
+    stage: &Stage,
+    cpu: usize,
+    closed: Spec,
+    rate: u32,
+) -> anyhow::Result<(f64, crate::histogram::Summary)> {
+    let started = std::time::Instant::now();
+    let capacity = drive::run(stage.client(), cpu, closed)?;
+    let rps = capacity.ok as f64 / started.elapsed().as_secs_f64();
+    let latency = drive::run(
+        stage.client(),
+        cpu,
+        Spec {
+            mode: Mode::Open(rate),
+            ..closed
+        },
+    )?;
+    let errors = capacity.errors + latency.errors;
+    if errors > 0 {
+        anyhow::bail!(
+            "{errors} failed requests (first: {})",
+            capacity
+                .first_error
+                .or(latency.first_error)
+                .unwrap_or_default()
+        );
+    }
+    Ok((rps, latency.latencies.summary()))
+}
+
+/// Asks the running Serin 1-hop sidecar whether it routes by policy: the status of `/routes`.
+fn probe_routes(env: &Env, stage: &Stage) -> Option<u16> {
+    let proxies = stage
+        .start_proxies(Workload::Http1KeepAlive, &env.programs, None)
+        .ok()?;
+    let status = shape::admin_get(stage.client(), "/routes")
+        .ok()
+        .map(|(code, _)| code);
+    drop(proxies);
+    status
+}
+
+fn feature_costs(
+    plan: &Plan,
+    env: &Env,
+    stage: &Stage,
+    routes_status: Option<u16>,
+    baseline: Option<&Figures>,
+) -> Vec<(String, String)> {
+    if let Some(why) = features::unsupported_reason(routes_status) {
+        return Scenario::ALL
+            .iter()
+            .map(|s| (s.name().to_owned(), why.clone()))
+            .collect();
+    }
+    let mut out = Vec::new();
+    let mut policies_p99: Option<crate::histogram::Summary> = None;
+    for scenario in Scenario::ALL {
+        let result = feature_cost(plan, env, stage, scenario);
+        let text = match result {
+            Ok((rps, summary)) => {
+                let vs_plain = baseline
+                    .map(|b| format!("{:.2}× plain forwarding", rps / b.capacity))
+                    .unwrap_or_else(|| "plain forwarding not measured".into());
+                let vs_policies = match (scenario, policies_p99) {
+                    (Scenario::MirrorHangs, Some(p)) => format!(
+                        "; p99 {:.2}× the non-hanging run",
+                        summary.p99.as_secs_f64() / p.p99.as_secs_f64()
+                    ),
+                    _ => String::new(),
+                };
+                if scenario == Scenario::Policies {
+                    policies_p99 = Some(summary);
+                }
+                format!(
+                    "{rps:.0} rps ({vs_plain}); p50 {} ms, p99 {} ms{vs_policies}",
+                    crate::report::ms(summary.p50),
+                    crate::report::ms(summary.p99)
+                )
+            }
+            Err(e) => format!("failed: {e:#}"),
+        };
+        out.push((scenario.name().to_owned(), text));
+    }
+    out
+}
+
+fn feature_cost(
+    plan: &Plan,
+    env: &Env,
+    stage: &Stage,
+    scenario: Scenario,
+) -> anyhow::Result<(f64, crate::histogram::Summary)> {
+    let snapshot = features::snapshot(
+        scenario,
+        stage.client().ip().into(),
+        stage.server().ip().into(),
+    );
+    let workload = Workload::Http1KeepAlive;
+    let proxies = stage.start_proxies(workload, &env.programs, Some(&snapshot))?;
+    let closed = Spec {
+        workload,
+        target: stage.target(workload),
+        connections: plan.connections,
+        duration: plan.capacity,
+        mode: Mode::Closed,
+    };
+    drive::run(
+        stage.client(),
+        env.pinning.client,
+        Spec {
+            duration: plan.warmup,
+            ..closed
+        },
+    )?;
+    let started = std::time::Instant::now();
+    let capacity = drive::run(stage.client(), env.pinning.client, closed)?;
+    let rps = capacity.ok as f64 / started.elapsed().as_secs_f64();
+    let latency = drive::run(
+        stage.client(),
+        env.pinning.client,
+        Spec {
+            mode: Mode::Open(plan.rate),
+            duration: plan.latency,
+            ..closed
+        },
+    )?;
+    proxies.check_alive()?;
+    let errors = capacity.errors + latency.errors;
+    if errors > 0 {
+        anyhow::bail!(
+            "{errors} failed requests (first: {})",
+            capacity
+                .first_error
+                .or(latency.first_error)
+                .unwrap_or_default()
+        );
+    }
+    Ok((rps, latency.latencies.summary()))
+}
