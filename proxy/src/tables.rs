@@ -18,7 +18,7 @@ use crate::config::Identity;
 use crate::lb::{self, LbStats};
 use crate::metrics::{Direction, Edge, EdgeMetrics, Metrics};
 use crate::pool::{Pool, PoolSettings};
-use crate::snapshot::{Protocol, Snapshot};
+use crate::snapshot::{Endpoint, Protocol, Service, ServicePort, Snapshot};
 
 /// Label value for a peer the config does not know.
 pub const UNKNOWN: &str = "unknown";
@@ -157,72 +157,91 @@ impl Builder {
         let mut tables = self.empty();
         let me = self.me();
         let mut edges: HashMap<(String, String, String), Arc<EdgeMetrics>> = HashMap::new();
+        // One backend of `service` at `addr`, with its state carried over and its edge shared.
+        let mut backend =
+            |tables: &mut Tables, service: &Service, ep: &Endpoint, addr: SocketAddr| {
+                let state = tables
+                    .endpoints
+                    .entry(addr)
+                    .or_insert_with(|| {
+                        previous
+                            .endpoints
+                            .get(&addr)
+                            .cloned()
+                            .unwrap_or_else(|| EndpointState::new(addr, self.pool))
+                    })
+                    .clone();
+                let key = (
+                    service.name.clone(),
+                    service.namespace.clone(),
+                    ep.version.clone(),
+                );
+                let metrics = edges
+                    .entry(key)
+                    .or_insert_with(|| {
+                        self.edge(
+                            Direction::Outbound,
+                            (&service.name, &service.namespace, &ep.version),
+                            me,
+                        )
+                    })
+                    .clone();
+                Backend {
+                    addr,
+                    pod_name: ep.pod_name.as_str().into(),
+                    version: ep.version.as_str().into(),
+                    weight: f64::from(ep.weight),
+                    state,
+                    metrics,
+                }
+            };
+        let mut direct = Vec::new();
         for service in &snapshot.services {
             let endpoints = snapshot.endpoints_of(&service.namespace, &service.name);
-            for vip in &service.vips {
-                for port in &service.ports {
-                    let mut backends = Vec::new();
-                    for ep in endpoints.iter().filter(|e| e.ready) {
-                        let addr = SocketAddr::new(ep.address_for(*vip), ep.port_for(port));
-                        let state = tables
-                            .endpoints
-                            .entry(addr)
-                            .or_insert_with(|| {
-                                previous
-                                    .endpoints
-                                    .get(&addr)
-                                    .cloned()
-                                    .unwrap_or_else(|| EndpointState::new(addr, self.pool))
-                            })
-                            .clone();
-                        let key = (
-                            service.name.clone(),
-                            service.namespace.clone(),
-                            ep.version.clone(),
-                        );
-                        let metrics = edges
-                            .entry(key)
-                            .or_insert_with(|| {
-                                self.edge(
-                                    Direction::Outbound,
-                                    (&service.name, &service.namespace, &ep.version),
-                                    me,
-                                )
-                            })
-                            .clone();
-                        backends.push(Backend {
-                            addr,
-                            pod_name: ep.pod_name.as_str().into(),
-                            version: ep.version.as_str().into(),
-                            weight: f64::from(ep.weight),
-                            state,
-                            metrics,
-                        });
-                    }
-                    let host = service
-                        .hostnames
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| format!("{}.{}", service.name, service.namespace));
-                    let authority = format!("{host}:{}", port.port)
+            let host = service
+                .hostnames
+                .first()
+                .cloned()
+                .unwrap_or_else(|| format!("{}.{}", service.name, service.namespace));
+            let destination = |port: &ServicePort, backends: Vec<Backend>| {
+                Arc::new(Destination {
+                    service: service.name.as_str().into(),
+                    namespace: service.namespace.as_str().into(),
+                    protocol: port.protocol,
+                    authority: format!("{host}:{}", port.port)
                         .parse()
-                        .unwrap_or_else(|_| http::uri::Authority::from_static("unknown"));
-                    let metrics = self.edge(
+                        .unwrap_or_else(|_| http::uri::Authority::from_static("unknown")),
+                    backends,
+                    metrics: self.edge(
                         Direction::Outbound,
                         (&service.name, &service.namespace, UNKNOWN),
                         me,
-                    );
+                    ),
+                })
+            };
+            for port in &service.ports {
+                for vip in &service.vips {
+                    let backends = endpoints
+                        .iter()
+                        .filter(|e| e.ready)
+                        .map(|ep| {
+                            let addr = SocketAddr::new(ep.address_for(*vip), ep.port_for(port));
+                            backend(&mut tables, service, ep, addr)
+                        })
+                        .collect();
                     tables.outbound.insert(
                         SocketAddr::new(*vip, port.port),
-                        Arc::new(Destination {
-                            service: service.name.as_str().into(),
-                            namespace: service.namespace.as_str().into(),
-                            protocol: port.protocol,
-                            authority,
-                            backends,
-                            metrics,
-                        }),
+                        destination(port, backends),
                     );
+                }
+                // An endpoint addressed directly (a headless service, or a pod by its IP) is that
+                // endpoint only, ready or not: the app chose it.
+                for ep in endpoints {
+                    for ip in &ep.addresses {
+                        let addr = SocketAddr::new(*ip, ep.port_for(port));
+                        let only = backend(&mut tables, service, ep, addr);
+                        direct.push((addr, destination(port, vec![only])));
+                    }
                 }
             }
             // Peers: every endpoint address is a possible source of inbound traffic.
@@ -256,6 +275,9 @@ impl Builder {
                     tables.inbound_protocols.insert(local, port.protocol);
                 }
             }
+        }
+        for (addr, destination) in direct {
+            tables.outbound.entry(addr).or_insert(destination);
         }
         tables.snapshot = Some(snapshot);
         tables
@@ -399,6 +421,21 @@ endpoints:
         );
         assert_eq!(t.inbound_protocol(9080), Protocol::Grpc);
         assert_eq!(t.inbound_protocol(7000), Protocol::Detect);
+    }
+
+    #[test]
+    fn endpoints_addressed_directly_are_their_service() {
+        let b = builder();
+        let snapshot = Arc::new(file::parse(CONFIG, "1".into()).unwrap());
+        let t = b.build(snapshot, &b.empty());
+        // A not-ready pod called by its IP and target port: that pod, counted as `reviews`.
+        let d = t.destination("10.244.0.7:8080".parse().unwrap()).unwrap();
+        assert_eq!(&*d.service, "reviews");
+        assert_eq!(d.protocol, Protocol::Http1);
+        assert_eq!(d.backends.len(), 1);
+        assert_eq!(d.backends[0].addr, "10.244.0.7:8080".parse().unwrap());
+        assert_eq!(&*d.backends[0].metrics.edge().destination_version, "v2");
+        assert!(t.destination("10.244.0.7:9999".parse().unwrap()).is_none());
     }
 
     #[test]
