@@ -568,6 +568,13 @@ fn run_rejects_bad_input_and_leaves_nothing_half_made() {
     assert!(pods_table(&cluster.pods().unwrap()).contains("exited: signal: 9"));
     cluster.remove_pod("ok").unwrap();
     assert!(cluster.pods().unwrap().is_empty());
+
+    // An app that serves nothing runs when asked not to wait for its port.
+    let mut idle = PodSpec::new("idle", "plain", "idle", "v1", 8080, ["sleep", "600"]);
+    idle.wait_for_port = false;
+    let pod = cluster.run(&idle).unwrap();
+    assert!(is_running(pod.app_pid));
+    assert_eq!(cluster.pods().unwrap().len(), 1);
 }
 
 #[test]
