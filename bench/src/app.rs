@@ -38,6 +38,18 @@ pub struct Cli {
     /// directory beside it).
     #[arg(long, env = ENV_SERIN_PROXY, value_name = "FILE")]
     pub serin_proxy: Option<PathBuf>,
+    /// Run only these shapes (repeatable): direct, serin-1, nginx-1, haproxy-1, serin-2,
+    /// nginx-2, haproxy-2. Ratios need direct and the peers in the same run.
+    #[arg(long = "shape", value_name = "SHAPE", value_parser = parse_shape)]
+    pub shapes: Vec<Shape>,
+    /// Run only these workloads (repeatable): http1, http1-new, h2c, grpc, tcp.
+    #[arg(long = "workload", value_name = "WORKLOAD", value_parser = parse_workload)]
+    pub workloads: Vec<Workload>,
+    /// Start serin-proxy under this command, split on spaces (profiling: `--serin-wrapper
+    /// 'valgrind --tool=callgrind --callgrind-out-file=/tmp/serin.%p.cg'`). Its figures then
+    /// describe the profiler, not Serin.
+    #[arg(long, value_name = "COMMAND")]
+    pub serin_wrapper: Option<String>,
 }
 
 /// Runs the CLI and turns the result into an exit code.
@@ -111,6 +123,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let env = Env {
         programs: Programs {
             serin_proxy: serin_proxy.as_ref().map(|(_, copy)| copy.clone()),
+            serin_wrapper: cli
+                .serin_wrapper
+                .as_deref()
+                .map(|w| w.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
             nginx: nginx.clone(),
             nginx_stream_module: PathBuf::from(machine::NGINX_STREAM_MODULE),
             haproxy: haproxy.clone(),
@@ -120,13 +137,29 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
 
     // 4. Measure.
+    let shapes = if cli.shapes.is_empty() {
+        Shape::ALL.to_vec()
+    } else {
+        Shape::ALL
+            .into_iter()
+            .filter(|s| cli.shapes.contains(s))
+            .collect()
+    };
+    let workloads = if cli.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        Workload::ALL
+            .into_iter()
+            .filter(|w| cli.workloads.contains(w))
+            .collect()
+    };
     eprintln!(
         "serin-bench: {} run of {} shapes × {} workloads",
         if plan.quick { "quick" } else { "full" },
-        Shape::ALL.len(),
-        Workload::ALL.len()
+        shapes.len(),
+        workloads.len()
     );
-    let measured = run::run(&plan, &env, &Shape::ALL, &Workload::ALL);
+    let measured = run::run(&plan, &env, &shapes, &workloads);
     let load_after = machine::load_average();
 
     // 5. Report.
@@ -150,7 +183,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             fmt_load(load_after)
         ),
     ));
-    let caveat = if plan.quick {
+    let caveat = if let Some(wrapper) = &cli.serin_wrapper {
+        Some(format!(
+            "serin-proxy ran under `{wrapper}`: its figures describe the profiler, not Serin."
+        ))
+    } else if plan.quick {
         Some(
             "Quick run (--quick): a smoke test of the harness. Its runs are far too short for \
              the figures to mean anything."
@@ -185,6 +222,32 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         eprintln!("serin-bench: wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_shape(text: &str) -> Result<Shape, String> {
+    Shape::ALL
+        .into_iter()
+        .find(|s| s.slug() == text)
+        .ok_or_else(|| {
+            let names: Vec<String> = Shape::ALL.iter().map(|s| s.slug()).collect();
+            format!(
+                "unknown shape {text:?} (expected one of {})",
+                names.join(", ")
+            )
+        })
+}
+
+fn parse_workload(text: &str) -> Result<Workload, String> {
+    Workload::ALL
+        .into_iter()
+        .find(|w| w.slug() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Workload::ALL.iter().map(|w| w.slug()).collect();
+            format!(
+                "unknown workload {text:?} (expected one of {})",
+                names.join(", ")
+            )
+        })
 }
 
 fn fmt_load(load: Option<f64>) -> String {

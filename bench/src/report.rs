@@ -25,6 +25,8 @@ pub struct Figures {
     pub missed: u64,
     /// Proxy CPU per request (per MiB for raw TCP) per hop, µs.
     pub cpu_us_per_hop: Option<f64>,
+    /// The share of that CPU spent in the kernel (stime), 0 to 1.
+    pub kernel_share: Option<f64>,
     /// Proxy memory.
     pub rss: Option<Rss>,
     /// The first failure seen, to explain errors.
@@ -287,9 +289,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| workload | shape | CPU µs per request per hop | RSS idle (MiB) | RSS warm (MiB) | RSS peak (MiB) |"
+            "| workload | shape | CPU µs per request per hop | of which kernel | RSS idle (MiB) | RSS warm (MiB) | RSS peak (MiB) |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
         for (workload, rows) in &self.workloads {
             for row in rows {
                 let Ok(f) = &row.result else { continue };
@@ -303,13 +305,16 @@ impl Report {
                         format!("{c:.0} per MiB")
                     }
                 });
+                let kernel = f
+                    .kernel_share
+                    .map_or("—".to_owned(), |k| format!("{:.0} %", k * 100.0));
                 let (idle, warm, peak) =
                     f.rss.map_or(("—".into(), "—".into(), "—".into()), |r| {
                         (mib(r.idle), mib(r.warm), mib(r.peak))
                     });
                 let _ = writeln!(
                     out,
-                    "| {workload} | {} | {cpu} | {idle} | {warm} | {peak} |",
+                    "| {workload} | {} | {cpu} | {kernel} | {idle} | {warm} | {peak} |",
                     row.shape
                 );
             }
@@ -491,6 +496,7 @@ mod tests {
                 capacity,
                 latency: Some(summary(latency_us)),
                 cpu_us_per_hop: (shape != Shape::Direct).then_some(15.5),
+                kernel_share: (shape != Shape::Direct).then_some(0.6),
                 rss: (shape != Shape::Direct).then_some(Rss {
                     idle: 5 << 20,
                     warm: 8 << 20,

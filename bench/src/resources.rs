@@ -69,6 +69,8 @@ pub fn tree(root: u32) -> Vec<u32> {
 pub struct Usage {
     /// utime + stime of every process, in microseconds.
     pub cpu_us: u64,
+    /// The stime part: time in the kernel (syscalls, the network stack), in microseconds.
+    pub system_us: u64,
     /// Sum of the processes' RSS, in bytes.
     pub rss_bytes: u64,
 }
@@ -98,6 +100,7 @@ pub fn usage(roots: &[u32]) -> Usage {
         for pid in tree(root) {
             if let Some(stat) = read_stat(pid) {
                 total.cpu_us += (stat.utime + stat.stime) * 1_000_000 / tck;
+                total.system_us += stat.stime * 1_000_000 / tck;
                 total.rss_bytes += stat.rss_pages * page;
             }
         }

@@ -12,7 +12,7 @@ use crate::features::{self, Scenario};
 use crate::load::Outcome;
 use crate::pinning::Pinning;
 use crate::report::{Figures, Row, Rss, SweepPoint};
-use crate::resources::{self, PeakSampler};
+use crate::resources::{self, PeakSampler, Usage};
 use crate::shape::{self, Programs, Proxy, Shape, Stage};
 use crate::workload::Workload;
 
@@ -218,17 +218,11 @@ fn measure(
         drive::run_tcp(stage.client(), cpu, target, plan.connections, plan.warmup)?;
         let warm = resources::usage(&pids).rss_bytes;
         let sampler = PeakSampler::start(pids.clone());
-        let (cpu0, sink0) = (
-            resources::usage(&pids).cpu_us,
-            stage.upstream().sink_bytes(),
-        );
+        let (cpu0, sink0) = (resources::usage(&pids), stage.upstream().sink_bytes());
         let started = std::time::Instant::now();
         let outcome = drive::run_tcp(stage.client(), cpu, target, plan.connections, plan.capacity)?;
         let elapsed = started.elapsed().as_secs_f64();
-        let (cpu1, sink1) = (
-            resources::usage(&pids).cpu_us,
-            stage.upstream().sink_bytes(),
-        );
+        let (cpu1, sink1) = (resources::usage(&pids), stage.upstream().sink_bytes());
         let peak = sampler.finish();
         proxies.check_alive()?;
         let mib = (sink1 - sink0) as f64 / (1024.0 * 1024.0);
@@ -236,21 +230,22 @@ fn measure(
             capacity: mib / elapsed,
             capacity_errors: outcome.errors,
             cpu_us_per_hop: (shape != Shape::Direct && mib > 0.0)
-                .then(|| (cpu1 - cpu0) as f64 / mib / hops),
+                .then(|| (cpu1.cpu_us - cpu0.cpu_us) as f64 / mib / hops),
+            kernel_share: kernel_share(cpu0, cpu1),
             rss: (shape != Shape::Direct).then_some(Rss { idle, warm, peak }),
             first_error: outcome.first_error,
             ..Figures::default()
         };
         return Ok((Ok(figures), None));
     }
-    drive::run(
+    let warmup = drive::run(
         stage.client(),
         cpu,
         spec(Mode::Closed, plan.connections, plan.warmup),
     )?;
     let warm = resources::usage(&pids).rss_bytes;
     let sampler = PeakSampler::start(pids.clone());
-    let cpu0 = resources::usage(&pids).cpu_us;
+    let cpu0 = resources::usage(&pids);
     let started = std::time::Instant::now();
     let capacity = drive::run(
         stage.client(),
@@ -258,12 +253,13 @@ fn measure(
         spec(Mode::Closed, plan.connections, plan.capacity),
     )?;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu1 = resources::usage(&pids).cpu_us;
+    let cpu1 = resources::usage(&pids);
     let latency = drive::run(
         stage.client(),
         cpu,
         spec(Mode::Open(plan.rate), plan.connections, plan.latency),
     )?;
+    let mut served = warmup.ok + capacity.ok + latency.ok;
     let sweep = (workload == Workload::Http1KeepAlive).then(|| {
         plan.sweep
             .iter()
@@ -275,21 +271,38 @@ fn measure(
                     spec(Mode::Closed, connections, plan.sweep_run),
                     plan.rate,
                 )
+                .map(|(rps, summary, requests)| {
+                    served += requests;
+                    (rps, summary)
+                })
                 .map_err(|e| format!("{e:#}")),
             })
             .collect()
     });
     let peak = sampler.finish();
     proxies.check_alive()?;
+    // For profiles (`--serin-wrapper`): what to divide a run's instruction count by.
+    eprintln!(
+        "serin-bench: {shape}, {workload}: {served} successful requests in all, {} in the \
+         capacity run",
+        capacity.ok
+    );
     let figures = figures(
         shape,
         &capacity,
         &latency,
         elapsed,
-        cpu1 - cpu0,
+        (cpu0, cpu1),
         Rss { idle, warm, peak },
     );
     Ok((Ok(figures), sweep))
+}
+
+/// The kernel's share of the CPU used between two readings.
+fn kernel_share(before: Usage, after: Usage) -> Option<f64> {
+    let total = after.cpu_us.checked_sub(before.cpu_us)?;
+    let kernel = after.system_us.checked_sub(before.system_us)?;
+    (total > 0).then(|| kernel as f64 / total as f64)
 }
 
 fn figures(
@@ -297,7 +310,7 @@ fn figures(
     capacity: &Outcome,
     latency: &Outcome,
     elapsed: f64,
-    cpu_us: u64,
+    (cpu0, cpu1): (Usage, Usage),
     rss: Rss,
 ) -> Figures {
     let hops = f64::from(shape.hops().max(1));
@@ -308,7 +321,10 @@ fn figures(
         latency_errors: latency.errors,
         missed: latency.missed,
         cpu_us_per_hop: (shape != Shape::Direct && capacity.ok > 0)
-            .then(|| cpu_us as f64 / capacity.ok as f64 / hops),
+            .then(|| (cpu1.cpu_us - cpu0.cpu_us) as f64 / capacity.ok as f64 / hops),
+        kernel_share: (shape != Shape::Direct)
+            .then(|| kernel_share(cpu0, cpu1))
+            .flatten(),
         rss: (shape != Shape::Direct).then_some(rss),
         first_error: capacity
             .first_error
@@ -322,7 +338,7 @@ fn sweep_point(
     cpu: usize,
     closed: Spec,
     rate: u32,
-) -> anyhow::Result<(f64, crate::histogram::Summary)> {
+) -> anyhow::Result<(f64, crate::histogram::Summary, u64)> {
     let started = std::time::Instant::now();
     let capacity = drive::run(stage.client(), cpu, closed)?;
     let rps = capacity.ok as f64 / started.elapsed().as_secs_f64();
@@ -344,7 +360,7 @@ fn sweep_point(
                 .unwrap_or_default()
         );
     }
-    Ok((rps, latency.latencies.summary()))
+    Ok((rps, latency.latencies.summary(), capacity.ok + latency.ok))
 }
 
 /// Asks the running Serin 1-hop sidecar whether it routes by policy: the status of `/routes`.

@@ -27,8 +27,10 @@ use crate::workload::Workload;
 
 /// The sidecar uid and gid; the capture rules never redirect its traffic.
 pub const PROXY_UID: u32 = 1337;
-/// How long a proxy may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a proxy may take to become ready (long enough for one started under valgrind).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a proxy may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A proxy implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,6 +76,15 @@ impl Shape {
         Shape::TwoHops(Proxy::Haproxy),
     ];
 
+    /// Its name on the command line (`--shape`).
+    pub fn slug(self) -> String {
+        match self {
+            Shape::Direct => "direct".to_owned(),
+            Shape::OneHop(p) => format!("{}-1", p.to_string().to_lowercase()),
+            Shape::TwoHops(p) => format!("{}-2", p.to_string().to_lowercase()),
+        }
+    }
+
     /// Proxies a request passes through.
     pub fn hops(self) -> u32 {
         match self {
@@ -116,6 +127,8 @@ impl fmt::Display for Shape {
 pub struct Programs {
     /// `serin-proxy`, copied where uid 1337 can run it.
     pub serin_proxy: Option<PathBuf>,
+    /// A command Serin runs under (a profiler: `valgrind --tool=callgrind`, `perf record -g`).
+    pub serin_wrapper: Vec<String>,
     /// `nginx`.
     pub nginx: Option<PathBuf>,
     /// nginx's dynamic stream module.
@@ -276,6 +289,9 @@ impl Stage {
             let dir = self.scratch.subdir(&name)?;
             let log = dir.join("output.log");
             let mut argv: Vec<String> = vec!["taskset".into(), "-c".into(), cpu.to_string()];
+            if proxy == Proxy::Serin {
+                argv.extend(programs.serin_wrapper.iter().cloned());
+            }
             argv.push(program.display().to_string());
             match proxy {
                 Proxy::Serin => {
@@ -492,9 +508,15 @@ impl Proxies {
 impl Drop for Proxies {
     fn drop(&mut self) {
         for p in &self.running {
-            // The whole tree: an orphaned nginx worker would keep the port. The root first, so
-            // that nginx's master cannot respawn the worker killed after it.
+            // SIGTERM first, so that a profiler wrapping the proxy writes its output; then the
+            // whole tree: an orphaned nginx worker would keep the port. The root first, so that
+            // nginx's master cannot respawn the worker killed after it.
             let tree = crate::resources::tree(p.pid());
+            let _ = p.process.signal(serin_local::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+            while matches!(p.process.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = p.process.kill();
             for pid in tree.into_iter().skip(1) {
                 let _ = nix::sys::signal::kill(

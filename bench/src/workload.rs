@@ -45,6 +45,17 @@ impl Workload {
         Workload::Tcp,
     ];
 
+    /// Its name on the command line (`--workload`).
+    pub fn slug(self) -> &'static str {
+        match self {
+            Workload::Http1KeepAlive => "http1",
+            Workload::Http1NewConnections => "http1-new",
+            Workload::H2c => "h2c",
+            Workload::Grpc => "grpc",
+            Workload::Tcp => "tcp",
+        }
+    }
+
     /// The upstream port serving it (and the service port the proxies declare for it).
     pub fn port(self) -> u16 {
         match self {
