@@ -745,6 +745,9 @@ impl Cluster {
         if traffic.http2 {
             cmd.arg("--http2");
         }
+        for user in &traffic.users {
+            cmd.args(["--user", user]);
+        }
         let line = crate::ip::render(&cmd);
         let out = cmd.output().map_err(|e| crate::ip::spawn_error(&cmd, e))?;
         if !out.status.success() {

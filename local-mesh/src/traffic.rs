@@ -80,6 +80,9 @@ pub struct TrafficOptions {
     pub timeout: Duration,
     /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     pub http2: bool,
+    /// The users to act as, picked at random per request ("" is an anonymous visitor); empty
+    /// means the built-in mix ([`USERS`]).
+    pub users: Vec<String>,
 }
 
 impl TrafficOptions {
@@ -92,6 +95,7 @@ impl TrafficOptions {
             concurrency: 8,
             timeout: Duration::from_secs(5),
             http2: false,
+            users: Vec::new(),
         }
     }
 }
@@ -111,6 +115,14 @@ pub struct TrafficReport {
     pub failures: BTreeMap<String, u64>,
     /// Requests by the User-Agent's OS.
     pub client_os: BTreeMap<String, u64>,
+    /// Answers by user (`anonymous` for none), then by "service version".
+    #[serde(default)]
+    pub by_user: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// The name a user is reported under.
+fn user_key(user: &str) -> &str {
+    if user.is_empty() { "anonymous" } else { user }
 }
 
 impl TrafficReport {
@@ -122,11 +134,26 @@ impl TrafficReport {
             .unwrap_or(0)
     }
 
-    fn record_tree(&mut self, body: &Value) {
+    /// How many of `user`'s requests (`""` for anonymous ones) `version` of `service` answered.
+    pub fn count_for(&self, user: &str, service: &str, version: &str) -> u64 {
+        self.by_user
+            .get(user_key(user))
+            .and_then(|versions| versions.get(&format!("{service} {version}")))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn record_tree(&mut self, body: &Value, user: &str) {
         if let (Some(service), Some(version)) = (
             body.get("service").and_then(Value::as_str),
             body.get("version").and_then(Value::as_str),
         ) {
+            *self
+                .by_user
+                .entry(user_key(user).to_owned())
+                .or_default()
+                .entry(format!("{service} {version}"))
+                .or_default() += 1;
             *self
                 .versions
                 .entry(format!("{service} {version}"))
@@ -156,7 +183,7 @@ impl TrafficReport {
                     .or_default() += 1;
             }
             if let Some(response) = call.get("response") {
-                self.record_tree(response);
+                self.record_tree(response, user);
             }
         }
     }
@@ -181,6 +208,11 @@ pub async fn run(options: &TrafficOptions) -> Result<TrafficReport, String> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = Instant::now() + options.duration;
     let mut tasks = tokio::task::JoinSet::new();
+    let users: Vec<String> = if options.users.is_empty() {
+        USERS.iter().map(|u| u.unwrap_or("").to_owned()).collect()
+    } else {
+        options.users.clone()
+    };
     let mut n: u64 = 0;
     while Instant::now() < end {
         ticker.tick().await;
@@ -191,14 +223,14 @@ pub async fn run(options: &TrafficOptions) -> Result<TrafficReport, String> {
         let (user, (os, ua)) = {
             let mut rng = rand::rng();
             (
-                USERS[rng.random_range(0..USERS.len())],
+                users[rng.random_range(0..users.len())].clone(),
                 USER_AGENTS[rng.random_range(0..USER_AGENTS.len())],
             )
         };
         let mut builder = Request::get(uri.clone()).header("user-agent", ua);
-        if let Some(user) = user {
+        if !user.is_empty() {
             builder = builder
-                .header("end-user", user)
+                .header("end-user", &user)
                 .header("cookie", format!("uid={user}; session=s{n}"));
         }
         let request = builder.body(Empty::new()).map_err(|e| e.to_string())?;
@@ -236,7 +268,7 @@ pub async fn run(options: &TrafficOptions) -> Result<TrafficReport, String> {
                             .or_default() += 1;
                     }
                     if let Ok(json) = serde_json::from_slice::<Value>(&body) {
-                        report.record_tree(&json);
+                        report.record_tree(&json, &user);
                     }
                 }
                 Ok(Err(e)) => {
@@ -273,11 +305,13 @@ mod tests {
                     "calls": [{"target": "ratings:9080", "status": 503, "response": {"service": "ratings", "version": "v1", "error": "injected fault"}}]}},
                 {"target": "gone:9080", "error": "connection refused"}
             ]
-        }));
+        }), "jason");
         assert_eq!(report.count("productpage", "v1"), 1);
         assert_eq!(report.count("reviews", "v2"), 1);
         assert_eq!(report.count("ratings", "v1"), 1);
         assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
+        assert_eq!(report.count_for("jason", "reviews", "v2"), 1);
+        assert_eq!(report.count_for("", "reviews", "v2"), 0);
     }
 
     #[test]

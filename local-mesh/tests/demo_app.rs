@@ -227,6 +227,34 @@ async fn traffic_reports_versions_failures_and_client_oses() {
         "{report:?}"
     );
     assert!(report.client_os.len() > 2, "{report:?}");
+    let users: u64 = report
+        .by_user
+        .values()
+        .map(|versions| versions.get("reviews v2").copied().unwrap_or(0))
+        .sum();
+    assert_eq!(users, report.sent, "every answer is counted under its user");
+
+    // A fixed set of users.
+    let report = run(&TrafficOptions {
+        rate: 100,
+        duration: Duration::from_millis(200),
+        users: vec!["jason".into(), String::new()],
+        ..TrafficOptions::new(format!("http://{reviews}/"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        report.count_for("jason", "reviews", "v2") + report.count_for("", "reviews", "v2"),
+        report.sent,
+        "{report:?}"
+    );
+    assert!(
+        report
+            .by_user
+            .keys()
+            .all(|u| u == "jason" || u == "anonymous"),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]

@@ -68,6 +68,9 @@ enum Command {
         /// Send HTTP/2 with prior knowledge (h2c).
         #[arg(long)]
         http2: bool,
+        /// Act as this user (repeatable; '' for anonymous); default: a built-in mix.
+        #[arg(long = "user")]
+        users: Vec<String>,
     },
     /// One GET; prints the status line and body.
     #[command(hide = true)]
@@ -130,12 +133,14 @@ async fn run_args(args: Args) -> anyhow::Result<()> {
             duration,
             concurrency,
             http2,
+            users,
         }) => {
             let options = TrafficOptions {
                 rate,
                 duration,
                 concurrency,
                 http2,
+                users,
                 ..TrafficOptions::new(url)
             };
             let report = run(&options).await.map_err(anyhow::Error::msg)?;
@@ -218,6 +223,21 @@ mod tests {
         .unwrap();
         assert!(
             matches!(args.command, Some(Command::Traffic { duration, .. }) if duration == Duration::from_millis(500))
+        );
+        let args = Args::try_parse_from([
+            "serin-demo-app",
+            "traffic",
+            "--url",
+            "http://x/",
+            "--user",
+            "jason",
+            "--user",
+            "",
+            "--http2",
+        ])
+        .unwrap();
+        assert!(
+            matches!(args.command, Some(Command::Traffic { users, http2: true, .. }) if users == ["jason", ""])
         );
     }
 }
