@@ -45,11 +45,11 @@ pub struct Cli {
     /// Run only these workloads (repeatable): http1, http1-new, h2c, grpc, tcp.
     #[arg(long = "workload", value_name = "WORKLOAD", value_parser = parse_workload)]
     pub workloads: Vec<Workload>,
-    /// Start serin-proxy under this command, split on spaces (profiling: `--serin-wrapper
-    /// 'valgrind --tool=callgrind --callgrind-out-file=/tmp/serin.%p.cg'`). Its figures then
-    /// describe the profiler, not Serin.
+    /// Start every proxy under this command, split on spaces (profiling: `--wrapper 'valgrind
+    /// --tool=callgrind --trace-children=yes --callgrind-out-file=/tmp/%p.cg'`). The figures
+    /// then describe the profiler, not the proxies.
     #[arg(long, value_name = "COMMAND")]
-    pub serin_wrapper: Option<String>,
+    pub wrapper: Option<String>,
 }
 
 /// Runs the CLI and turns the result into an exit code.
@@ -123,8 +123,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let env = Env {
         programs: Programs {
             serin_proxy: serin_proxy.as_ref().map(|(_, copy)| copy.clone()),
-            serin_wrapper: cli
-                .serin_wrapper
+            wrapper: cli
+                .wrapper
                 .as_deref()
                 .map(|w| w.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
@@ -183,9 +183,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             fmt_load(load_after)
         ),
     ));
-    let caveat = if let Some(wrapper) = &cli.serin_wrapper {
+    let caveat = if let Some(wrapper) = &cli.wrapper {
         Some(format!(
-            "serin-proxy ran under `{wrapper}`: its figures describe the profiler, not Serin."
+            "The proxies ran under `{wrapper}`: the figures describe the profiler, not them."
         ))
     } else if plan.quick {
         Some(
@@ -217,11 +217,35 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let markdown = report.markdown();
     println!("{markdown}");
     if let Some(path) = &cli.write {
-        fs::write(path, format!("{INTRO}\n{markdown}"))
+        // Findings are written by people: a rewrite of the figures keeps them.
+        let findings = fs::read_to_string(path)
+            .ok()
+            .and_then(|old| findings_section(&old).map(str::to_owned))
+            .unwrap_or_default();
+        fs::write(path, document(&markdown, &findings))
             .with_context(|| format!("write {}", path.display()))?;
         eprintln!("serin-bench: wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The heading of BENCHMARKS.md's hand-written part, kept across `--write`.
+pub const FINDINGS_HEADING: &str = "## Findings";
+
+/// The hand-written findings of an existing BENCHMARKS.md, from their heading to the end.
+pub fn findings_section(text: &str) -> Option<&str> {
+    let at = text.find(&format!("\n{FINDINGS_HEADING}\n"))?;
+    Some(&text[at + 1..])
+}
+
+/// BENCHMARKS.md: the method, this run's results, then the kept findings.
+pub fn document(results: &str, findings: &str) -> String {
+    let mut doc = format!("{INTRO}\n{}\n", results.trim_end());
+    if !findings.is_empty() {
+        doc.push('\n');
+        doc.push_str(findings);
+    }
+    doc
 }
 
 fn parse_shape(text: &str) -> Result<Shape, String> {
@@ -340,4 +364,61 @@ sudo target/release/serin-bench --quick                   # CI smoke run, under 
 - **Honesty.** Ratios compare figures of the same run. A run on a busy machine is labelled
   preliminary with its load average. Scenarios that cannot run yet say why instead of showing
   figures.
+
+## Profiling a miss
+
+`--shape` and `--workload` narrow a run; `--wrapper` starts the proxies under a profiler (they
+are stopped with SIGTERM, so the profiler writes its output), and serin-bench prints how many
+requests each run served, to divide by. Instruction counts are stable on a noisy machine:
+
+```sh
+sudo target/release/serin-bench --quick --shape serin-1 --workload http1 \
+  --wrapper 'valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=/tmp/%p.cg'
+callgrind_annotate --inclusive=yes /tmp/<pid>.cg | less
+```
+
+For `serin-1` two files appear: the measured proxy's, and that of a proxy started again to ask
+its admin API whether it routes by policy, which serves no request: its total is the start-up
+and shut-down cost to subtract. nginx writes one file for its master and one for its worker.
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewriting_keeps_the_findings() {
+        let old = document(
+            "## Results\n\nold figures\n",
+            "## Findings\n\nwhy it is slow\n",
+        );
+        assert_eq!(
+            findings_section(&old),
+            Some("## Findings\n\nwhy it is slow\n")
+        );
+        let new = document(
+            "## Results\n\nnew figures\n",
+            findings_section(&old).unwrap(),
+        );
+        assert!(new.starts_with(INTRO));
+        assert!(new.contains("new figures") && !new.contains("old figures"));
+        assert!(new.ends_with("## Findings\n\nwhy it is slow\n"));
+        assert_eq!(findings_section("no findings here"), None);
+    }
+
+    #[test]
+    fn shapes_and_workloads_parse_by_their_names() {
+        assert_eq!(parse_shape("serin-2"), Ok(Shape::TwoHops(Proxy::Serin)));
+        assert_eq!(parse_shape("haproxy-1"), Ok(Shape::OneHop(Proxy::Haproxy)));
+        assert!(
+            parse_shape("envoy-1")
+                .unwrap_err()
+                .contains("direct, serin-1")
+        );
+        assert_eq!(
+            parse_workload("http1-new"),
+            Ok(Workload::Http1NewConnections)
+        );
+        assert!(parse_workload("h3").is_err());
+    }
+}

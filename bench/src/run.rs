@@ -281,7 +281,7 @@ fn measure(
     });
     let peak = sampler.finish();
     proxies.check_alive()?;
-    // For profiles (`--serin-wrapper`): what to divide a run's instruction count by.
+    // For profiles (`--wrapper`): what to divide a run's instruction count by.
     eprintln!(
         "serin-bench: {shape}, {workload}: {served} successful requests in all, {} in the \
          capacity run",

@@ -127,8 +127,8 @@ impl fmt::Display for Shape {
 pub struct Programs {
     /// `serin-proxy`, copied where uid 1337 can run it.
     pub serin_proxy: Option<PathBuf>,
-    /// A command Serin runs under (a profiler: `valgrind --tool=callgrind`, `perf record -g`).
-    pub serin_wrapper: Vec<String>,
+    /// A command every proxy runs under (a profiler: `valgrind --tool=callgrind`).
+    pub wrapper: Vec<String>,
     /// `nginx`.
     pub nginx: Option<PathBuf>,
     /// nginx's dynamic stream module.
@@ -289,9 +289,7 @@ impl Stage {
             let dir = self.scratch.subdir(&name)?;
             let log = dir.join("output.log");
             let mut argv: Vec<String> = vec!["taskset".into(), "-c".into(), cpu.to_string()];
-            if proxy == Proxy::Serin {
-                argv.extend(programs.serin_wrapper.iter().cloned());
-            }
+            argv.extend(programs.wrapper.iter().cloned());
             argv.push(program.display().to_string());
             match proxy {
                 Proxy::Serin => {
