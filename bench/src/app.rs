@@ -5,6 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -159,7 +161,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         shapes.len(),
         workloads.len()
     );
-    let measured = run::run(&plan, &env, &shapes, &workloads);
+    let stop = stop_on_signals()?;
+    let measured = run::run(&plan, &env, &shapes, &workloads, &stop);
     let load_after = machine::load_average();
 
     // 5. Report.
@@ -272,6 +275,52 @@ fn parse_workload(text: &str) -> Result<Workload, String> {
                 names.join(", ")
             )
         })
+}
+
+/// A flag set on SIGINT or SIGTERM, so that an interrupted run stops between measurements and
+/// still removes its namespaces and proxies (the default action would kill the process before
+/// any guard runs).
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let flag = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let handlers = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                );
+                let (mut int, mut term) = match handlers {
+                    (Ok(int), Ok(term)) => (int, term),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    flag.store(true, Ordering::SeqCst);
+                    eprintln!(
+                        "serin-bench: stopping after the current measurement, then cleaning up"
+                    );
+                }
+            });
+        })?;
+    ready_rx
+        .recv()
+        .context("the signal thread ended before installing its handlers")?
+        .context("install SIGINT and SIGTERM handlers")?;
+    Ok(stop)
 }
 
 fn fmt_load(load: Option<f64>) -> String {

@@ -3,6 +3,7 @@
 //! latency at the fixed rate, and (HTTP/1.1 keep-alive) the connection sweep; RSS is read when
 //! idle, after the warm-up, and sampled for its peak throughout.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,6 +16,9 @@ use crate::report::{Figures, Row, Rss, SweepPoint};
 use crate::resources::{self, PeakSampler, Usage};
 use crate::shape::{self, Programs, Proxy, Shape, Stage};
 use crate::workload::Workload;
+
+/// Why a row has no figures after SIGINT or SIGTERM.
+const INTERRUPTED: &str = "interrupted (SIGINT or SIGTERM) before it ran";
 
 /// Durations and sizes of one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +120,15 @@ pub struct Measured {
 }
 
 /// Runs `plan` over `shapes` and `workloads`.
-pub fn run(plan: &Plan, env: &Env, shapes: &[Shape], workloads: &[Workload]) -> Measured {
+/// Once `stop` is set (SIGINT, SIGTERM) no new measurement starts; the rest is reported as
+/// interrupted and everything made so far is removed as usual.
+pub fn run(
+    plan: &Plan,
+    env: &Env,
+    shapes: &[Shape],
+    workloads: &[Workload],
+    stop: &AtomicBool,
+) -> Measured {
     let mut measured = Measured {
         workloads: workloads.iter().map(|w| (*w, Vec::new())).collect(),
         ..Measured::default()
@@ -130,6 +142,11 @@ pub fn run(plan: &Plan, env: &Env, shapes: &[Shape], workloads: &[Workload]) -> 
                 .find(|(q, _)| *q == p)
                 .map(|(_, why)| why.clone())
         });
+        let unavailable = if stop.load(Ordering::SeqCst) {
+            Some(INTERRUPTED.to_owned())
+        } else {
+            unavailable
+        };
         let stage = match unavailable {
             Some(why) => Err(anyhow::anyhow!(why)),
             None => Stage::new(shape, env.pinning).with_context(|| format!("set up {shape}")),
@@ -150,7 +167,11 @@ pub fn run(plan: &Plan, env: &Env, shapes: &[Shape], workloads: &[Workload]) -> 
             }
         };
         for (workload, rows) in &mut measured.workloads {
-            let result = measure(plan, env, &stage, shape, *workload);
+            let result = if stop.load(Ordering::SeqCst) {
+                Err(anyhow::anyhow!(INTERRUPTED))
+            } else {
+                measure(plan, env, &stage, shape, *workload)
+            };
             let (figures, sweep) = match result {
                 Ok(ok) => ok,
                 Err(e) => {
