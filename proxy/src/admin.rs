@@ -32,6 +32,8 @@ pub struct AdminState {
     pub draining: Draining,
     /// Who we are.
     pub identity: Identity,
+    /// The Discovery client's state, when the config comes from a control plane.
+    pub discovery: Option<Arc<crate::discovery::DiscoveryStatus>>,
 }
 
 /// The bound admin server.
@@ -130,6 +132,7 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
                     "version": id.version,
                 },
                 "snapshot": tables.snapshot.as_deref(),
+                "discovery": state.discovery.as_ref().map(|d| d.view()),
             });
             let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)

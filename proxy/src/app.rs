@@ -11,6 +11,7 @@ use clap::Parser;
 
 use crate::admin::{Admin, AdminState};
 use crate::config::*;
+use crate::discovery::{self, Discovery};
 use crate::drain;
 use crate::metrics::Metrics;
 use crate::orig_dst::{Kernel, OrigDstLookup};
@@ -26,9 +27,16 @@ pub struct Cli {
     /// `wait-ready`: instead of proxying, wait for the sidecar on `--admin-port` to be ready.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// URL of the control plane's Discovery service (not implemented yet: the proxy stays not ready).
+    /// URL of the control plane's Discovery service (e.g. `http://10.244.0.1:15010`); needs
+    /// `--pod-name` and `--pod-ip`. Cannot be combined with `--config`.
     #[arg(long, env = ENV_CONTROL_PLANE, conflicts_with = "config")]
     pub control_plane: Option<String>,
+    /// Service account of the pod (sent to the control plane).
+    #[arg(long, env = ENV_SERVICE_ACCOUNT, default_value = "")]
+    pub service_account: String,
+    /// Node that runs the pod (sent to the control plane).
+    #[arg(long, env = ENV_NODE_NAME, default_value = "")]
+    pub node_name: String,
     /// A static snapshot (YAML or JSON, the proto3 JSON shape of serin.v1.Snapshot).
     #[arg(long, env = ENV_CONFIG)]
     pub config: Option<PathBuf>,
@@ -141,7 +149,11 @@ impl Cli {
         };
         let source = match (self.config, self.control_plane) {
             (Some(path), _) => ConfigSource::File(path),
-            (None, Some(url)) => ConfigSource::ControlPlane(url),
+            (None, Some(url)) => ConfigSource::ControlPlane(ControlPlane {
+                service_account: self.service_account,
+                node_name: self.node_name,
+                ..ControlPlane::new(url)
+            }),
             (None, None) => ConfigSource::None,
         };
         Config {
@@ -199,6 +211,9 @@ pub struct Bound {
     pub config: ConfigWriter,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The Discovery client, when the config comes from a control plane (run by
+    /// [`Bound::discover`]).
+    pub discovery: Option<Arc<Discovery>>,
     trigger: drain::Trigger,
 }
 
@@ -222,6 +237,15 @@ impl Bound {
             drain_watch,
         ));
 
+        let discovery = match &config.source {
+            ConfigSource::ControlPlane(settings) => Some(Arc::new(Discovery::new(
+                settings.clone(),
+                &config.identity,
+                &metrics,
+            ))),
+            _ => None,
+        };
+
         // 2. Bind everything before serving anything: a taken port fails the start.
         let admin = Admin::new(
             config.admin_addr,
@@ -230,6 +254,7 @@ impl Bound {
                 metrics: Arc::clone(&metrics),
                 draining: inputs_trigger.draining(),
                 identity: config.identity.clone(),
+                discovery: discovery.as_ref().map(|d| Arc::clone(d.status())),
             },
         )
         .await?;
@@ -243,6 +268,7 @@ impl Bound {
             inbound_addr: inbound.local_addr(),
             config: writer,
             metrics,
+            discovery,
             trigger: inputs_trigger,
         };
 
@@ -253,6 +279,15 @@ impl Bound {
         drop(inputs);
         tracing::info!(admin = %bound.admin_addr, outbound = %bound.outbound_addr, inbound = %bound.inbound_addr, "listening");
         Ok(bound)
+    }
+
+    /// Runs the Discovery client (subscribe, apply, answer, reconnect) for ever; never completes
+    /// when the config does not come from a control plane.
+    pub async fn discover(&self) {
+        match &self.discovery {
+            Some(client) => match client.run(&self.config).await {},
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops accepting, asks every connection to finish (GOAWAY, `Connection: close`) and waits
@@ -280,30 +315,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // 1. Bind the admin server and the capture listeners; a taken port ends here.
     let bound = Bound::start(&config, Arc::new(Kernel)).await?;
 
-    // 2. Load the mesh config: a static file now, or (later) the control plane.
+    // 2. Load the mesh config: a static file now, or snapshots from the control plane (run in
+    //    step 3; not ready until the first one is applied).
     match &config.source {
         ConfigSource::File(path) => {
             let snapshot =
                 file::load(path).with_context(|| "cannot start without a valid --config")?;
             bound.config.apply(snapshot);
         }
-        ConfigSource::ControlPlane(url) => {
-            tracing::error!(
-                control_plane = %url,
-                "the discovery client is not implemented yet: staying not ready (use --config FILE)"
-            );
+        ConfigSource::ControlPlane(settings) => {
+            discovery::validate(settings, &config.identity).map_err(anyhow::Error::msg)?;
+            tracing::info!(control_plane = %settings.url, "config from the control plane");
         }
         ConfigSource::None => {
             tracing::warn!("neither --config nor --control-plane given: staying not ready");
         }
     }
 
-    // 3. Wait for SIGTERM or Ctrl-C.
+    // 3. Follow the control plane (if any) until SIGTERM or Ctrl-C.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("failed to install the SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        () = bound.discover() => {}
     }
 
     // 4. Drain: not ready, stop accepting, finish in-flight requests within the deadline.

@@ -36,6 +36,10 @@ pub const ENV_CONNECT_TIMEOUT: &str = "SERIN_CONNECT_TIMEOUT";
 pub const ENV_MAX_CONNECTIONS: &str = "SERIN_MAX_CONNECTIONS";
 /// `--log-level`.
 pub const ENV_LOG_LEVEL: &str = "SERIN_LOG_LEVEL";
+/// `--service-account` (sent to the control plane in the Discovery hello).
+pub const ENV_SERVICE_ACCOUNT: &str = "SERIN_SERVICE_ACCOUNT";
+/// `--node-name` (sent to the control plane in the Discovery hello).
+pub const ENV_NODE_NAME: &str = "SERIN_NODE_NAME";
 
 /// Admin HTTP port (`/ready`, `/live`, `/metrics`, `/config_dump`).
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
@@ -67,6 +71,17 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Largest request head, start line and headers, in bytes (more gives 431 / a stream reset).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 60 * 1024;
+/// First reconnect delay to the control plane (before jitter); doubles up to the maximum.
+pub const DEFAULT_DISCOVERY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest reconnect delay to the control plane (before jitter).
+pub const DEFAULT_DISCOVERY_BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// How long a connect to the control plane may take.
+pub const DEFAULT_DISCOVERY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 ping interval on the Discovery connection, so that a control plane that vanished
+/// without closing the connection is noticed.
+pub const DEFAULT_DISCOVERY_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as dead.
+pub const DEFAULT_DISCOVERY_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who this sidecar serves: the identity its metrics and (later) discovery carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,10 +114,47 @@ impl Identity {
 pub enum ConfigSource {
     /// A static snapshot file (YAML or JSON).
     File(PathBuf),
-    /// A control plane's Discovery service (not implemented yet: the proxy stays not ready).
-    ControlPlane(String),
+    /// A control plane's Discovery service.
+    ControlPlane(ControlPlane),
     /// Nothing: the proxy runs, not ready.
     None,
+}
+
+/// How the sidecar talks to the control plane (`--control-plane URL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// URL of the Discovery service, e.g. `http://10.244.0.1:15010`.
+    pub url: String,
+    /// Service account of the pod ("" when unknown), for the hello.
+    pub service_account: String,
+    /// Node that runs the pod ("" when unknown), for the hello.
+    pub node_name: String,
+    /// First reconnect delay; doubles per failed attempt, each delay drawn at random below it.
+    pub backoff_initial: Duration,
+    /// Bound of the reconnect delay.
+    pub backoff_max: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive ping interval.
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keepalive ping timeout.
+    pub keepalive_timeout: Duration,
+}
+
+impl ControlPlane {
+    /// The control plane at `url` with the default timings.
+    pub fn new(url: impl Into<String>) -> ControlPlane {
+        ControlPlane {
+            url: url.into(),
+            service_account: String::new(),
+            node_name: String::new(),
+            backoff_initial: DEFAULT_DISCOVERY_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_DISCOVERY_BACKOFF_MAX,
+            connect_timeout: DEFAULT_DISCOVERY_CONNECT_TIMEOUT,
+            keepalive_interval: DEFAULT_DISCOVERY_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_DISCOVERY_KEEPALIVE_TIMEOUT,
+        }
+    }
 }
 
 /// Everything the proxy needs to start.

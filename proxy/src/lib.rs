@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod connection;
 pub mod detect;
+pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod inbound;

@@ -129,6 +129,8 @@ pub struct Metrics {
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
+    /// The Discovery client's `serin_discovery_*` metrics.
+    pub discovery: crate::discovery::DiscoveryMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -175,8 +177,10 @@ impl Metrics {
             "Bytes of opaque TCP connections received from the destination",
             tcp_received.clone(),
         );
+        let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         Metrics {
             registry,
+            discovery,
             requests,
             durations,
             tcp_opened,

@@ -1031,6 +1031,8 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
         "--inbound-port",
         "15206",
     ];
+    // A control plane nobody serves (the bridge address): alive, retrying, not ready.
+    let client_ip = fx.client.ip().to_string();
     let _cp = fx
         .client
         .exec(
@@ -1038,6 +1040,10 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
                 &fx.files.proxy().display().to_string(),
                 "--control-plane",
                 "http://10.244.0.1:15010",
+                "--pod-name",
+                "client",
+                "--pod-ip",
+                &client_ip,
             ]
             .into_iter()
             .chain(cp_ports),
@@ -1055,7 +1061,7 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
         LONG,
         || {
             let log = fs::read_to_string(fx.files.log("control-plane")).ok()?;
-            log.contains("discovery client is not implemented yet")
+            log.contains("cannot connect to the control plane at http://10.244.0.1:15010")
                 .then_some(())
         },
     );
