@@ -99,7 +99,8 @@ fn chain(error: &dyn std::error::Error) -> String {
 /// Checks, at start, what the control plane will insist on: a URL it can dial, a pod name and a
 /// pod IP (the hello is refused without them).
 pub fn validate(settings: &ControlPlane, identity: &Identity) -> Result<(), String> {
-    if !(settings.url.starts_with("http://") || settings.url.starts_with("https://")) {
+    // Plaintext only: the control plane's TLS port (15012) does not exist yet.
+    if !settings.url.starts_with("http://") {
         return Err(format!(
             "invalid --control-plane URL {:?}: it must start with http:// (e.g. http://10.244.0.1:15010)",
             settings.url
@@ -444,7 +445,12 @@ impl Discovery {
                 backoff.reset();
             }
             let delay = backoff.next();
-            tracing::warn!(control_plane = %self.settings.url, error = %end.error, retry_in = ?delay, "discovery disconnected; serving the last config until it is back");
+            let meanwhile = if tables.borrow().is_ready() {
+                "serving the last config meanwhile"
+            } else {
+                "not ready until a first snapshot arrives"
+            };
+            tracing::warn!(control_plane = %self.settings.url, error = %end.error, retry_in = ?delay, "discovery disconnected; {meanwhile}");
             self.status.failed(&end.error, delay);
             tokio::time::sleep(delay).await;
         }

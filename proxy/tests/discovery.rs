@@ -436,6 +436,9 @@ async fn follows_the_control_plane_through_changes_outages_and_restarts() {
     cp.stop().await;
 }
 
+/// The version the fake server turns into a broken stream.
+const RESET: &str = "RESET";
+
 /// What the fake Discovery server saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -471,7 +474,14 @@ impl DiscoveryService for FakeDiscovery {
         tokio::spawn(async move {
             let mut pushes = pushes.lock().await;
             while let Some(push) = pushes.recv().await {
-                if tx.send(Ok(push)).await.is_err() {
+                // A push of version RESET breaks the stream instead, as a failing server would.
+                let item = if push.version == RESET {
+                    Err(tonic::Status::unavailable("test: stream reset"))
+                } else {
+                    Ok(push)
+                };
+                let reset = item.is_err();
+                if tx.send(item).await.is_err() || reset {
                     break;
                 }
             }
@@ -620,6 +630,26 @@ async fn a_snapshot_it_cannot_apply_is_nacked_by_resource_and_the_rest_applied_o
             .destination("10.96.0.11:9080".parse().unwrap())
             .is_some()
     );
+
+    // The stream breaks: the proxy resubscribes saying what it serves, keeps serving it (ready,
+    // the very same tables) and answers the same version again without re-applying it.
+    let before = tables_now(&sidecar);
+    push.send(v1::SubscribeResponse {
+        version: RESET.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let said = eventually("a new hello", requests(5)).await;
+    assert_eq!(said[4], "hello v3");
+    assert_eq!(fake.seen.lock().unwrap().streams, 2);
+    assert!(sidecar.ready().await);
+    push.send(snapshot("v3", "1", "10.96.0.11", "10.244.0.7"))
+        .await
+        .unwrap();
+    let said = eventually("ack of v3 on the new stream", requests(6)).await;
+    assert_eq!(said[5], "ack v3 1");
+    assert!(Arc::ptr_eq(&before, &tables_now(&sidecar)));
     server.abort();
 }
 
