@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use clap::Parser;
 
-use crate::control;
+use crate::control::{self, ControlPlan};
 use crate::machine::{self, Install};
 use crate::pinning::Pinning;
 use crate::report::Report;
@@ -163,10 +163,22 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     );
     let stop = stop_on_signals()?;
     let measured = run::run(&plan, &env, &shapes, &workloads, &stop);
+    let control = find_sibling("serin-control");
+    let control_plane = match &control {
+        Some(binary) if !stop.load(Ordering::SeqCst) => {
+            eprintln!("serin-bench: control plane: {}", binary.display());
+            let control_plan = if plan.quick {
+                ControlPlan::quick()
+            } else {
+                ControlPlan::full()
+            };
+            control::run(binary, &control_plan, pinning.client, pinning.server)
+        }
+        _ => control::skipped(control.as_deref(), None),
+    };
     let load_after = machine::load_average();
 
     // 5. Report.
-    let control = find_sibling("serin-control");
     let mut machine_lines = machine::describe(&[
         ("nginx", nginx, &["-v"]),
         ("HAProxy", haproxy, &["-v"]),
@@ -215,7 +227,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         rate: plan.rate,
         connections: plan.connections,
         features: measured.features,
-        control_plane: control::skipped(control.as_deref()),
+        control_plane,
     };
     let markdown = report.markdown();
     println!("{markdown}");
@@ -410,6 +422,11 @@ sudo target/release/serin-bench --quick                   # CI smoke run, under 
 - **Resources.** CPU: utime + stime of the proxy processes (`/proc/PID/stat`) over the
   capacity run, per request per hop. RSS: just started, after warm-up, and the peak sampled
   every 20 ms.
+- **Control plane.** `serin-control` (when built next to serin-bench) on loopback, pinned to
+  the server CPU; simulated proxies are tonic clients of `serin.v1.Discovery` on the client CPU
+  (100 streams per connection) that ACK every push at once. Propagation: from the start of an
+  `ApplyPolicy` call that flips a 90/10 split to each proxy's receipt (and ACK) of the new
+  snapshot, with 1, 100 and 1000 proxies; memory: its RSS with 10 000 subscribers.
 - **Honesty.** Ratios compare figures of the same run. A run on a busy machine is labelled
   preliminary with its load average. Scenarios that cannot run yet say why instead of showing
   figures.

@@ -1,38 +1,399 @@
-//! The control-plane scenarios: apply → all-ACK propagation with 1, 100 and 1000 simulated
-//! proxies, control-plane RSS with 10 000 subscribers, and zero failed requests over 1000 weight
-//! flips under load. They need the `serin-control` binary and a simulated-proxy driver (tonic
-//! clients of `serin.v1.Discovery`); until both exist they are listed with the reason.
+//! The control-plane scenarios: apply → every proxy acked with 1, 100 and 1000 simulated
+//! proxies (tonic clients of `serin.v1.Discovery` that ACK every push at once), and
+//! `serin-control`'s RSS with 10 000 subscribers. The control plane runs as its own process on
+//! loopback, pinned to the server CPU; the simulated proxies run on the client CPU. Weight flips
+//! under load need a sidecar that takes its config from the control plane, which does not exist
+//! yet: that scenario says so.
 
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-/// The scenarios, in report order.
-pub const SCENARIOS: [&str; 5] = [
-    "apply → every proxy acked, 1 simulated proxy",
-    "apply → every proxy acked, 100 simulated proxies (target p99 ≤ 100 ms with 1000)",
-    "apply → every proxy acked, 1000 simulated proxies (target p99 ≤ 100 ms)",
-    "serin-control RSS with 10 000 subscribed proxies (target ≤ 1 GiB)",
-    "failed requests over 1000 weight flips under load (target 0)",
-];
+use anyhow::Context as _;
+use serin_proto::v1;
+use serin_proto::v1::admin_client::AdminClient;
+use serin_proto::v1::discovery_client::DiscoveryClient;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 
-/// Each scenario with why it was not measured, given where `serin-control` would be.
-pub fn skipped(control: Option<&Path>) -> Vec<(String, String)> {
-    let why = match control {
-        None => "skipped: no serin-control binary next to serin-bench (the control plane is \
-                 being built; build it with `cargo build --release -p serin-control`). The \
-                 simulated-proxy driver (tonic clients of serin.v1.Discovery) is not part of \
-                 serin-bench yet either"
+use crate::histogram::Latencies;
+use crate::pinning;
+use crate::report::{mib, ms};
+use crate::resources;
+use crate::shape::Scratch;
+
+/// Subscribers per HTTP/2 connection to the control plane.
+const STREAMS_PER_CHANNEL: usize = 100;
+/// How long one push may take to reach every proxy before the round fails.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sizes of the control-plane runs.
+#[derive(Debug, Clone)]
+pub struct ControlPlan {
+    /// Simulated proxy counts for propagation.
+    pub proxies: Vec<usize>,
+    /// Applies per count.
+    pub rounds: usize,
+    /// Subscribers for the memory figure.
+    pub subscribers: usize,
+}
+
+impl ControlPlan {
+    /// The full run's.
+    pub fn full() -> ControlPlan {
+        ControlPlan {
+            proxies: vec![1, 100, 1000],
+            rounds: 20,
+            subscribers: 10_000,
+        }
+    }
+
+    /// The quick run's (fewer rounds and subscribers, said so in the report).
+    pub fn quick() -> ControlPlan {
+        ControlPlan {
+            proxies: vec![1, 100, 1000],
+            rounds: 3,
+            subscribers: 1000,
+        }
+    }
+}
+
+const PROPAGATION: &str =
+    "apply → every proxy acked, 1 / 100 / 1000 simulated proxies (target p99 ≤ 100 ms with 1000)";
+const MEMORY: &str = "serin-control RSS with 10 000 subscribed proxies (target ≤ 1 GiB)";
+const FLIPS: &str = "failed requests over 1000 weight flips under load (target 0)";
+/// Why flips under load are not measured.
+const FLIPS_SKIPPED: &str = "skipped: serin-proxy has no discovery client yet (it runs from \
+    --config only), so weight flips cannot reach a real sidecar under load; no figures rather \
+    than figures of simulated proxies that carry no traffic";
+
+/// Each scenario with why it was not measured: `control` is where `serin-control` was found,
+/// `why` what went wrong when it ran.
+pub fn skipped(control: Option<&Path>, why: Option<&str>) -> Vec<(String, String)> {
+    let why = match (control, why) {
+        (_, Some(why)) => format!("not measured: {why}"),
+        (None, None) => "skipped: no serin-control binary next to serin-bench (build it: cargo \
+                         build --release -p serin-control)"
             .to_owned(),
-        Some(path) => format!(
-            "skipped: {} exists, but serin-bench has no simulated-proxy driver (tonic clients of \
-             serin.v1.Discovery) yet, and the sidecar's discovery client is not implemented, so \
-             weight flips cannot reach a real sidecar either",
-            path.display()
-        ),
+        (Some(path), None) => format!("skipped: {} was not run (interrupted)", path.display()),
     };
-    SCENARIOS
-        .iter()
-        .map(|s| ((*s).to_owned(), why.clone()))
-        .collect()
+    vec![
+        (PROPAGATION.to_owned(), why.clone()),
+        (MEMORY.to_owned(), why),
+        (FLIPS.to_owned(), FLIPS_SKIPPED.to_owned()),
+    ]
+}
+
+/// Runs the scenarios against the `serin-control` at `binary`.
+pub fn run(
+    binary: &Path,
+    plan: &ControlPlan,
+    client_cpu: usize,
+    server_cpu: usize,
+) -> Vec<(String, String)> {
+    match measure(binary, plan, client_cpu, server_cpu) {
+        Ok(mut rows) => {
+            rows.push((FLIPS.to_owned(), FLIPS_SKIPPED.to_owned()));
+            rows
+        }
+        Err(e) => skipped(Some(binary), Some(&format!("{e:#}"))),
+    }
+}
+
+/// The control plane process; killed on drop.
+struct ControlPlane {
+    child: Child,
+    grpc: SocketAddr,
+    _store: Scratch,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?)
+}
+
+fn start(binary: &Path, cpu: usize) -> anyhow::Result<ControlPlane> {
+    let store = Scratch::new("control-store")?;
+    let (grpc, http) = (free_port()?, free_port()?);
+    let child = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(binary)
+        .args(["--grpc", &grpc.to_string(), "--http", &http.to_string()])
+        .arg("--store")
+        .arg(store.path().join("store"))
+        .args(["--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    Ok(ControlPlane {
+        child,
+        grpc,
+        _store: store,
+    })
+}
+
+fn measure(
+    binary: &Path,
+    plan: &ControlPlan,
+    client_cpu: usize,
+    server_cpu: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut control = start(binary, server_cpu)?;
+    let pid = control.child.id();
+    let grpc = control.grpc;
+    let rows = std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> anyhow::Result<Vec<(String, String)>> {
+                pinning::pin_current_thread(client_cpu)?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(scenarios(grpc, pid, plan))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the control-plane driver panicked")))
+    });
+    if let Ok(Some(status)) = control.child.try_wait() {
+        anyhow::bail!("serin-control exited with {status}");
+    }
+    rows
+}
+
+async fn channel(grpc: SocketAddr) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{grpc}"))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!("cannot reach serin-control on {grpc}: {e}");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn scenarios(
+    grpc: SocketAddr,
+    pid: u32,
+    plan: &ControlPlan,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut admin = AdminClient::new(channel(grpc).await?);
+    let mut rows = Vec::new();
+    let mut generation = 0u32;
+    for &n in &plan.proxies {
+        let fleet = Fleet::connect(grpc, n, &format!("p{n}")).await?;
+        let mut each = Latencies::new();
+        let mut all = Latencies::new();
+        for _ in 0..plan.rounds {
+            generation += 1;
+            let start = Instant::now();
+            fleet.expect_push(start);
+            admin
+                .apply_policy(v1::ApplyPolicyRequest {
+                    policy: Some(policy(generation)),
+                    if_generation: None,
+                    dry_run: false,
+                })
+                .await
+                .context("ApplyPolicy")?;
+            let arrivals = fleet.wait_all(n).await?;
+            all.record(arrivals.iter().max().copied().unwrap_or_default());
+            for a in arrivals {
+                each.record(a);
+            }
+        }
+        let (s, a) = (each.summary(), all.summary());
+        rows.push((
+            format!(
+                "apply → every proxy acked, {n} simulated proxies ({} applies)",
+                plan.rounds
+            ),
+            format!(
+                "push received and acked by one proxy: p50 {} ms, p99 {} ms, max {} ms; by all \
+                 {n}: p50 {} ms, max {} ms",
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max),
+                ms(a.p50),
+                ms(a.max)
+            ),
+        ));
+    }
+    let idle = resources::usage(&[pid]).rss_bytes;
+    let fleet = Fleet::connect(grpc, plan.subscribers, "rss").await?;
+    let with = resources::usage(&[pid]).rss_bytes;
+    drop(fleet);
+    let note = if plan.subscribers < 10_000 {
+        " (quick run: fewer subscribers than the target's 10 000)"
+    } else {
+        ""
+    };
+    rows.push((
+        format!(
+            "serin-control RSS with {} subscribed proxies",
+            plan.subscribers
+        ),
+        format!(
+            "{} MiB, {} MiB before they subscribed{note}",
+            mib(with),
+            mib(idle)
+        ),
+    ));
+    Ok(rows)
+}
+
+/// A policy whose default split changes with `generation`, so every apply is a new snapshot.
+fn policy(generation: u32) -> v1::TrafficPolicy {
+    let v1_weight = if generation.is_multiple_of(2) { 90 } else { 10 };
+    v1::TrafficPolicy {
+        metadata: Some(v1::PolicyMetadata {
+            name: "bench".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(v1::TrafficPolicySpec {
+            service: "bench".into(),
+            default: Some(v1::DefaultRoute {
+                route: vec![
+                    v1::VersionWeight {
+                        version: "v1".into(),
+                        weight: v1_weight,
+                    },
+                    v1::VersionWeight {
+                        version: "v2".into(),
+                        weight: 100 - v1_weight,
+                    },
+                ],
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Simulated proxies: each subscribes, ACKs every push at once, and reports how long after the
+/// round's start a push arrived.
+struct Fleet {
+    tasks: JoinSet<()>,
+    round: watch::Sender<Option<Instant>>,
+    arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Duration>>,
+}
+
+impl Fleet {
+    async fn connect(grpc: SocketAddr, n: usize, prefix: &str) -> anyhow::Result<Fleet> {
+        let (round, _) = watch::channel(None::<Instant>);
+        let (arrived_tx, arrivals) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
+        let mut tasks = JoinSet::new();
+        let mut client = None;
+        for i in 0..n {
+            if i % STREAMS_PER_CHANNEL == 0 {
+                client = Some(DiscoveryClient::new(channel(grpc).await?));
+            }
+            let mut client = client.clone().expect("made above");
+            let arrived = arrived_tx.clone();
+            let ready_tx = ready_tx.clone();
+            let mut round = round.subscribe();
+            let pod = format!("{prefix}-{i}");
+            tasks.spawn(async move {
+                let (tx, requests) = mpsc::channel(4);
+                let _ = tx.send(hello(&pod)).await;
+                let mut stream = match client.subscribe(ReceiverStream::new(requests)).await {
+                    Ok(s) => s.into_inner(),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("Subscribe: {e}")));
+                        return;
+                    }
+                };
+                let mut first = true;
+                while let Ok(Some(push)) = stream.message().await {
+                    let at = Instant::now();
+                    let ack = v1::SubscribeRequest {
+                        kind: Some(v1::subscribe_request::Kind::Ack(v1::SnapshotAck {
+                            version: push.version.clone(),
+                            nonce: push.nonce.clone(),
+                        })),
+                    };
+                    let _ = tx.send(ack).await;
+                    if first {
+                        first = false;
+                        let _ = ready_tx.send(Ok(()));
+                    } else if let Some(start) = *round.borrow_and_update() {
+                        let _ = arrived.send(at - start);
+                    }
+                }
+            });
+        }
+        for _ in 0..n {
+            match tokio::time::timeout(PUSH_TIMEOUT, ready.recv()).await {
+                Ok(Some(Ok(()))) => {}
+                Ok(Some(Err(e))) => anyhow::bail!("a simulated proxy could not subscribe: {e}"),
+                Ok(None) | Err(_) => anyhow::bail!(
+                    "{n} simulated proxies did not all get a first snapshot within {PUSH_TIMEOUT:?}"
+                ),
+            }
+        }
+        Ok(Fleet {
+            tasks,
+            round,
+            arrivals: tokio::sync::Mutex::new(arrivals),
+        })
+    }
+
+    fn expect_push(&self, start: Instant) {
+        self.round.send_replace(Some(start));
+    }
+
+    async fn wait_all(&self, n: usize) -> anyhow::Result<Vec<Duration>> {
+        let mut arrivals = self.arrivals.lock().await;
+        let mut out = Vec::with_capacity(n);
+        let deadline = Instant::now() + PUSH_TIMEOUT;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                Ok(Some(d)) => out.push(d),
+                Ok(None) | Err(_) => anyhow::bail!(
+                    "only {} of {n} simulated proxies got the push within {PUSH_TIMEOUT:?}",
+                    out.len()
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn hello(pod: &str) -> v1::SubscribeRequest {
+    v1::SubscribeRequest {
+        kind: Some(v1::subscribe_request::Kind::Hello(v1::Hello {
+            proxy: Some(v1::ProxyIdentity {
+                pod_name: pod.into(),
+                namespace: "default".into(),
+                pod_ips: vec!["10.244.9.9".into()],
+                service: "bench-client".into(),
+                version: "v1".into(),
+                proxy_version: "serin-bench".into(),
+                ..Default::default()
+            }),
+            capabilities: vec!["snapshot.full".into()],
+            applied_version: String::new(),
+        })),
+    }
 }
 
 #[cfg(test)]
@@ -41,13 +402,18 @@ mod tests {
 
     #[test]
     fn every_scenario_says_why_it_was_skipped() {
-        let none = skipped(None);
-        assert_eq!(none.len(), SCENARIOS.len());
-        assert!(
-            none.iter()
-                .all(|(_, why)| why.starts_with("skipped: no serin-control"))
-        );
-        let some = skipped(Some(Path::new("/x/serin-control")));
-        assert!(some[0].1.contains("/x/serin-control exists"));
+        let none = skipped(None, None);
+        assert_eq!(none.len(), 3);
+        assert!(none[0].1.starts_with("skipped: no serin-control"));
+        assert!(none[2].1.contains("no discovery client"));
+        let failed = skipped(Some(Path::new("/x/serin-control")), Some("it crashed"));
+        assert_eq!(failed[1].1, "not measured: it crashed");
+    }
+
+    #[test]
+    fn every_apply_changes_the_split() {
+        let weight = |g| policy(g).spec.unwrap().default.unwrap().route[0].weight;
+        assert_ne!(weight(1), weight(2));
+        assert_eq!(weight(1), weight(3));
     }
 }
