@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::Stream;
 use serin_proto::v1;
@@ -17,11 +17,14 @@ use crate::mesh::{Mesh, MeshError, Outcome, PolicyWarning};
 use crate::metrics::Metrics;
 use crate::model::{MeshView, PolicyDraft, PolicyKey, Workload, namespace_or_default};
 use crate::proto::{duration, timestamp, to_duration, weights_from_proto, weights_to_proto};
+use crate::telemetry::{Clock, EdgeTable};
+use crate::topology;
 
 pub mod explain;
 
-/// Longest topology window this control plane reports (it keeps no history yet).
-pub const MAX_TOPOLOGY_WINDOW: Duration = Duration::from_secs(60);
+/// Longest topology window this control plane reports (the telemetry windows' longest).
+pub const MAX_TOPOLOGY_WINDOW: Duration =
+    Duration::from_millis(crate::telemetry::LONGEST_WINDOW_MS);
 /// Shortest topology update interval.
 pub const MIN_TOPOLOGY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -31,7 +34,17 @@ pub struct AdminService {
     mesh: Mesh,
     proxies: Arc<ProxyTable>,
     metrics: Arc<Metrics>,
+    telemetry: Telemetry,
     shutdown: watch::Receiver<bool>,
+}
+
+/// Where the topology's edges come from: the telemetry windows and the clock they run on.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// The edges' windows.
+    pub edges: Arc<EdgeTable>,
+    /// The clock.
+    pub clock: Clock,
 }
 
 impl AdminService {
@@ -40,14 +53,41 @@ impl AdminService {
         mesh: Mesh,
         proxies: Arc<ProxyTable>,
         metrics: Arc<Metrics>,
+        telemetry: Telemetry,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             mesh,
             proxies,
             metrics,
+            telemetry,
             shutdown,
         }
+    }
+
+    /// The traffic graph of `namespace` ("" = all) over `window`, now.
+    pub fn graph(&self, namespace: &str, window: Duration) -> topology::Graph {
+        let now = self.telemetry.clock.now_ms();
+        let window_ms = (window.as_millis() as u64).min(crate::telemetry::LONGEST_WINDOW_MS);
+        let windows = self.telemetry.edges.window(now, window_ms);
+        topology::build(
+            &self.view(),
+            &self.proxies.list(),
+            windows,
+            namespace,
+            now,
+            window_ms / 1000,
+        )
+    }
+
+    /// The mesh writer.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The connected proxies.
+    pub fn proxies(&self) -> &Arc<ProxyTable> {
+        &self.proxies
     }
 }
 
@@ -486,9 +526,9 @@ impl Admin for AdminService {
 
     type WatchTopologyStream = TopologyStream;
 
-    /// Streams the graph's nodes (service versions from the registry, with their ready
-    /// endpoints and connected proxies). Edges need the windowed telemetry aggregation, which is
-    /// a later issue: until then every update has no edges, rather than made-up numbers.
+    /// Streams the graph: nodes (service versions from the registry, with their ready endpoints
+    /// and connected proxies, plus every caller seen in telemetry) and edges from the telemetry
+    /// windows, the same graph `/api/topology` serves.
     async fn watch_topology(
         &self,
         request: Request<v1::WatchTopologyRequest>,
@@ -527,53 +567,10 @@ impl Admin for AdminService {
                     () = crate::http::stopped(&mut shutdown) => return None,
                     _ = ticker.tick() => {}
                 }
-                let update = topology(&svc.view(), &svc.proxies, &namespace, window);
+                let update = v1::TopologyUpdate::from(&svc.graph(&namespace, window));
                 Some((Ok(update), (svc, namespace, ticker, false)))
             },
         );
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-/// The topology nodes of a view.
-fn topology(
-    view: &MeshView,
-    proxies: &ProxyTable,
-    namespace: &str,
-    window: Duration,
-) -> v1::TopologyUpdate {
-    let connected = proxies.list();
-    let mut nodes = Vec::new();
-    for s in view
-        .services
-        .values()
-        .filter(|s| namespace.is_empty() || s.namespace == namespace)
-    {
-        for (version, counts) in view.versions(&s.namespace, &s.name) {
-            let count = connected
-                .iter()
-                .filter(|p| {
-                    p.identity.namespace == s.namespace
-                        && p.identity.service == s.name
-                        && p.identity.version == version
-                })
-                .count();
-            nodes.push(v1::TopologyNode {
-                id: format!("{}/{}/{}", s.namespace, s.name, version),
-                namespace: s.namespace.clone(),
-                service: s.name.clone(),
-                version,
-                ready_endpoints: counts.ready,
-                proxies: count as u32,
-                external: false,
-            });
-        }
-    }
-    nodes.sort_by(|a, b| a.id.cmp(&b.id));
-    v1::TopologyUpdate {
-        time: Some(timestamp(SystemTime::now())),
-        window: Some(duration(window)),
-        nodes,
-        edges: Vec::new(),
     }
 }

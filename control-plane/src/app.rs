@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::admin::AdminService;
+use crate::admin::{AdminService, Telemetry};
 use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
@@ -21,7 +21,7 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::snapshot::Publisher;
 use crate::store::Store;
-use crate::telemetry::{EdgeTable, TelemetryService};
+use crate::telemetry::{Clock, EdgeTable, TelemetryService};
 
 /// A control plane with its store open and its ports bound, not serving yet.
 #[derive(Debug)]
@@ -32,17 +32,19 @@ pub struct App {
     http: TcpListener,
 }
 
-/// Handles a running control plane shares (for in-process tests and the dashboard to come).
+/// Handles a running control plane shares (for in-process tests).
 #[derive(Debug, Clone)]
 pub struct Handles {
     /// The writer.
     pub mesh: Mesh,
     /// Connected proxies.
     pub proxies: Arc<ProxyTable>,
-    /// Telemetry totals.
+    /// Telemetry windows.
     pub edges: Arc<EdgeTable>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The clock the telemetry windows read.
+    pub clock: Clock,
 }
 
 impl App {
@@ -113,13 +115,22 @@ impl App {
             metrics.clone(),
             stop_rx.clone(),
         ));
-        let admin = AdminServer::new(AdminService::new(
+        let admin_service = AdminService::new(
             mesh.clone(),
             proxies.clone(),
             metrics.clone(),
+            Telemetry {
+                edges: edges.clone(),
+                clock: config.clock.clone(),
+            },
             stop_rx.clone(),
+        );
+        let admin = AdminServer::new(admin_service.clone());
+        let telemetry = TelemetryServer::new(TelemetryService::new(
+            edges.clone(),
+            metrics.clone(),
+            config.clock.clone(),
         ));
-        let telemetry = TelemetryServer::new(TelemetryService::new(edges.clone(), metrics.clone()));
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(serin_proto::FILE_DESCRIPTOR_SET)
@@ -150,6 +161,9 @@ impl App {
             HttpState {
                 ready: ready.clone(),
                 metrics: metrics.clone(),
+                admin: admin_service,
+                edges: edges.clone(),
+                shutdown: stop_rx.clone(),
             },
             stop_rx,
         ));
@@ -158,6 +172,7 @@ impl App {
             proxies,
             edges,
             metrics,
+            clock: config.clock,
         };
 
         let run = async move {

@@ -7,10 +7,11 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::mesh::LeaseLimits;
+use crate::telemetry::Clock;
 
 /// Default gRPC address (Discovery, Admin, Telemetry).
 pub const DEFAULT_GRPC: &str = "0.0.0.0:15010";
-/// Default HTTP address (`/ready`, `/metrics`).
+/// Default HTTP address (dashboard, `/api/...`, `/ready`, `/metrics`).
 pub const DEFAULT_HTTP: &str = "0.0.0.0:15080";
 /// Default store directory.
 pub const DEFAULT_STORE: &str = "serin-store";
@@ -29,7 +30,7 @@ pub struct Args {
     /// gRPC address: Discovery, Admin and Telemetry.
     #[arg(long, env = "SERIN_GRPC", default_value = DEFAULT_GRPC)]
     pub grpc: SocketAddr,
-    /// HTTP address: /ready and /metrics.
+    /// HTTP address: the dashboard, /api/..., /ready and /metrics.
     #[arg(long, env = "SERIN_HTTP", default_value = DEFAULT_HTTP)]
     pub http: SocketAddr,
     /// Directory of the embedded store (created if missing).
@@ -67,6 +68,8 @@ pub struct Config {
     pub debounce: Duration,
     /// Lease lengths.
     pub leases: LeaseLimits,
+    /// Where telemetry windows read the time (tests drive a manual clock).
+    pub clock: Clock,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             store,
             debounce: DEFAULT_DEBOUNCE,
             leases: LeaseLimits::default(),
+            clock: Clock::System,
         }
     }
 }
@@ -95,6 +99,7 @@ impl TryFrom<&Args> for Config {
             store: a.store.clone(),
             debounce: Duration::from_millis(a.push_debounce_ms),
             leases: LeaseLimits::default(),
+            clock: Clock::System,
         })
     }
 }

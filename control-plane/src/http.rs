@@ -1,12 +1,14 @@
-//! The HTTP port (:15080): `/ready`, `/metrics`. The dashboard (`/`, `/api/...`) is a later
-//! issue; until then `/` says so with a 404 instead of serving a page with nothing behind it.
+//! The HTTP port (:15080): the dashboard (`/` and its assets, embedded in the binary), its JSON
+//! API (`/api/...`, see [`crate::dashboard`]), `/ready` and `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -14,7 +16,16 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::AdminService;
+use crate::dashboard::{self, ApiError, Query};
 use crate::metrics::Metrics;
+use crate::telemetry::EdgeTable;
+
+/// Largest JSON body the API takes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A response body: a whole buffer or a stream (server-sent events).
+pub type Body = BoxBody<Bytes, Infallible>;
 
 /// What the HTTP handlers read.
 #[derive(Debug, Clone)]
@@ -23,49 +34,120 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The admin service: the API's reads and writes go through the same code as gRPC's.
+    pub admin: AdminService,
+    /// The telemetry windows (for `/metrics`).
+    pub edges: Arc<EdgeTable>,
+    /// Turns true at shutdown: live streams end.
+    pub shutdown: watch::Receiver<bool>,
 }
 
-fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+/// A whole response.
+pub fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, content_type)
-        .body(Full::new(body.into()))
+        .header(hyper::header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body.into()).boxed())
         .expect("static response parts are valid")
 }
 
+const PLAIN: &str = "text/plain; charset=utf-8";
+
 /// Answers one request.
-pub fn handle<B>(state: &HttpState, req: &Request<B>) -> Response<Full<Bytes>> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            PLAIN,
-            "only GET and HEAD are served here\n",
-        );
+pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let query = Query::parse(req.uri().query().unwrap_or(""));
+    let method = req.method().clone();
+    if method == Method::POST {
+        if !path.starts_with("/api/") {
+            return not_allowed();
+        }
+        // Only JSON: a cross-site form cannot send it without a CORS preflight, which this
+        // server never grants.
+        let json = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return api_error(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as application/json",
+            ));
+        }
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return api_error(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"),
+                ));
+            }
+        };
+        return match dashboard::post(&state.admin, &path, &query, &body).await {
+            Ok(v) => json_response(&v),
+            Err(e) => api_error(e),
+        };
     }
-    match req.uri().path() {
-        "/ready" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, PLAIN, "ready\n"),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n"),
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
-        ),
-        "/" => text(
+    if method != Method::GET && method != Method::HEAD {
+        return not_allowed();
+    }
+    if let Some(asset) = dashboard::asset(&path) {
+        return full(StatusCode::OK, asset.content_type, asset.body);
+    }
+    match path.as_str() {
+        "/ready" if state.ready.load(Ordering::Acquire) => full(StatusCode::OK, PLAIN, "ready\n"),
+        "/ready" => full(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n"),
+        "/metrics" => {
+            state.metrics.telemetry_edges.set(state.edges.len() as i64);
+            full(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.encode(),
+            )
+        }
+        "/api/stream" => match dashboard::stream(state, &query) {
+            Ok(r) => r,
+            Err(e) => api_error(e),
+        },
+        _ if path.starts_with("/api/") => match dashboard::get(&state.admin, &path, &query).await {
+            Ok(v) => json_response(&v),
+            Err(e) => api_error(e),
+        },
+        _ => full(
             StatusCode::NOT_FOUND,
             PLAIN,
-            "the serin dashboard is not built yet; this port serves /ready and /metrics\n",
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            PLAIN,
-            "not found; this port serves /ready and /metrics\n",
+            "not found; this port serves the dashboard at /, /api/topology, /api/stream, \
+             /api/services/NAME, /ready and /metrics\n",
         ),
     }
+}
+
+fn not_allowed() -> Response<Body> {
+    full(
+        StatusCode::METHOD_NOT_ALLOWED,
+        PLAIN,
+        "only GET and HEAD are served here, and POST under /api/\n",
+    )
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Body> {
+    full(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_vec(v).expect("a JSON value serializes"),
+    )
+}
+
+fn api_error(e: ApiError) -> Response<Body> {
+    let ApiError { status, message } = e;
+    let body = serde_json::json!({ "error": message });
+    full(
+        status,
+        "application/json",
+        serde_json::to_vec(&body).expect("a JSON value serializes"),
+    )
 }
 
 /// Completes once `shutdown` is true (or its sender is gone).
@@ -90,16 +172,23 @@ pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: watch:
             }
         };
         let state = state.clone();
+        let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let response = handle(&state, &req);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                    }
+                }
+                // Live streams never end on their own: close the connection at shutdown.
+                () = stopped(&mut conn_stop) => {}
             }
         });
     }

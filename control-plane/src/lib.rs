@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod discovery;
 pub mod http;
 pub mod mesh;
@@ -15,6 +16,7 @@ pub mod proto;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod topology;
 
 /// Starts tracing into the test's captured output (once per test binary).
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub telemetry_reports: Counter,
     /// Telemetry edges dropped (malformed or over the limits).
     pub telemetry_edges_dropped: Counter,
+    /// Edges held in the telemetry windows (set when `/metrics` is read).
+    pub telemetry_edges: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,6 +51,7 @@ impl Default for Metrics {
             policy_changes: Family::default(),
             telemetry_reports: Counter::default(),
             telemetry_edges_dropped: Counter::default(),
+            telemetry_edges: Gauge::default(),
         };
         registry.register(
             "proxies_connected",
@@ -90,6 +93,11 @@ impl Default for Metrics {
             "telemetry_edges_dropped",
             "Telemetry edges dropped as malformed or over the limits",
             m.telemetry_edges_dropped.clone(),
+        );
+        registry.register(
+            "telemetry_edges",
+            "Edges held in the telemetry windows",
+            m.telemetry_edges.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serin_policy::model::{API_VERSION, KIND};
 use serin_policy::{
@@ -17,7 +17,8 @@ use crate::model::{
     ChangeCause, PolicyDraft, Protocol, Revision, ServiceRecord, StoredPolicy, Workload,
     WorkloadPort, namespace_or_default,
 };
-use crate::telemetry::{Direction, EdgeDelta, EdgeKey, EdgeReport};
+use crate::telemetry::{Direction, EdgeDelta, EdgeKey, EdgeReport, Histogram};
+use crate::topology::{Graph, protocol_from_name};
 
 /// A wire message field that cannot be turned into a domain value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -697,13 +698,26 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
             }
         };
         let protocol = protocol_from_proto("edges[].protocol", e.protocol)?;
-        if let Some(h) = &e.duration
-            && h.bucket_counts.len() != h.bucket_bounds_seconds.len() + 1
-        {
-            return Err(InvalidField::new(
-                "edges[].duration.bucket_counts",
-                "must have one more entry than bucket_bounds_seconds",
-            ));
+        if let Some(h) = &e.duration {
+            if h.bucket_counts.len() != h.bucket_bounds_seconds.len() + 1 {
+                return Err(InvalidField::new(
+                    "edges[].duration.bucket_counts",
+                    "must have one more entry than bucket_bounds_seconds",
+                ));
+            }
+            if h.bucket_bounds_seconds.len() > crate::telemetry::window::MAX_BUCKETS {
+                return Err(InvalidField::new(
+                    "edges[].duration.bucket_bounds_seconds",
+                    "must have at most 64 bounds",
+                ));
+            }
+            let b = &h.bucket_bounds_seconds;
+            if b.iter().any(|x| !x.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(InvalidField::new(
+                    "edges[].duration.bucket_bounds_seconds",
+                    "must be finite and strictly ascending",
+                ));
+            }
         }
         let key = EdgeKey {
             direction,
@@ -724,6 +738,10 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
         }
         let delta = EdgeDelta {
             responses,
+            histogram: e.duration.as_ref().map(|h| Histogram {
+                bounds: h.bucket_bounds_seconds.clone(),
+                counts: h.bucket_counts.clone(),
+            }),
             duration_sum_seconds: e.duration.as_ref().map_or(0.0, |h| h.sum_seconds),
             duration_count: e.duration.as_ref().map_or(0, |h| h.count),
             tcp_opened: e.tcp_connections_opened,
@@ -734,6 +752,53 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
             mirror_outcomes: e.mirror_outcomes.into_iter().collect(),
         };
         Ok(EdgeReport { key, delta })
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Topology
+
+impl From<&Graph> for v1::TopologyUpdate {
+    fn from(g: &Graph) -> Self {
+        let time = UNIX_EPOCH + Duration::from_millis(g.time_ms);
+        v1::TopologyUpdate {
+            time: Some(timestamp(time)),
+            window: Some(duration(Duration::from_secs(g.window_seconds))),
+            nodes: g
+                .nodes
+                .iter()
+                .map(|n| v1::TopologyNode {
+                    id: n.id.clone(),
+                    namespace: n.namespace.clone(),
+                    service: n.service.clone(),
+                    version: n.version.clone(),
+                    ready_endpoints: n.ready_endpoints,
+                    proxies: n.proxies,
+                    external: n.external,
+                })
+                .collect(),
+            edges: g
+                .edges
+                .iter()
+                .map(|e| v1::TopologyEdge {
+                    source_id: e.source.clone(),
+                    destination_id: e.destination.clone(),
+                    protocol: v1::Protocol::from(protocol_from_name(e.protocol)) as i32,
+                    mirror: e.mirror,
+                    rps: e.rps,
+                    error_rate: e.error_rate,
+                    latency_p50_ms: e.p50_ms.unwrap_or(0.0),
+                    latency_p95_ms: e.p95_ms.unwrap_or(0.0),
+                    latency_p99_ms: e.p99_ms.unwrap_or(0.0),
+                    received_bytes_per_second: e.received_bytes_per_second,
+                    sent_bytes_per_second: e.sent_bytes_per_second,
+                    response_code_counts: e.response_codes.clone().into_iter().collect(),
+                    grpc_status_counts: e.grpc_statuses.clone().into_iter().collect(),
+                    version_fallbacks: e.version_fallbacks,
+                    active_connections: e.active_connections,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -1,13 +1,13 @@
-//! `serin.v1.Telemetry.Report`: accepts each proxy's per-edge deltas and keeps running totals per
-//! edge in memory, in a bounded table (at most [`MAX_EDGES`] edges; reports over
-//! [`MAX_EDGES_PER_REPORT`] edges are cut). The sliding windows the dashboard and
-//! `Admin.WatchTopology` need (rates, error rates, latency percentiles) are a later issue; the
-//! totals here are what they will be computed from.
+//! `serin.v1.Telemetry.Report`: accepts each proxy's per-edge deltas into sliding windows per
+//! edge (see [`window`]), in a bounded table (at most [`MAX_EDGES`] edges; reports over
+//! [`MAX_EDGES_PER_REPORT`] edges are cut; edges silent for the longest window age out). The
+//! dashboard, `/api/topology` and `Admin.WatchTopology` all read these windows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use serin_proto::v1;
@@ -18,12 +18,15 @@ use crate::discovery::ProxyIdentity;
 use crate::metrics::Metrics;
 use crate::model::Protocol;
 
-/// Most distinct edges kept; new edges beyond it are dropped (and counted) until restart.
+pub mod window;
+
+pub use window::{EdgeWindows, Histogram, LONGEST_WINDOW_MS, WindowStats};
+
+/// Most distinct edges kept (each at most a few tens of KiB, see `window`); new edges beyond it
+/// are dropped (and counted) until old ones age out.
 pub const MAX_EDGES: usize = 10_000;
 /// Most edges taken from one report; the rest are dropped and counted.
 pub const MAX_EDGES_PER_REPORT: usize = 1_000;
-/// Most distinct (response code, gRPC status) pairs kept per edge.
-const MAX_OUTCOMES_PER_EDGE: usize = 64;
 
 /// Which side of an edge reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,27 +61,7 @@ pub struct EdgeKey {
 }
 
 /// One report's counts for one edge.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EdgeDelta {
-    /// Requests by (response code, gRPC status).
-    pub responses: BTreeMap<(u32, Option<u32>), u64>,
-    /// Sum of request durations, seconds.
-    pub duration_sum_seconds: f64,
-    /// Number of durations.
-    pub duration_count: u64,
-    /// Connections opened.
-    pub tcp_opened: u64,
-    /// Connections closed.
-    pub tcp_closed: u64,
-    /// Bytes toward the source.
-    pub sent_bytes: u64,
-    /// Bytes from the source.
-    pub received_bytes: u64,
-    /// Requests that fell back to another version.
-    pub version_fallbacks: u64,
-    /// Mirror outcomes.
-    pub mirror_outcomes: BTreeMap<String, u64>,
-}
+pub type EdgeDelta = window::Delta;
 
 /// One edge of one report.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,63 +72,63 @@ pub struct EdgeReport {
     pub delta: EdgeDelta,
 }
 
-/// Running totals of one edge since the control plane started.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EdgeTotals {
-    /// Everything added up.
-    pub totals: EdgeDelta,
-    /// Reports that carried this edge.
-    pub reports: u64,
-    /// When the last one arrived.
-    pub last_report: Option<SystemTime>,
+/// Where the control plane reads the time: the system clock, or a clock a test moves.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// Milliseconds since the Unix epoch.
+    #[default]
+    System,
+    /// A test's clock, in ms; it only moves when the test stores a new value.
+    Manual(Arc<AtomicU64>),
 }
 
-impl EdgeTotals {
-    fn add(&mut self, d: EdgeDelta) {
-        let t = &mut self.totals;
-        for (k, n) in d.responses {
-            if t.responses.len() < MAX_OUTCOMES_PER_EDGE || t.responses.contains_key(&k) {
-                *t.responses.entry(k).or_default() += n;
-            }
+impl Clock {
+    /// Now, in ms since the Unix epoch (or the test's clock).
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            Clock::Manual(t) => t.load(Ordering::Acquire),
         }
-        t.duration_sum_seconds += d.duration_sum_seconds;
-        t.duration_count += d.duration_count;
-        t.tcp_opened += d.tcp_opened;
-        t.tcp_closed += d.tcp_closed;
-        t.sent_bytes += d.sent_bytes;
-        t.received_bytes += d.received_bytes;
-        t.version_fallbacks += d.version_fallbacks;
-        for (k, n) in d.mirror_outcomes {
-            if t.mirror_outcomes.len() < MAX_OUTCOMES_PER_EDGE || t.mirror_outcomes.contains_key(&k)
-            {
-                *t.mirror_outcomes.entry(k).or_default() += n;
-            }
-        }
-        self.reports += 1;
-        self.last_report = Some(SystemTime::now());
     }
 }
 
-/// The bounded table of edge totals.
+/// The bounded table of edges and their windows. Memory is at most [`MAX_EDGES`] edges of fixed
+/// size each (two rings of 60 slots); an edge with nothing in the longest window (its pods left)
+/// is removed.
 #[derive(Debug, Default)]
 pub struct EdgeTable {
-    edges: Mutex<HashMap<EdgeKey, EdgeTotals>>,
+    edges: Mutex<HashMap<EdgeKey, EdgeWindows>>,
 }
 
 impl EdgeTable {
-    /// Adds deltas; returns (accepted, dropped).
-    pub fn record(&self, deltas: Vec<EdgeReport>) -> (u64, u64) {
-        let mut edges = self
-            .edges
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EdgeKey, EdgeWindows>> {
+        self.edges
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds deltas received at `now_ms`; returns (accepted, dropped).
+    pub fn record(&self, now_ms: u64, deltas: Vec<EdgeReport>) -> (u64, u64) {
+        let mut edges = self.lock();
         let (mut accepted, mut dropped) = (0, 0);
+        let mut swept = false;
         for EdgeReport { key, delta } in deltas {
-            if let Some(t) = edges.get_mut(&key) {
-                t.add(delta);
+            if !swept && edges.len() >= MAX_EDGES && !edges.contains_key(&key) {
+                // Make room from edges that aged out before refusing a new one (one sweep per
+                // report: a full table of live edges costs one scan, not one per new edge).
+                expire(&mut edges, now_ms);
+                swept = true;
+            }
+            if let Some(w) = edges.get_mut(&key) {
+                w.record(now_ms, &delta);
                 accepted += 1;
             } else if edges.len() < MAX_EDGES {
-                edges.entry(key).or_default().add(delta);
+                edges
+                    .entry(key)
+                    .or_insert_with(|| EdgeWindows::new(now_ms))
+                    .record(now_ms, &delta);
                 accepted += 1;
             } else {
                 dropped += 1;
@@ -154,16 +137,51 @@ impl EdgeTable {
         (accepted, dropped)
     }
 
-    /// Every edge with its totals, sorted by key.
-    pub fn snapshot(&self) -> Vec<(EdgeKey, EdgeTotals)> {
-        let edges = self
-            .edges
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out: Vec<_> = edges.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    /// Every edge with traffic in the `window_ms` ending at `now_ms`, sorted by key; removes the
+    /// edges that aged out.
+    pub fn window(&self, now_ms: u64, window_ms: u64) -> Vec<(EdgeKey, WindowStats)> {
+        let mut edges = self.lock();
+        expire(&mut edges, now_ms);
+        let mut out: Vec<_> = edges
+            .iter()
+            .filter_map(|(k, w)| w.window(now_ms, window_ms).map(|s| (k.clone(), s)))
+            .collect();
+        drop(edges);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+
+    /// Edges held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no edge is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the edges hold on the heap, about.
+    pub fn heap_bytes(&self) -> usize {
+        self.lock()
+            .iter()
+            .map(|(k, w)| {
+                w.heap_bytes()
+                    + k.source_workload.capacity()
+                    + k.source_namespace.capacity()
+                    + k.source_version.capacity()
+                    + k.destination_service.capacity()
+                    + k.destination_namespace.capacity()
+                    + k.destination_version.capacity()
+                    + size_of::<(EdgeKey, EdgeWindows)>()
+            })
+            .sum()
+    }
+}
+
+/// Removes edges with nothing in the longest window.
+fn expire(edges: &mut HashMap<EdgeKey, EdgeWindows>, now_ms: u64) {
+    edges.retain(|_, w| w.last_ms() + LONGEST_WINDOW_MS + window::REPORT_INTERVAL_MS > now_ms);
 }
 
 /// The Telemetry service.
@@ -171,12 +189,17 @@ impl EdgeTable {
 pub struct TelemetryService {
     edges: Arc<EdgeTable>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl TelemetryService {
-    /// Records into `edges`.
-    pub fn new(edges: Arc<EdgeTable>, metrics: Arc<Metrics>) -> Self {
-        Self { edges, metrics }
+    /// Records into `edges`, reading the time from `clock`.
+    pub fn new(edges: Arc<EdgeTable>, metrics: Arc<Metrics>, clock: Clock) -> Self {
+        Self {
+            edges,
+            metrics,
+            clock,
+        }
     }
 
     fn handle(&self, reporter: &ProxyIdentity, req: v1::ReportRequest) -> v1::ReportResponse {
@@ -192,7 +215,7 @@ impl TelemetryService {
                 }
             }
         }
-        let (accepted, over) = self.edges.record(deltas);
+        let (accepted, over) = self.edges.record(self.clock.now_ms(), deltas);
         dropped += over;
         self.metrics.telemetry_reports.inc();
         self.metrics.telemetry_edges_dropped.inc_by(dropped);
@@ -253,7 +276,7 @@ impl Telemetry for TelemetryService {
 mod tests {
     use super::*;
 
-    fn key(i: usize) -> EdgeKey {
+    fn key(i: usize, mirror: bool) -> EdgeKey {
         EdgeKey {
             direction: Direction::Inbound,
             source_workload: format!("caller-{i}"),
@@ -263,46 +286,75 @@ mod tests {
             destination_namespace: "default".into(),
             destination_version: "v1".into(),
             protocol: Protocol::Http1,
-            mirror: false,
+            mirror,
         }
     }
 
-    fn report(i: usize, requests: u64) -> EdgeReport {
+    fn report(i: usize, mirror: bool, requests: u64) -> EdgeReport {
         let delta = EdgeDelta {
             responses: [((200, None), requests)].into(),
             ..EdgeDelta::default()
         };
-        EdgeReport { key: key(i), delta }
+        EdgeReport {
+            key: key(i, mirror),
+            delta,
+        }
     }
+
+    const T0: u64 = 1_700_000_000_000;
 
     #[test]
     fn the_table_is_bounded_and_known_edges_keep_counting() {
         crate::test_tracing();
         let table = EdgeTable::default();
-        let (accepted, dropped) = table.record((0..MAX_EDGES + 5).map(|i| report(i, 1)).collect());
-        assert_eq!((accepted, dropped), (MAX_EDGES as u64, 5));
+        let all = (0..MAX_EDGES + 5).map(|i| report(i, false, 1)).collect();
+        assert_eq!(table.record(T0, all), (MAX_EDGES as u64, 5));
         // A known edge still adds up once the table is full; a new one is still dropped.
-        assert_eq!(
-            table.record(vec![report(0, 2), report(MAX_EDGES + 10, 1)]),
-            (1, 1)
-        );
-        let edges = table.snapshot();
+        let more = vec![report(0, false, 2), report(MAX_EDGES + 10, false, 1)];
+        assert_eq!(table.record(T0 + 500, more), (1, 1));
+        let edges = table.window(T0 + 900, 10_000);
         assert_eq!(edges.len(), MAX_EDGES);
-        let first = edges.iter().find(|(k, _)| *k == key(0)).unwrap();
-        assert_eq!(first.1.totals.responses[&(200, None)], 3);
-        assert_eq!(first.1.reports, 2);
+        let first = edges.iter().find(|(k, _)| *k == key(0, false)).unwrap();
+        assert_eq!(first.1.counts.requests, 3);
+        // The whole table stays within its bound: a few tens of KiB per edge at most.
+        let bytes = table.heap_bytes();
+        assert!(bytes < MAX_EDGES * 64 * 1024, "{bytes} bytes");
     }
 
     #[test]
-    fn outcomes_per_edge_are_bounded() {
+    fn edges_of_pods_that_left_age_out_and_make_room() {
         crate::test_tracing();
-        let mut totals = EdgeTotals::default();
-        for code in 0..(MAX_OUTCOMES_PER_EDGE as u32 + 10) {
-            totals.add(EdgeDelta {
-                responses: [((code, None), 1)].into(),
-                ..EdgeDelta::default()
-            });
-        }
-        assert_eq!(totals.totals.responses.len(), MAX_OUTCOMES_PER_EDGE);
+        let table = EdgeTable::default();
+        let all = (0..MAX_EDGES).map(|i| report(i, false, 1)).collect();
+        table.record(T0, all);
+        // Still there (and in the 10 min window) nine minutes later, gone after ten.
+        assert_eq!(table.window(T0 + 540_000, 600_000).len(), MAX_EDGES);
+        assert_eq!(
+            table.record(T0 + 540_000, vec![report(0, false, 1)]),
+            (1, 0)
+        );
+        // A new edge arriving when the old ones have aged out takes their room.
+        let late = T0 + LONGEST_WINDOW_MS + 2_000;
+        assert_eq!(
+            table.record(late, vec![report(MAX_EDGES + 1, false, 1)]),
+            (1, 0)
+        );
+        assert_eq!(table.len(), 2, "edge 0 reported later and is kept");
+        let left = table.window(T0 + 540_000 + LONGEST_WINDOW_MS + 2_000, 600_000);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, key(MAX_EDGES + 1, false));
+    }
+
+    #[test]
+    fn mirror_traffic_is_kept_apart() {
+        crate::test_tracing();
+        let table = EdgeTable::default();
+        table.record(T0, vec![report(0, false, 100), report(0, true, 10)]);
+        let edges = table.window(T0 + 500, 10_000);
+        assert_eq!(edges.len(), 2);
+        let primary = edges.iter().find(|(k, _)| !k.mirror).unwrap();
+        let mirror = edges.iter().find(|(k, _)| k.mirror).unwrap();
+        assert_eq!(primary.1.counts.requests, 100);
+        assert_eq!(mirror.1.counts.requests, 10);
     }
 }

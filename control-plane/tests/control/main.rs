@@ -3,6 +3,8 @@
 
 mod admin;
 mod binary;
+mod browser;
+mod dashboard;
 mod discovery;
 mod python;
 mod registry;

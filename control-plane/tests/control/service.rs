@@ -25,7 +25,7 @@ async fn get(h: &Harness, path: &str) -> (u16, String) {
 }
 
 #[tokio::test]
-async fn http_ready_metrics_and_no_dashboard_yet() {
+async fn http_ready_metrics_and_the_dashboard_page() {
     let h = Harness::start().await;
     assert_eq!(get(&h, "/ready").await.0, 200);
     let (status, body) = get(&h, "/metrics").await;
@@ -41,9 +41,15 @@ async fn http_ready_metrics_and_no_dashboard_yet() {
         body.contains("serin_control_policy_changes_total{op=\"apply\",outcome=\"created\"} 1"),
         "{body}"
     );
+    // The page and its assets come from the binary itself.
     let (status, body) = get(&h, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<script src=\"/app.js\">"), "{body}");
+    assert_eq!(get(&h, "/app.js").await.0, 200);
+    assert_eq!(get(&h, "/style.css").await.0, 200);
+    let (status, body) = get(&h, "/nothing").await;
     assert_eq!(status, 404);
-    assert!(body.contains("dashboard is not built yet"), "{body}");
+    assert!(body.contains("/api/topology"), "{body}");
 }
 
 #[tokio::test]
@@ -182,12 +188,11 @@ async fn telemetry_reports_are_acknowledged_and_summed() {
         (2, 1, 1)
     );
 
-    let edges = h.handles.edges.snapshot();
+    let edges = h.handles.edges.window(h.handles.clock.now_ms(), 60_000);
     assert_eq!(edges.len(), 1);
-    let totals = &edges[0].1;
-    assert_eq!(totals.totals.responses[&(200, None)], 7);
-    assert_eq!(totals.totals.received_bytes, 700);
-    assert_eq!(totals.reports, 2);
+    let counts = &edges[0].1.counts;
+    assert_eq!(counts.responses, vec![((200, None), 7)]);
+    assert_eq!(counts.received_bytes, 700);
 
     // A stream whose first report does not say who reports is refused.
     let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -1,0 +1,602 @@
+//! The dashboard in a real browser: Debian's Chromium, headless, driven over the DevTools
+//! protocol (a WebSocket; no driver binary, no npm). Simulated sidecars report traffic while the
+//! page is open; the page must draw the version nodes and labelled edges, follow a traffic shift
+//! live, and a weight change made in the page must reach the policy (Admin.GetPolicy). Saves a
+//! screenshot as `target/dashboard.png`.
+//!
+//! Needs `chromium` (Debian: `apt-get install chromium`; `scripts/test` installs it when run as
+//! root). Without it the test fails saying so: it never passes without a browser.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use serin_proto::v1;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::dashboard::{Sidecar, Traffic, harness_with_clock};
+use crate::support::{eventually, workload};
+
+/// Where Chromium may be; `SERIN_CHROMIUM` wins.
+fn chromium() -> PathBuf {
+    if let Ok(p) = std::env::var("SERIN_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for p in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "the dashboard browser test needs Chromium: install Debian's package (apt-get install \
+         chromium; scripts/test does it when run as root) or set SERIN_CHROMIUM to its path"
+    );
+}
+
+/// A headless Chromium, stopped (with every child) on drop.
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    ws_url: String,
+}
+
+impl Browser {
+    fn launch() -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(chromium());
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "--window-size=1920,1080",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd.spawn().expect("cannot start chromium");
+        let mut browser = Browser {
+            child,
+            _profile: profile,
+            ws_url: String::new(),
+        };
+        // Chromium writes its DevTools port and path here once it listens.
+        let port_file = browser._profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                let mut lines = text.lines();
+                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                    browser.ws_url = format!("ws://127.0.0.1:{port}{path}");
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = browser.child.try_wait() {
+                panic!("chromium exited at start with {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        browser
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ask first: Chromium then ends its own children and reaps them. A SIGKILL would leave
+        // them to init.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A DevTools protocol session on one page.
+struct Page {
+    socket: Socket,
+    next_id: u64,
+    session: Option<String>,
+    exceptions: Vec<String>,
+}
+
+impl Page {
+    async fn send(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = json!(s);
+        }
+        self.socket
+            .send(Message::text(msg.to_string()))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method} within 30 s"))
+                .expect("the DevTools socket closed")
+                .unwrap();
+            let Message::Text(text) = frame else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["method"] == "Runtime.exceptionThrown" {
+                let d = &v["params"]["exceptionDetails"];
+                self.exceptions
+                    .push(format!("{} {}", d["text"], d["exception"]["description"]));
+            }
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method} failed: {}", v["error"]);
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page; returns its value.
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .send(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        assert!(
+            r.get("exceptionDetails").is_none(),
+            "{expr}: {}",
+            r["exceptionDetails"]
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Evaluates `expr` until it is truthy (a non-empty value), failing with `what` after 20 s.
+    async fn until(&mut self, what: &str, expr: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.eval(expr).await;
+            if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 20 s waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A simulated sidecar's Discovery stream that acknowledges every snapshot, so the page shows
+/// its proxy in sync.
+async fn subscribe(
+    h: &crate::support::Harness,
+    pod: &str,
+    service: &str,
+    version: &str,
+    ip: &str,
+) -> tokio::task::JoinHandle<()> {
+    let mut client = h.discovery().await;
+    let (tx, requests) = tokio::sync::mpsc::channel(16);
+    tx.send(v1::SubscribeRequest {
+        kind: Some(v1::subscribe_request::Kind::Hello(v1::Hello {
+            proxy: Some(v1::ProxyIdentity {
+                pod_name: pod.into(),
+                namespace: "default".into(),
+                pod_ips: vec![ip.into()],
+                service: service.into(),
+                version: version.into(),
+                proxy_version: "test".into(),
+                ..Default::default()
+            }),
+            capabilities: vec!["snapshot.full".into()],
+            applied_version: String::new(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut rx = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = rx.message().await {
+            let ack = v1::SnapshotAck {
+                version: msg.version.clone(),
+                nonce: msg.nonce.clone(),
+            };
+            let ack = v1::SubscribeRequest {
+                kind: Some(v1::subscribe_request::Kind::Ack(ack)),
+            };
+            if tx.send(ack).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Standard base64 (DevTools sends screenshots so).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let bytes: Vec<u8> = text
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= u32::from(value(*c)) << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    out
+}
+
+/// The demo mesh the page shows: callers from outside reach the frontend, which calls
+/// productpage, which calls details and the three versions of reviews; reviews calls ratings.
+const PODS: [(&str, &str, &str); 8] = [
+    ("frontend", "v1", "10.244.0.20"),
+    ("productpage", "v1", "10.244.0.21"),
+    ("details", "v1", "10.244.0.22"),
+    ("reviews", "v1", "10.244.0.23"),
+    ("reviews", "v2", "10.244.0.24"),
+    ("reviews", "v3", "10.244.0.25"),
+    ("ratings", "v1", "10.244.0.26"),
+    ("ratings", "v2", "10.244.0.27"),
+];
+
+/// The traffic each second, with reviews v2 taking `v2` requests per second.
+fn traffic(v2: u64) -> Vec<(usize, Traffic)> {
+    let t = |src, dst, ok, failed, bucket| Traffic {
+        failed,
+        bucket,
+        ..Traffic::inbound(src, dst, ok)
+    };
+    let out = vec![
+        (0, t(("unknown", "unknown"), ("frontend", "v1"), 240, 0, 1)),
+        (1, t(("frontend", "v1"), ("productpage", "v1"), 238, 2, 2)),
+        (2, t(("productpage", "v1"), ("details", "v1"), 120, 0, 0)),
+        (
+            3,
+            t(("productpage", "v1"), ("reviews", "v1"), 200 - v2, 0, 2),
+        ),
+        (
+            4,
+            t(
+                ("productpage", "v1"),
+                ("reviews", "v2"),
+                v2 - v2 / 20,
+                v2 / 20,
+                4,
+            ),
+        ),
+        (
+            5,
+            Traffic {
+                mirror: true,
+                ..t(("productpage", "v1"), ("reviews", "v3"), 24, 0, 3)
+            },
+        ),
+        (6, t(("reviews", "v2"), ("ratings", "v1"), v2, 0, 1)),
+        (7, t(("reviews", "v2"), ("ratings", "v2"), 4, 0, 1)),
+    ];
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
+    let chromium = chromium();
+    tracing::info!(chromium = %chromium.display(), "browser test");
+    let (h, clock) = harness_with_clock().await;
+    let mut admin = h.admin().await;
+    for (i, (service, version, ip)) in PODS.iter().enumerate() {
+        admin
+            .register_workload(v1::RegisterWorkloadRequest {
+                workload: Some(workload(
+                    &format!("{service}-{version}-{i}"),
+                    service,
+                    version,
+                    ip,
+                )),
+                ttl: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    admin
+        .set_weights(v1::SetWeightsRequest {
+            service: "reviews".into(),
+            weights: vec![
+                v1::VersionWeight {
+                    version: "v1".into(),
+                    weight: 90,
+                },
+                v1::VersionWeight {
+                    version: "v2".into(),
+                    weight: 10,
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut cars = Vec::new();
+    let mut subscribers = Vec::new();
+    for (i, (service, version, ip)) in PODS.iter().enumerate() {
+        let pod = format!("{service}-{version}-{i}");
+        cars.push(Sidecar::connect(h.grpc, &pod, service, version).await);
+        subscribers.push(subscribe(&h, &pod, service, version, ip).await);
+    }
+    // Each destination pod reports its inbound edges; the simulated clock moves a second per
+    // round, and rounds run every 200 ms, so the page sees new windows often.
+    let v2_rate = Arc::new(AtomicU64::new(20));
+    let stop = Arc::new(AtomicBool::new(false));
+    let cars = Arc::new(Mutex::new(cars));
+    let round = {
+        let (clock, cars, v2_rate) = (clock.clone(), cars.clone(), v2_rate.clone());
+        move || {
+            let (clock, cars, v2_rate) = (clock.clone(), cars.clone(), v2_rate.clone());
+            async move {
+                clock.fetch_add(1000, Ordering::AcqRel);
+                let mut cars = cars.lock().await;
+                let edges = traffic(v2_rate.load(Ordering::Acquire));
+                for (pod_index, car) in cars.iter_mut().enumerate() {
+                    // Every edge into this pod's service version.
+                    let (service, version, _) = PODS[pod_index];
+                    let mine: Vec<Traffic> = edges
+                        .iter()
+                        .filter(|(_, t)| t.destination == (service, version))
+                        .map(|(_, t)| t.clone())
+                        .collect();
+                    if !mine.is_empty() {
+                        car.report(&mine).await;
+                    }
+                }
+            }
+        }
+    };
+    for _ in 0..10 {
+        round().await;
+    }
+    let driver = {
+        let stop = stop.clone();
+        let round = round.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                round().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    tracing::info!("browser test: launching chromium");
+    let browser = Browser::launch();
+    let (socket, _) = tokio_tungstenite::connect_async(&browser.ws_url)
+        .await
+        .unwrap();
+    let mut page = Page {
+        socket,
+        next_id: 0,
+        session: None,
+        exceptions: Vec::new(),
+    };
+    let target = page
+        .send("Target.createTarget", json!({"url": "about:blank"}))
+        .await;
+    let attached = page
+        .send(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        )
+        .await;
+    page.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    page.send("Runtime.enable", json!({})).await;
+    page.send("Page.enable", json!({})).await;
+    page.send(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    page.send(
+        "Page.navigate",
+        json!({"url": format!("http://{}/", h.http)}),
+    )
+    .await;
+
+    tracing::info!("browser test: page open");
+    // 1. Every version is a node; edges carry rps, error % and p99.
+    let nodes = page
+        .until(
+            "the page to draw the nine nodes",
+            "document.querySelectorAll('[data-node]').length >= 9 && [...document.querySelectorAll('[data-node]')].map(n => n.dataset.node).sort()",
+        )
+        .await;
+    let nodes: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "default/details/v1",
+            "default/frontend/v1",
+            "default/productpage/v1",
+            "default/ratings/v1",
+            "default/ratings/v2",
+            "default/reviews/v1",
+            "default/reviews/v2",
+            "default/reviews/v3",
+            "unknown/unknown/unknown",
+        ]
+    );
+    let label_of = |pair: &str| {
+        format!(
+            "(document.querySelector('[data-edge-label=\"{pair}\"]') || {{}}).textContent || ''"
+        )
+    };
+    let v2_label = label_of("default/productpage/v1>default/reviews/v2");
+    let text = page
+        .until("the edge to reviews v2 to be labelled", &v2_label)
+        .await;
+    let text = text.as_str().unwrap().to_owned();
+    assert!(
+        text.contains("rps") && text.contains('%') && text.contains("p99"),
+        "{text}"
+    );
+    let rate: f64 = text.split(' ').next().unwrap().parse().unwrap();
+    assert!((16.0..=24.0).contains(&rate), "{text}");
+    let mirror = page
+        .until(
+            "a dashed mirror edge",
+            "document.querySelectorAll('path.edge.mirror').length",
+        )
+        .await;
+    assert_eq!(mirror, json!(1));
+    // Nothing but the control plane was asked for (no CDN).
+    let foreign = page
+        .eval("performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith(location.origin))")
+        .await;
+    assert_eq!(foreign, json!([]));
+
+    tracing::info!("browser test: drawn");
+    // 2. Shift traffic: the label follows without a reload.
+    v2_rate.store(100, Ordering::Release);
+    page.until(
+        "the edge label to show the new rate",
+        &format!("(() => {{ const t = {v2_label}; const r = parseFloat(t); return r >= 80 && r <= 120 && t; }})()"),
+    )
+    .await;
+
+    tracing::info!("browser test: live update seen");
+    // 3. Open reviews, set 50/50 in the page, confirm; the policy follows.
+    page.eval("document.querySelector('[data-service=\"default/reviews\"] rect.box').dispatchEvent(new MouseEvent('click', {bubbles: true})), true")
+        .await;
+    page.until("the release panel", "document.getElementById('apply-weights') && document.querySelector('tr[data-version=\"v2\"]') && true")
+        .await;
+    page.eval(
+        "for (const [v, w] of [['v1', 50], ['v2', 50], ['v3', 0]]) { const el = document.querySelector(`input[data-weight=\"${v}\"]`); el.value = w; el.dispatchEvent(new Event('input', {bubbles: true})); } document.getElementById('apply-weights').click(); true",
+    )
+    .await;
+    page.until("the confirmation dialog", "!document.getElementById('modal').hidden && document.getElementById('modal-text').textContent").await;
+    page.eval("document.getElementById('confirm-ok').click(), true")
+        .await;
+    let weights = eventually(
+        "the weights to reach the policy",
+        Duration::from_secs(20),
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let p = admin
+                    .get_policy(v1::GetPolicyRequest {
+                        name: "reviews".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .policy?;
+                let route = p.spec?.default?.route;
+                let w: Vec<(String, u32)> =
+                    route.into_iter().map(|w| (w.version, w.weight)).collect();
+                (w.iter().any(|(v, n)| v == "v2" && *n == 50)).then_some(w)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        weights,
+        [
+            ("v1".to_owned(), 50),
+            ("v2".to_owned(), 50),
+            ("v3".to_owned(), 0)
+        ]
+    );
+    page.until(
+        "every proxy of reviews in sync",
+        "(document.getElementById('sync') || {}).textContent === 'proxies in sync 3/3'",
+    )
+    .await;
+    page.until(
+        "the panel to show generation 2",
+        "document.getElementById('panel-body').textContent.includes('generation 2') && document.getElementById('toast').textContent",
+    )
+    .await;
+
+    tracing::info!("browser test: weights reached the policy");
+    // 4. A screenshot to look at.
+    let shot = page
+        .send("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64_decode(shot["data"].as_str().unwrap());
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("dashboard.png");
+    std::fs::write(&path, &png).unwrap();
+    tracing::info!(path = %path.display(), "screenshot saved");
+    assert!(
+        page.exceptions.is_empty(),
+        "the page threw: {:?}",
+        page.exceptions
+    );
+
+    stop.store(true, Ordering::Release);
+    driver.await.unwrap();
+    for s in subscribers {
+        s.abort();
+    }
+    // Chromium closes itself and its children; the drop only waits for it.
+    let _ = page.send("Browser.close", json!({})).await;
+    drop(browser);
+}
