@@ -20,8 +20,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The verbs. (The local-mesh verbs `up`, `down`, `run`, `exec`, `pods`, `demo`, `namespace`,
-/// `top` and `inject` come with their issues.)
+/// The verbs. (The local-mesh verbs `up`, `down`, `run`, `exec`, `pods`, `demo`, `namespace`
+/// and `inject` come with their issues.)
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or replace policies from YAML (several documents separated by `---`).
@@ -44,6 +44,8 @@ pub enum Command {
     Status,
     /// Which version would take a request, and why.
     Explain(ExplainArgs),
+    /// The live traffic edges, busiest first, refreshed in place (`--once`: one snapshot).
+    Top(TopArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
 }
@@ -210,6 +212,23 @@ pub struct ExplainArgs {
     /// User-Agent.
     #[arg(long)]
     pub user_agent: Option<String>,
+}
+
+/// `top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Window the rates, error rates and latencies cover: 10s, 1m, 10m (1s..10m).
+    #[arg(long, default_value = "10s")]
+    pub window: String,
+    /// Print one snapshot and exit (for scripts and tests).
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1)]
+    pub interval: u64,
+    /// Every namespace, not only --namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
 }
 
 /// `completion`.

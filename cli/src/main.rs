@@ -90,6 +90,7 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Rollback(args) => verbs::edit::rollback(&mut cp, ns, args, out).await,
         Command::Status => verbs::inspect::status(&mut cp, out).await,
         Command::Explain(args) => verbs::inspect::explain(&mut cp, ns, args, out).await,
+        Command::Top(args) => verbs::top::top(&mut cp, ns, args, out).await,
         Command::Completion(_) => unreachable!("handled before connecting"),
     }
 }

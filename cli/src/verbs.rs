@@ -10,6 +10,7 @@ pub mod apply;
 pub mod edit;
 pub mod get;
 pub mod inspect;
+pub mod top;
 
 /// How often a read-modify-write verb starts over when the policy changed under it.
 pub const MAX_ATTEMPTS: usize = 8;

@@ -3,4 +3,5 @@
 
 mod durability;
 mod support;
+mod top;
 mod verbs;
