@@ -2,8 +2,8 @@
 //! proxies (tonic clients of `serin.v1.Discovery` that ACK every push at once), and
 //! `serin-control`'s RSS with 10 000 subscribers. The control plane runs as its own process on
 //! loopback, pinned to the server CPU; the simulated proxies run on the client CPU. Weight flips
-//! under load need a sidecar that takes its config from the control plane, which does not exist
-//! yet: that scenario says so.
+//! under load need real sidecars fed by the control plane; that scenario is not driven yet and
+//! says so.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -67,9 +67,10 @@ const PROPAGATION: &str =
 const MEMORY: &str = "serin-control RSS with 10 000 subscribed proxies (target ≤ 1 GiB)";
 const FLIPS: &str = "failed requests over 1000 weight flips under load (target 0)";
 /// Why flips under load are not measured.
-const FLIPS_SKIPPED: &str = "skipped: serin-proxy has no discovery client yet (it runs from \
-    --config only), so weight flips cannot reach a real sidecar under load; no figures rather \
-    than figures of simulated proxies that carry no traffic";
+const FLIPS_SKIPPED: &str = "skipped: serin-bench does not drive this one yet (it needs real \
+    sidecars fed by serin-control through serin-proxy's discovery client, which has only just \
+    landed, with flips during load); no figures rather than figures of simulated proxies that \
+    carry no traffic";
 
 /// Each scenario with why it was not measured: `control` is where `serin-control` was found,
 /// `why` what went wrong when it ran.
@@ -405,7 +406,7 @@ mod tests {
         let none = skipped(None, None);
         assert_eq!(none.len(), 3);
         assert!(none[0].1.starts_with("skipped: no serin-control"));
-        assert!(none[2].1.contains("no discovery client"));
+        assert!(none[2].1.contains("discovery client"));
         let failed = skipped(Some(Path::new("/x/serin-control")), Some("it crashed"));
         assert_eq!(failed[1].1, "not measured: it crashed");
     }
