@@ -1,5 +1,7 @@
 //! The command line of `serinctl`: every verb, flag and environment variable.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Default control plane address.
@@ -20,8 +22,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The verbs. (The local-mesh verbs `up`, `down`, `run`, `exec`, `pods`, `demo`, `namespace`
-/// and `inject` come with their issues.)
+/// The verbs. (`inject` comes with its issue.)
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or replace policies from YAML (several documents separated by `---`).
@@ -48,6 +49,22 @@ pub enum Command {
     Top(TopArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
+    /// Bring up the local mesh: a control plane and pods as network namespaces on this host (root).
+    Up(UpArgs),
+    /// Remove the local mesh: every namespace, link, rule and process it made (root).
+    Down(MeshArgs),
+    /// Namespaces of the local mesh.
+    Namespace(NamespaceArgs),
+    /// Start a pod in the local mesh running CMD, with a sidecar when its namespace has injection (root).
+    Run(RunArgs),
+    /// Run CMD inside a pod's network namespace, with its names and addresses (root).
+    Exec(ExecArgs),
+    /// The local mesh's pods.
+    Pods(MeshArgs),
+    /// Print the log of a pod's app (or of its sidecar).
+    Logs(LogsArgs),
+    /// The local mesh with Bookinfo, traffic and the dashboard, and a guide to a gray release (root).
+    Demo(DemoArgs),
 }
 
 /// `apply`.
@@ -236,4 +253,144 @@ pub struct TopArgs {
 pub struct CompletionArgs {
     /// The shell.
     pub shell: clap_complete::Shell,
+}
+
+/// Where the local mesh keeps its state.
+#[derive(Debug, Args)]
+pub struct MeshArgs {
+    /// State directory of the local mesh: state file, agent socket, control plane store, logs.
+    #[arg(long, value_name = "DIR", env = "SERIN_STATE_DIR", default_value = serin_local::cluster::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+/// The host ports of the local mesh's control plane.
+#[derive(Debug, Args)]
+pub struct HostPortArgs {
+    /// Port on 127.0.0.1 forwarded to the control plane's gRPC API (what --control-plane names).
+    #[arg(long, value_name = "PORT", default_value_t = serin_local::cluster::GRPC_PORT)]
+    pub grpc_port: u16,
+    /// Port on 127.0.0.1 forwarded to the dashboard.
+    #[arg(long, value_name = "PORT", default_value_t = serin_local::cluster::HTTP_PORT)]
+    pub http_port: u16,
+}
+
+/// `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub ports: HostPortArgs,
+}
+
+/// `namespace`.
+#[derive(Debug, Args)]
+pub struct NamespaceArgs {
+    /// What to do with the namespace.
+    #[command(subcommand)]
+    pub action: NamespaceAction,
+}
+
+/// What `namespace` does.
+#[derive(Debug, Subcommand)]
+pub enum NamespaceAction {
+    /// Create a namespace (or change whether its new pods get a sidecar) (root).
+    Create(NamespaceCreateArgs),
+}
+
+/// Whether the pods of a namespace get a sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Injection {
+    /// Capture rules and a sidecar in every new pod.
+    Enabled,
+    /// The app alone.
+    Disabled,
+}
+
+/// `namespace create`.
+#[derive(Debug, Args)]
+pub struct NamespaceCreateArgs {
+    /// The namespace.
+    pub name: String,
+    /// Whether pods started in it afterwards get a sidecar.
+    #[arg(long, value_enum, default_value = "enabled")]
+    pub injection: Injection,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// `run` (the pod's namespace is --namespace).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pod's name (a DNS label).
+    pub name: String,
+    /// The service the pod serves (its name resolves in every pod).
+    #[arg(long, value_name = "S")]
+    pub service: String,
+    /// The pod's version label.
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// The port the app listens on (not 15000-15099: the sidecar's and the control plane's).
+    #[arg(long, value_name = "P")]
+    pub port: u16,
+    /// Extra environment of the app, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Register the pod without waiting for the app to listen on --port (for clients).
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// The app: a program (a path, or a name in PATH) and its arguments, after `--`.
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The pod (`serin-control` is the control plane's).
+    pub pod: String,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The pod (`serin-control` is the control plane's).
+    pub pod: String,
+    /// The sidecar's log instead of the app's.
+    #[arg(long)]
+    pub sidecar: bool,
+    /// Keep printing what is written, until Ctrl-C or the pod is gone.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// `demo` (Bookinfo goes in --namespace).
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Requests per second the traffic generator sends to productpage.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub rate: u32,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub ports: HostPortArgs,
 }

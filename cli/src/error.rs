@@ -41,6 +41,19 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// A local-mesh verb was run without the privileges it needs.
+    #[error("{verb} needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN): run it with sudo")]
+    NeedsRoot {
+        /// The verb.
+        verb: &'static str,
+    },
+    /// The local mesh refused or failed a request (serin-local's reason, on one line).
+    #[error("{}", one_line(&.0.to_string()))]
+    LocalMesh(#[from] serin_local::Error),
+    /// A command `exec` ran ended with this exit code; it said why itself, so serinctl says
+    /// nothing more and exits with the same code.
+    #[error("the command exited with code {0}")]
+    Exit(u8),
 }
 
 /// Folds a multi-line message onto one line.

@@ -41,12 +41,23 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's message, on one line: its first line names the problem.
+            // clap's message, on one line: its first line names the problem, and the indented
+            // lines right under it (if any) name the missing arguments.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid command line");
+            let mut lines = rendered.lines();
+            let first = lines.next().unwrap_or("invalid command line");
+            let missing: Vec<&str> = lines
+                .take_while(|l| l.starts_with("  "))
+                .map(str::trim)
+                .collect();
             eprintln!(
-                "serinctl: {} (see serinctl --help)",
-                first.trim_start_matches("error: ")
+                "serinctl: {}{} (see serinctl --help)",
+                first.trim_start_matches("error: "),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", missing.join(", "))
+                }
             );
             return ExitCode::from(2);
         }
@@ -64,6 +75,11 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match runtime.block_on(run(&cli, &mut stdout)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `exec`'s command said why it failed; its exit code is serinctl's.
+        Err(CliError::Exit(code)) => {
+            let _ = stdout.flush();
+            ExitCode::from(code)
+        }
         Err(e) => {
             let _ = stdout.flush();
             eprintln!("serinctl: {e}");
@@ -77,8 +93,20 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         clap_complete::generate(args.shell, &mut Cli::command(), "serinctl", out);
         return Ok(());
     }
-    let mut cp = ControlPlane::connect(&cli.control_plane).await?;
+    // The local-mesh verbs need no control plane (`up` starts it).
     let ns = cli.namespace.as_str();
+    match &cli.command {
+        Command::Up(args) => return verbs::local::up(args, out),
+        Command::Down(args) => return verbs::local::down(args, out),
+        Command::Namespace(args) => return verbs::local::namespace(args, out),
+        Command::Run(args) => return verbs::local::run(ns, args, out),
+        Command::Exec(args) => return verbs::local::exec(args, out),
+        Command::Pods(args) => return verbs::local::pods(args, out),
+        Command::Logs(args) => return verbs::local::logs(args, out),
+        Command::Demo(args) => return verbs::demo::demo(ns, args, out).await,
+        _ => {}
+    }
+    let mut cp = ControlPlane::connect(&cli.control_plane).await?;
     match &cli.command {
         Command::Apply(args) => verbs::apply::apply(&mut cp, ns, args, out).await,
         Command::Get(args) => verbs::get::get(&mut cp, ns, args, out).await,
@@ -91,6 +119,14 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Status => verbs::inspect::status(&mut cp, out).await,
         Command::Explain(args) => verbs::inspect::explain(&mut cp, ns, args, out).await,
         Command::Top(args) => verbs::top::top(&mut cp, ns, args, out).await,
-        Command::Completion(_) => unreachable!("handled before connecting"),
+        Command::Completion(_)
+        | Command::Up(_)
+        | Command::Down(_)
+        | Command::Namespace(_)
+        | Command::Run(_)
+        | Command::Exec(_)
+        | Command::Pods(_)
+        | Command::Logs(_)
+        | Command::Demo(_) => unreachable!("handled before connecting"),
     }
 }

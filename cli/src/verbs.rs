@@ -7,9 +7,11 @@ use crate::connect::ControlPlane;
 use crate::error::CliError;
 
 pub mod apply;
+pub mod demo;
 pub mod edit;
 pub mod get;
 pub mod inspect;
+pub mod local;
 pub mod top;
 
 /// How often a read-modify-write verb starts over when the policy changed under it.

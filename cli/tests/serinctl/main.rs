@@ -2,6 +2,7 @@
 //! loopback ports, each with its own temporary store.
 
 mod durability;
+mod local;
 mod support;
 mod top;
 mod verbs;
