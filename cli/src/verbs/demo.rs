@@ -229,7 +229,12 @@ fn write_guide(
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let (ctl, local) = serinctl_prefix(namespace, args);
-    let users: Vec<&str> = USERS.iter().map(|u| u.unwrap_or("anonymous")).collect();
+    let named: Vec<&str> = USERS.iter().filter_map(|u| *u).collect();
+    let anonymous = if USERS.contains(&None) {
+        " and anonymous visitors"
+    } else {
+        ""
+    };
     let app = demo_app.display();
     let steps: Vec<(&str, String, &str)> = vec![
         (
@@ -320,11 +325,11 @@ fn write_guide(
     )?;
     writeln!(
         out,
-        "Traffic: {} requests/s from pod {} to {}, as {} (end-user header and uid cookie), from desktop and mobile browsers.",
+        "Traffic: {} requests/s from pod {} to {}, as {}{anonymous} (end-user header and uid cookie), from desktop and mobile browsers.",
         args.rate,
         bookinfo::LOADGEN_POD,
         bookinfo::ENTRY_URL,
-        users.join(", ")
+        named.join(", ")
     )?;
     writeln!(out)?;
     writeln!(out, "Dashboard: {}", cluster.dashboard_url())?;

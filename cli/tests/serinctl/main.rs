@@ -1,5 +1,6 @@
 //! serinctl end to end: the real `serinctl` binary against a real `serin-control` binary on
-//! loopback ports, each with its own temporary store.
+//! loopback ports, each with its own temporary store; and (`local`, root) the local-mesh verbs
+//! against a real local mesh.
 
 mod durability;
 mod local;
