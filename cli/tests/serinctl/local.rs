@@ -660,8 +660,8 @@ fn a_missing_binary_says_how_to_build_it() {
 }
 
 #[test]
-fn an_injected_pod_gets_a_sidecar_or_fails_saying_why() {
-    if skip_unless_root("an_injected_pod_gets_a_sidecar_or_fails_saying_why") {
+fn injected_pods_get_a_sidecar_and_reach_each_other_through_it() {
+    if skip_unless_root("injected_pods_get_a_sidecar_and_reach_each_other_through_it") {
         return;
     }
     let mut mesh = TestMesh::new();
@@ -673,34 +673,14 @@ fn an_injected_pod_gets_a_sidecar_or_fails_saying_why() {
         "namespace/meshed created (injection enabled)\n",
         "injection is on unless --injection disabled"
     );
-    let out = mesh.ctl(&[
-        "run",
-        "web",
-        "-n",
-        "meshed",
-        "--service",
-        "web",
-        "--version",
-        "v1",
-        "--port",
-        "8080",
-        "--",
-        &app,
-        "--port",
-        "8080",
-    ]);
-    if out.status.success() {
-        // The sidecar got its config from the control plane: the pod is meshed.
-        let line = stdout(&out);
-        assert!(line.contains("sidecar pid"), "{line}");
-        mesh.ok(&["namespace", "create", "plain", "--injection", "disabled"]);
-        mesh.ok(&[
+    for (pod, service) in [("web", "web"), ("caller", "caller")] {
+        let line = mesh.ok(&[
             "run",
-            "client",
+            pod,
             "-n",
-            "plain",
+            "meshed",
             "--service",
-            "client",
+            service,
             "--version",
             "v1",
             "--port",
@@ -710,34 +690,131 @@ fn an_injected_pod_gets_a_sidecar_or_fails_saying_why() {
             "--port",
             "8080",
         ]);
-        let body = mesh.ok(&[
-            "exec",
-            "client",
-            "--",
-            &app,
-            "get",
-            "http://web.meshed:8080/",
-        ]);
-        assert!(body.contains("\"version\":\"v1\""), "{body}");
-        let sidecar = mesh.ok(&["logs", "web", "--sidecar"]);
-        assert!(!sidecar.is_empty());
-        let rules = mesh.ok(&["exec", "web", "--", "iptables-save", "-t", "nat"]);
-        assert!(rules.contains("SERIN_OUTPUT"), "{rules}");
-    } else {
-        // Today's serin-proxy has no discovery client: the sidecar never gets ready. That, and
-        // only that, is the accepted failure, said in one line with the sidecar's complaint.
-        let err = one_error_line(&out);
-        assert!(
-            err.contains("sidecar of pod \"web\" not ready")
-                && err.contains("the sidecar's last complaint:")
-                && err.contains("discovery client is not implemented yet"),
-            "{err}"
-        );
-        assert!(stdout(&mesh.ctl(&["pods"])).starts_with("no pods"));
-        assert!(!pod_netns_exists(&run_id, "web"));
+        assert!(line.contains(", sidecar pid "), "{line}");
     }
+    let table = mesh.ok(&["pods"]);
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .all(|l| l.contains(" pid ") && l.ends_with("running")),
+        "{table}"
+    );
+    // The capture rules are in the pod, and a call by name goes out through the caller's sidecar
+    // and in through web's.
+    let rules = mesh.ok(&["exec", "web", "--", "iptables-save", "-t", "nat"]);
+    assert!(rules.contains("SERIN_OUTPUT"), "{rules}");
+    let body = mesh.ok(&[
+        "exec",
+        "caller",
+        "--",
+        &app,
+        "get",
+        "http://web.meshed:8080/meshed",
+    ]);
+    assert!(body.contains("\"pod\":\"web\""), "{body}");
+    let metrics = mesh.ok(&[
+        "exec",
+        "web",
+        "--",
+        &app,
+        "get",
+        "http://127.0.0.1:15000/metrics",
+    ]);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("serin_requests_total{direction=\"inbound\"")
+                && l.contains("source_workload=\"caller\"")
+        ),
+        "{metrics}"
+    );
+    let sidecar = mesh.ok(&["logs", "web", "--sidecar"]);
+    assert!(sidecar.contains("config applied"), "{sidecar}");
+    assert!(
+        !sidecar.contains('\u{1b}'),
+        "no colours into a pipe: {sidecar}"
+    );
     mesh.ok(&["down"]);
     assert_eq!(leftovers(&run_id), Vec::<String>::new());
+}
+
+/// A running `serinctl demo`: its stdout so far, the rest to come.
+struct RunningDemo {
+    child: std::process::Child,
+    seen: Vec<String>,
+    lines: mpsc::Receiver<String>,
+    errors: mpsc::Receiver<String>,
+}
+
+impl RunningDemo {
+    /// Starts `serinctl demo ARGS` and waits (with a deadline) for its first round of traffic.
+    fn start(mesh: &TestMesh, args: &[&str]) -> RunningDemo {
+        let mut cmd = mesh.command(&["demo"]);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let lines = lines_of(child.stdout.take().unwrap());
+        let errors = lines_of(child.stderr.take().unwrap());
+        let mut demo = RunningDemo {
+            child,
+            seen: Vec::new(),
+            lines,
+            errors,
+        };
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            if let Ok(line) = demo.lines.recv_timeout(Duration::from_millis(200)) {
+                let round = line.starts_with('[') && line.contains(" sent, ");
+                demo.seen.push(line);
+                if round {
+                    return demo;
+                }
+            } else if let Some(status) = demo.child.try_wait().unwrap() {
+                let errors: Vec<String> = demo.errors.try_iter().collect();
+                panic!(
+                    "demo exited with {status} before any traffic: {errors:#?} {:#?}",
+                    demo.seen
+                );
+            }
+            if Instant::now() > deadline {
+                demo.signal("-INT");
+                let _ = demo.child.wait();
+                panic!("no traffic from the demo in 240 s: {:#?}", demo.seen);
+            }
+        }
+    }
+
+    fn output(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Sends `signal`, waits (with a deadline) for the demo to exit and returns the rest of its
+    /// stdout, asserting that it exited 0 and printed nothing on stderr.
+    fn stop(mut self, signal: &str) -> Vec<String> {
+        self.signal(signal);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "demo still running 60 s after {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let rest: Vec<String> = self.lines.iter().collect();
+        let errors: Vec<String> = self.errors.iter().collect();
+        assert!(status.success(), "{status}: {errors:#?} {rest:#?}");
+        assert_eq!(errors, Vec::<String>::new());
+        rest
+    }
 }
 
 #[test]
@@ -747,9 +824,9 @@ fn demo_runs_bookinfo_with_traffic_until_interrupted_then_removes_everything() {
         return;
     }
     let mesh = TestMesh::new();
-    let mut child = mesh
-        .command(&[
-            "demo",
+    let demo = RunningDemo::start(
+        &mesh,
+        &[
             "-n",
             "shop",
             "--grpc-port",
@@ -758,140 +835,127 @@ fn demo_runs_bookinfo_with_traffic_until_interrupted_then_removes_everything() {
             "25361",
             "--rate",
             "5",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let errors = lines_of(child.stderr.take().unwrap());
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    // Until the first round of traffic is reported, or the demo gives up.
-    let ready = loop {
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-            let round = line.starts_with('[') && line.contains(" sent, ");
-            seen.push(line);
-            if round {
-                break true;
-            }
-        } else if child.try_wait().unwrap().is_some() {
-            seen.extend(lines.try_iter());
-            break false;
-        }
-        if Instant::now() > deadline {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-            panic!("demo neither ready nor failed in 240 s: {seen:#?}");
-        }
-    };
-    let output = seen.join("\n");
-    let run_id = run_id_of(&seen[0]);
+        ],
+    );
+    let output = demo.output();
+    let run_id = run_id_of(&demo.seen[0]);
     assert!(
-        seen[0]
+        demo.seen[0]
             .contains("up: control plane http://127.0.0.1:25360, dashboard http://127.0.0.1:25361"),
         "{output}"
     );
-    if ready {
+    assert!(
+        output.contains("namespace/shop with injection enabled"),
+        "{output}"
+    );
+    for pod in [
+        "ratings-v1",
+        "details-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+        "productpage-v1",
+        "loadgen",
+    ] {
         assert!(
-            output.contains("namespace/shop with injection enabled"),
-            "{output}"
-        );
-        for pod in [
-            "ratings-v1",
-            "details-v1",
-            "reviews-v1",
-            "reviews-v2",
-            "reviews-v3",
-            "productpage-v1",
-            "loadgen",
-        ] {
-            assert!(
-                output.contains(&format!("pod/{pod} running in namespace shop")),
-                "{output}"
-            );
-        }
-        assert!(
-            output.contains("policy/reviews applied (generation 1)"),
-            "{output}"
-        );
-        assert!(
-            output.contains("Dashboard: http://127.0.0.1:25361"),
-            "{output}"
-        );
-        let ctl = "serinctl --control-plane http://127.0.0.1:25360 -n shop";
-        for step in [
-            format!("{ctl} canary reviews v2 --weight 20"),
-            format!("{ctl} canary reviews v2 --weight 80"),
-            format!("{ctl} route reviews v3 --cookie uid=alice"),
-            format!("{ctl} route reviews v3 --header end-user=jason"),
-            format!("{ctl} route reviews v3 --uri-prefix /beta"),
-            format!("{ctl} route reviews v3 --os ios,ipados,android"),
-            format!("{ctl} mirror reviews v3 --percent 50"),
-            format!("{ctl} promote reviews v2"),
-            format!("{ctl} rollback reviews"),
-            format!("{ctl} top"),
-            format!("{ctl} status"),
-        ] {
-            assert!(output.contains(&step), "no `{step}` in the guide: {output}");
-        }
-        // A round counts the answers of every service in the call tree.
-        let round = seen.last().unwrap();
-        assert!(round.contains("| productpage v1 "), "{round}");
-        assert!(
-            round.contains("| details v1 ") && round.contains("| reviews v"),
-            "{round}"
-        );
-        let pods = mesh.ok(&["pods"]);
-        assert_eq!(pods.lines().count(), 8, "{pods}");
-        assert!(
-            pods.lines()
-                .skip(1)
-                .all(|l| l.contains("pid ") && l.ends_with("running")),
-            "{pods}"
-        );
-
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "demo still running 60 s after SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let rest: Vec<String> = lines.iter().collect();
-        assert!(status.success(), "{status}: {rest:#?}");
-        assert!(
-            rest.iter()
-                .any(|l| l.starts_with(&format!("removed local mesh {run_id}:"))),
-            "{rest:#?}"
-        );
-    } else {
-        // Without a sidecar that gets ready (today's serin-proxy has no discovery client) the
-        // demo cannot be what it says: it fails in one line saying why, after removing the mesh.
-        let status = child.wait().unwrap();
-        assert!(!status.success());
-        let stderr: Vec<String> = errors.iter().collect();
-        assert_eq!(stderr.len(), 1, "{stderr:#?}");
-        assert!(
-            stderr[0].starts_with("serinctl: sidecar of pod \"ratings-v1\" not ready")
-                && stderr[0].contains("discovery client is not implemented yet"),
-            "{stderr:#?}"
-        );
-        assert!(
-            output.contains(&format!("removed local mesh {run_id}:")),
+            output.contains(&format!("pod/{pod} running in namespace shop")),
             "{output}"
         );
     }
+    assert!(
+        output.contains("policy/reviews applied (generation 1)"),
+        "{output}"
+    );
+    assert!(
+        output.contains("Dashboard: http://127.0.0.1:25361"),
+        "{output}"
+    );
+    let ctl = "serinctl --control-plane http://127.0.0.1:25360 -n shop";
+    for step in [
+        format!("{ctl} canary reviews v2 --weight 20"),
+        format!("{ctl} canary reviews v2 --weight 80"),
+        format!("{ctl} route reviews v3 --cookie uid=alice"),
+        format!("{ctl} route reviews v3 --header end-user=jason"),
+        format!("{ctl} route reviews v3 --uri-prefix /beta"),
+        format!("{ctl} route reviews v3 --os ios,ipados,android"),
+        format!("{ctl} mirror reviews v3 --percent 50"),
+        format!("{ctl} promote reviews v2"),
+        format!("{ctl} rollback reviews"),
+        format!("{ctl} top"),
+        format!("{ctl} status"),
+    ] {
+        assert!(output.contains(&step), "no `{step}` in the guide: {output}");
+    }
+    // A round counts the answers of every service in the call tree; all of them succeed.
+    let round = demo.seen.last().unwrap();
+    assert!(round.contains(" 0 failed | productpage v1 "), "{round}");
+    assert!(
+        round.contains("| details v1 ") && round.contains("| reviews v"),
+        "{round}"
+    );
+    let pods = mesh.ok(&["pods"]);
+    assert_eq!(pods.lines().count(), 8, "{pods}");
+    assert!(
+        pods.lines()
+            .skip(1)
+            .all(|l| l.contains("pid ") && l.ends_with("running")),
+        "{pods}"
+    );
+    // The policy the guide starts from is in the control plane, and the guide's commands work.
+    let url = "http://127.0.0.1:25360";
+    let canary = mesh.ok(&[
+        "--control-plane",
+        url,
+        "-n",
+        "shop",
+        "canary",
+        "reviews",
+        "v2",
+        "--weight",
+        "20",
+    ]);
+    assert!(canary.contains("default v1 80%, v2 20%"), "{canary}");
+
+    let rest = demo.stop("-INT");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with(&format!("removed local mesh {run_id}:"))),
+        "{rest:#?}"
+    );
     assert_eq!(leftovers(&run_id), Vec::<String>::new());
     assert!(!mesh.state_dir().exists());
+}
+
+#[test]
+fn demo_in_a_mesh_already_up_removes_only_its_pods_on_sigterm() {
+    if skip_unless_root("demo_in_a_mesh_already_up_removes_only_its_pods_on_sigterm") {
+        return;
+    }
+    let mut mesh = TestMesh::new();
+    mesh.up(25370);
+    let run_id = mesh.run_id().to_owned();
+    let demo = RunningDemo::start(&mesh, &["--grpc-port", "25370", "--http-port", "25371"]);
+    assert!(
+        demo.seen[0].starts_with(&format!("local mesh {run_id} already up")),
+        "{:#?}",
+        demo.seen
+    );
+    let rest = demo.stop("-TERM");
+    assert!(
+        rest.contains(&"removed pod/productpage-v1".to_owned()),
+        "{rest:#?}"
+    );
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("the local mesh stays up, as it was before the demo (serinctl down removes it)")
+    );
+    assert_eq!(
+        mesh.ok(&["pods"]),
+        format!("no pods in local mesh {run_id} (start one with `serinctl run`)\n")
+    );
+    for pod in ["productpage-v1", "loadgen", "reviews-v3"] {
+        assert!(!pod_netns_exists(&run_id, pod), "{pod} is left");
+    }
+    mesh.ok(&["down"]);
+    assert_eq!(leftovers(&run_id), Vec::<String>::new());
 }
