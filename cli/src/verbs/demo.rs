@@ -110,11 +110,11 @@ pub async fn demo(namespace: &str, args: &DemoArgs, out: &mut impl Write) -> Res
     let demo_app = demo_app_path(&bin_dir)?;
     let stop = Stop::on_signals()?;
 
-    // 1. The mesh (or the one already up there).
+    // 1. The mesh (or the one already up there). From here on, whatever fails (even writing
+    //    to a closed stdout), what was made is removed before serinctl exits.
     let options = up_options(&args.mesh, &args.ports, &bin_dir);
     let up = blocking(move || Cluster::up(&options)).await??;
-    write_up(&up, &args.ports, out)?;
-    out.flush()?;
+    let shown = write_up(&up, &args.ports, out).and_then(|()| Ok(out.flush()?));
     let mut made = Made {
         cluster: up.cluster,
         mesh: up.created,
@@ -122,19 +122,34 @@ pub async fn demo(namespace: &str, args: &DemoArgs, out: &mut impl Write) -> Res
     };
 
     // 2. Bookinfo, the starting policy, the guide, then traffic until a signal.
-    let outcome = match set_up(&mut made, namespace, &demo_app, &stop, out).await {
-        Ok(()) => {
-            write_guide(namespace, args, &demo_app, &made.cluster, out)?;
-            send_traffic(&made.cluster, &demo_app, args.rate, &stop, out).await
-        }
+    let outcome = match shown {
+        Ok(()) => run(&mut made, namespace, args, &demo_app, &stop, out).await,
         Err(e) => Err(e),
     };
 
     // 3. Remove what the demo made, whatever happened above.
-    writeln!(out, "cleaning up")?;
-    out.flush()?;
-    clean_up(made, out).await?;
-    outcome
+    let _ = writeln!(out, "cleaning up");
+    let _ = out.flush();
+    match (outcome, clean_up(made, out).await) {
+        (Ok(()), cleaned) => cleaned,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(cleanup)) => Err(CliError::Input(format!(
+            "{e}; then removing what the demo made failed too: {cleanup}"
+        ))),
+    }
+}
+
+async fn run(
+    made: &mut Made,
+    namespace: &str,
+    args: &DemoArgs,
+    demo_app: &Path,
+    stop: &Stop,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    set_up(made, namespace, demo_app, stop, out).await?;
+    write_guide(namespace, args, demo_app, &made.cluster, out)?;
+    send_traffic(&made.cluster, demo_app, args.rate, stop, out).await
 }
 
 async fn set_up(
@@ -443,24 +458,35 @@ fn summary(report: &TrafficReport) -> String {
     line
 }
 
-/// Removes what the demo made: the mesh it brought up, or else the pods it started.
+/// Removes what the demo made: the mesh it brought up, or else the pods it started (all of them,
+/// even when one fails; the first failure is returned). What it says goes out last and may be
+/// lost (a closed stdout): the removal is what counts.
 async fn clean_up(made: Made, out: &mut impl Write) -> Result<(), CliError> {
     if made.mesh {
         let dir = made.cluster.state_dir().to_owned();
         let removed = blocking(move || Cluster::down(dir)).await??;
-        write!(out, "{removed}")?;
+        let _ = write!(out, "{removed}");
         return Ok(());
     }
+    let mut said = String::new();
+    let mut first_failure = None;
     for pod in made.pods.iter().rev() {
         let (cluster, name) = (made.cluster.clone(), pod.clone());
-        blocking(move || cluster.remove_pod(&name)).await??;
-        writeln!(out, "removed pod/{pod}")?;
+        match blocking(move || cluster.remove_pod(&name)).await {
+            Ok(Ok(())) => said.push_str(&format!("removed pod/{pod}\n")),
+            Ok(Err(e)) => {
+                first_failure.get_or_insert(CliError::from(e));
+            }
+            Err(e) => {
+                first_failure.get_or_insert(e);
+            }
+        }
     }
-    writeln!(
-        out,
-        "the local mesh stays up, as it was before the demo (serinctl down removes it)"
-    )?;
-    Ok(())
+    said.push_str(
+        "the local mesh stays up, as it was before the demo (serinctl down removes it)\n",
+    );
+    let _ = write!(out, "{said}");
+    first_failure.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
