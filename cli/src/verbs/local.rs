@@ -314,8 +314,16 @@ pub fn pods(args: &MeshArgs, out: &mut impl Write) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `logs`: prints a pod's log file, then (with `-f`) what is appended to it.
+/// `logs`: prints a pod's log file, then (with `-f`) what is appended to it. A reader that stops
+/// reading (`| head`) ends it quietly.
 pub fn logs(args: &LogsArgs, out: &mut impl Write) -> Result<(), CliError> {
+    match print_logs(args, out) {
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn print_logs(args: &LogsArgs, out: &mut impl Write) -> Result<(), CliError> {
     let cluster = open_for_reading(&args.mesh.state_dir, "logs")?;
     let stream = if args.sidecar {
         LogStream::Sidecar
