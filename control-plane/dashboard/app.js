@@ -240,7 +240,7 @@ function render() {
       const pillW = Math.max(30, 8 + label.length * 7);
       out.push(`<rect class="pill" x="${p.x + 6}" y="${p.y + 6}" width="${pillW}" height="${p.h - 12}" fill="${n.external ? "#30363d" : "#1f6feb33"}" stroke="${n.external ? "#484f58" : "#1f6feb"}"></rect>`);
       out.push(`<text x="${p.x + 6 + pillW / 2}" y="${p.y + 19}" text-anchor="middle">${esc(label)}</text>`);
-      const meta = n.external ? "" : `${n.ready_endpoints} ready · ${n.proxies} ${n.proxies === 1 ? "proxy" : "proxies"}`;
+      const meta = n.external ? "" : `${n.ready_endpoints} ready`;
       out.push(`<text class="meta" x="${p.x + pillW + 14}" y="${p.y + 19}">${meta}</text>`);
       const shadow = mirrored.get(n.id) || 0;
       if (rps > 0) out.push(`<text x="${p.x + p.w - 8}" y="${p.y + 19}" text-anchor="end">${fmtRate(rps)} rps</text>`);
@@ -439,7 +439,8 @@ function matchText(blocks) {
 
 function renderPanel(d) {
   const p = d.policy;
-  const sync = d.proxies.total === 0 ? "warn" : d.proxies.in_sync === d.proxies.total ? "ok" : "bad";
+  const nacked = d.proxies.list.some((x) => !x.in_sync && x.nack);
+  const sync = d.proxies.total > 0 && d.proxies.in_sync === d.proxies.total ? "ok" : nacked ? "bad" : "warn";
   const status = `<div class="actions" style="margin-top:0">
       <span class="badge ${sync}" id="sync">proxies in sync ${d.proxies.in_sync}/${d.proxies.total}</span>
       <span class="badge">${p ? `policy ${esc(p.name)} · generation ${p.generation}` : "no policy: balanced over ready versions"}</span>
@@ -479,7 +480,7 @@ function renderPanel(d) {
     ? `<div>${esc(p.mirror.version)} gets a copy of ${p.mirror.percent}% of requests · observed ${fmtRate(d.mirror_observed_rps)} rps</div>`
     : `<div class="note">No mirroring configured${d.mirror_observed_rps > 0 ? ` (observed ${fmtRate(d.mirror_observed_rps)} rps of mirror traffic)` : ""}.</div>`;
   const sticky = p && p.stickiness ? `<div class="note">Sticky by ${p.stickiness.cookie ? "cookie " + esc(p.stickiness.cookie) : "header " + esc(p.stickiness.header)}.</div>` : "";
-  const proxies = d.proxies.list.length ? `<ul class="plain">${d.proxies.list.map((x) => `<li><span class="badge ${x.in_sync ? "ok" : "bad"}">${x.in_sync ? "in sync" : x.nack ? "NACK" : "pushing"}</span> ${esc(x.pod)} <span class="muted">${esc(x.version)}</span>${x.nack ? `<div class="note">${esc(x.nack)}</div>` : ""}</li>`).join("")}</ul>` : `<div class="note">No proxy of this service is connected.</div>`;
+  const proxies = d.proxies.list.length ? `<ul class="plain">${d.proxies.list.map((x) => `<li><span class="badge ${x.in_sync ? "ok" : x.nack ? "bad" : "warn"}">${x.in_sync ? "in sync" : x.nack ? "NACK" : "pushing"}</span> ${esc(x.pod)} <span class="muted">${esc(x.version)}</span>${x.nack ? `<div class="note">${esc(x.nack)}</div>` : ""}</li>`).join("")}</ul>` : `<div class="note">No proxy of this service is connected.</div>`;
   const history = p ? `<ul class="plain">${p.history.map((h) => `<li><b>g${h.generation}</b> ${esc(h.cause.replace("_", " "))}${h.restored_generation ? " of g" + h.restored_generation : ""} · ${routeText(h.default)} <span class="muted">${new Date(h.time_ms).toLocaleTimeString()}</span></li>`).join("")}</ul>` : "";
 
   $("panel-body").innerHTML = status + split + edit + rulesSec + `<h3>Mirror</h3>${mirror}${sticky}<h3>Proxies</h3>${proxies}` + (p ? `<h3>History</h3>${history}` : "");

@@ -562,17 +562,14 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
             ("v3".to_owned(), 0)
         ]
     );
+    // The new generation in the panel, once every proxy has acknowledged it.
     page.until(
-        "every proxy of reviews in sync",
-        "(document.getElementById('sync') || {}).textContent === 'proxies in sync 3/3'",
+        "the panel to show generation 2 with every proxy of reviews in sync",
+        "(() => { const t = document.getElementById('panel-body').textContent; \
+         return t.includes('generation 2') && t.includes('proxies in sync 3/3') \
+         && document.getElementById('toast').textContent; })()",
     )
     .await;
-    page.until(
-        "the panel to show generation 2",
-        "document.getElementById('panel-body').textContent.includes('generation 2') && document.getElementById('toast').textContent",
-    )
-    .await;
-
     tracing::info!("browser test: weights reached the policy");
     // 4. A screenshot to look at.
     let shot = page
@@ -585,6 +582,53 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
         .join("dashboard.png");
     std::fs::write(&path, &png).unwrap();
     tracing::info!(path = %path.display(), "screenshot saved");
+    assert!(
+        page.exceptions.is_empty(),
+        "the page threw: {:?}",
+        page.exceptions
+    );
+
+    // 5. Big meshes stay responsive: 200 services (400 versions) and 1000 edges in eight tiers,
+    // drawn by the page's own code (the live stream is closed so it does not replace them).
+    let timing = page
+        .eval(
+            r#"(() => {
+  state.source.close();
+  const nodes = [], edges = [];
+  for (let s = 0; s < 200; s++) for (const v of ["v1", "v2"])
+    nodes.push({id: `default/svc-${s}/${v}`, namespace: "default", service: `svc-${s}`, version: v, ready_endpoints: 1, proxies: 1, external: false});
+  for (let i = 0; i < 1000; i++) {
+    const a = i % 175, b = 25 * (Math.floor(a / 25) + 1) + (i * 7) % 25;
+    edges.push({source: `default/svc-${a}/v1`, destination: `default/svc-${b}/v${1 + i % 2}`, protocol: "http1", mirror: i % 50 === 0,
+      reported_by: "inbound", rps: 1 + i % 50, requests: 100, error_rate: (i % 10) / 100, p50_ms: 3, p95_ms: 9, p99_ms: 20,
+      received_bytes_per_second: 1, sent_bytes_per_second: 1, response_codes: {"200": 100}, grpc_statuses: {},
+      version_fallbacks: 0, active_connections: 0, mirror_outcomes: {}});
+  }
+  state.graph = {time_ms: Date.now(), window_seconds: 10, nodes, edges};
+  let t = performance.now(); render(); const first = performance.now() - t;
+  t = performance.now();
+  for (let i = 0; i < 5; i++) { state.graph = {...state.graph, edges: edges.map((e) => ({...e, rps: e.rps * (1 + i / 10)}))}; render(); }
+  const update = (performance.now() - t) / 5;
+  return {first, update, nodes: document.querySelectorAll("[data-node]").length, edges: document.querySelectorAll("path.edge").length};
+})()"#,
+        )
+        .await;
+    tracing::info!(%timing, "200 services, 1000 edges drawn");
+    assert_eq!(
+        (timing["nodes"].as_u64(), timing["edges"].as_u64()),
+        (Some(400), Some(1000))
+    );
+    // Generous bounds for a loaded 2-core machine; typically a few tens of ms per update.
+    assert!(timing["first"].as_f64().unwrap() < 1500.0, "{timing}");
+    assert!(timing["update"].as_f64().unwrap() < 500.0, "{timing}");
+    let big = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("dashboard-200-services.png");
+    let shot = page
+        .send("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    std::fs::write(&big, base64_decode(shot["data"].as_str().unwrap())).unwrap();
     assert!(
         page.exceptions.is_empty(),
         "the page threw: {:?}",
