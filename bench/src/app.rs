@@ -179,16 +179,19 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let load_after = machine::load_average();
 
     // 5. Report.
-    let mut machine_lines = machine::describe(&[
-        ("nginx", nginx, &["-v"]),
-        ("HAProxy", haproxy, &["-v"]),
-        (
-            "serin-proxy",
-            serin_proxy.as_ref().map(|(found, _)| found.clone()),
-            // `-V`: its `--version` is the pod's version label.
-            &["-V"],
-        ),
-    ]);
+    let mut machine_lines =
+        machine::describe(&[("nginx", nginx, &["-v"]), ("HAProxy", haproxy, &["-v"])]);
+    machine_lines.push((
+        "serin-proxy".into(),
+        match &serin_proxy {
+            Some((found, _)) => format!(
+                "{} (source tree at git {})",
+                found.display(),
+                machine::source_revision().unwrap_or_else(|| "unknown".into())
+            ),
+            None => "not available".into(),
+        },
+    ));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     machine_lines.push((
         "load average (1 min) before / after".into(),

@@ -108,6 +108,9 @@ pub fn ensure_peers() -> Install {
 /// The first line a program prints for `args` (stdout or stderr).
 pub fn version_line(program: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
     let text = if out.stdout.is_empty() {
         out.stderr
     } else {
@@ -117,6 +120,29 @@ pub fn version_line(program: &Path, args: &[&str]) -> Option<String> {
         .lines()
         .next()
         .map(|l| l.trim().to_owned())
+}
+
+/// The git revision of the source tree serin-bench was built from (`+changes` when it had
+/// uncommitted changes), if that tree is still there.
+pub fn source_revision() -> Option<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).filter(|o| o.status.success())?;
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|o| !o.stdout.is_empty());
+    Some(if dirty {
+        format!("{head}+changes")
+    } else {
+        head
+    })
 }
 
 /// The CPU model from `/proc/cpuinfo` text.
