@@ -362,6 +362,8 @@ function connect() {
     state.lastUpdate = Date.now();
     state.updates += 1;
     render();
+    // The release panel follows the same updates (at most every 2 s), so its numbers match the graph's.
+    if (state.selected && Date.now() - (state.panelAt || 0) >= 1900) refreshPanel();
   });
   src.onerror = () => { $("live").className = "live off"; $("live").textContent = "reconnecting…"; };
 }
@@ -400,6 +402,7 @@ $("panel-close").addEventListener("click", () => { state.selected = null; $("pan
 async function refreshPanel() {
   const sel = state.selected;
   if (!sel) return;
+  state.panelAt = Date.now();
   const q = new URLSearchParams({ namespace: sel.namespace, window: state.window });
   try {
     const r = await fetch(`/api/services/${encodeURIComponent(sel.service)}?${q}`);
@@ -412,7 +415,8 @@ async function refreshPanel() {
     // The next refresh retries.
   }
 }
-setInterval(refreshPanel, 2000);
+// Without live updates (stream down) the panel still refreshes.
+setInterval(() => { if (Date.now() - (state.panelAt || 0) >= 4000) refreshPanel(); }, 1000);
 
 function routeText(route) {
   if (!route || !route.length) return "–";
