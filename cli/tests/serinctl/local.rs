@@ -572,7 +572,6 @@ fn verbs_that_need_root_say_so_in_one_line() {
     } else {
         serinctl_bin()
     };
-    let app = demo_app();
     let cases: [(&str, Vec<&str>); 6] = [
         ("up", vec!["up"]),
         ("down", vec!["down"]),
@@ -589,7 +588,7 @@ fn verbs_that_need_root_say_so_in_one_line() {
                 "--port",
                 "8080",
                 "--",
-                &app,
+                "true",
             ],
         ),
         ("exec", vec!["exec", "web", "--", "true"]),
