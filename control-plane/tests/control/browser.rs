@@ -618,9 +618,8 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
         (timing["nodes"].as_u64(), timing["edges"].as_u64()),
         (Some(400), Some(1000))
     );
-    // Generous bounds for a loaded 2-core machine; typically a few tens of ms per update.
-    assert!(timing["first"].as_f64().unwrap() < 1500.0, "{timing}");
-    assert!(timing["update"].as_f64().unwrap() < 500.0, "{timing}");
+    // The draw times are logged above, not asserted: speed is for benchmarks, not tests (a
+    // loaded CI machine would make any bound flaky). Here, typically tens of ms per update.
     let big = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
