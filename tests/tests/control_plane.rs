@@ -17,15 +17,12 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serin_iptables::config::Config as CaptureConfig;
-use serin_iptables::executor::SystemExecutor;
-use serin_iptables::install;
-use serin_iptables::plan::plan;
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_local::{Mesh, Pod, Process, Redirect};
+use serin_tests::pods::{admin_get, apply_capture, built_binary};
 
 /// The sidecar's uid and gid.
 const PROXY_UID: u32 = 1337;
@@ -79,60 +76,6 @@ impl Drop for Files {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A binary of the workspace, built into this test's target directory.
-fn built_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: build the binaries first (cargo build --bins -p serin-proxy -p serin-iptables -p serin-control -p serinctl)",
-        path.display()
-    );
-    path
-}
-
-/// Applies the default capture rules in `pod` with the real serin-iptables code and tools.
-fn apply_capture(pod: &Pod) {
-    let executor = pod
-        .run_in(SystemExecutor::detect)
-        .unwrap()
-        .expect("iptables tools");
-    let config = CaptureConfig {
-        ipv6: executor.ipv6_available() && pod.ipv6().is_some(),
-        ..CaptureConfig::default()
-    };
-    let rules = plan(&config);
-    pod.run_in(|| install::apply(&rules, &executor))
-        .unwrap()
-        .expect("apply capture rules");
-}
-
-/// `GET path` on `127.0.0.1:port` inside `pod`: status and body.
-fn admin_get(pod: &Pod, port: u16, path: &str) -> io::Result<(u16, String)> {
-    pod.run_in(|| {
-        let mut stream =
-            StdTcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), LONG)?;
-        stream.set_read_timeout(Some(LONG))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        stream.read_to_string(&mut out)?;
-        let code = out
-            .get(9..12)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("not an HTTP answer: {out:?}")))?;
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((code, body))
-    })
-    .unwrap()
 }
 
 /// A tiny HTTP/1.1 app in `pod` on `PORT` (bound inside the pod, served by a thread of this
@@ -406,7 +349,7 @@ fn sidecars_follow_the_control_plane_through_a_policy_a_kill_and_a_restart() {
     }
     for pod in [&v1, &v2, &client] {
         eventually(&format!("sidecar of {} ready", pod.name()), LONG, || {
-            (admin_get(pod, 15000, "/ready").ok()?.0 == 200).then_some(())
+            (admin_get(pod, 15000, "/ready", LONG).ok()?.0 == 200).then_some(())
         });
     }
     let status = all_in_sync(&cp_pod, &files, 3);
@@ -433,7 +376,7 @@ fn sidecars_follow_the_control_plane_through_a_policy_a_kill_and_a_restart() {
         changed.then_some(versions)
     });
     all_in_sync(&cp_pod, &files, 3);
-    let (_, dump) = admin_get(&client, 15000, "/config_dump").unwrap();
+    let (_, dump) = admin_get(&client, 15000, "/config_dump", LONG).unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["snapshot"]["policies"], 1, "{dump}");
     assert_eq!(dump["discovery"]["state"], "connected", "{dump}");
@@ -447,12 +390,12 @@ fn sidecars_follow_the_control_plane_through_a_policy_a_kill_and_a_restart() {
             &format!("{} sees the control plane gone", pod.name()),
             LONG,
             || {
-                let (_, dump) = admin_get(pod, 15000, "/config_dump").ok()?;
+                let (_, dump) = admin_get(pod, 15000, "/config_dump", LONG).ok()?;
                 let dump: serde_json::Value = serde_json::from_str(&dump).ok()?;
                 (dump["discovery"]["state"] != "connected").then_some(())
             },
         );
-        assert_eq!(admin_get(pod, 15000, "/ready").unwrap().0, 200);
+        assert_eq!(admin_get(pod, 15000, "/ready", LONG).unwrap().0, 200);
     }
     traffic_flows(&client, vip, [&v1, &v2]);
 
@@ -461,7 +404,7 @@ fn sidecars_follow_the_control_plane_through_a_policy_a_kill_and_a_restart() {
     all_in_sync(&cp_pod, &files, 3);
     assert_eq!(acked_versions(&cp_pod, &files), after);
     traffic_flows(&client, vip, [&v1, &v2]);
-    let metrics = admin_get(&client, 15000, "/metrics").unwrap().1;
+    let metrics = admin_get(&client, 15000, "/metrics", LONG).unwrap().1;
     assert!(
         metrics.contains("serin_discovery_connection_state{state=\"connected\"} 1"),
         "{metrics}"

@@ -9,10 +9,10 @@
 //! redirect like any app.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,13 +23,10 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serin_iptables::config::Config as CaptureConfig;
-use serin_iptables::executor::SystemExecutor;
-use serin_iptables::install;
-use serin_iptables::plan::plan;
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_local::{Mesh, Pod, Process, Redirect, Signal};
 use serin_tests::echo::{EchoClient, EchoRequest, EchoServer, EchoService};
+use serin_tests::pods::{admin_get, apply_capture, built_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -162,19 +159,6 @@ impl Drop for Files {
     }
 }
 
-/// A binary of the workspace, built by `cargo build --bins` into this test's target dir.
-fn built_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: build the binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
-}
-
 /// The mesh: a client pod and a server pod (`echo-v1`), capture rules and sidecars in both,
 /// the servers running on `rt`.
 struct Sidecars {
@@ -212,7 +196,7 @@ impl Sidecars {
         let server_proxy = start_sidecar(&files, &server, "echo", "v1", &[]);
         for pod in [&client, &server] {
             eventually(&format!("sidecar of {} ready", pod.name()), LONG, || {
-                (admin_get(pod, 15000, "/ready").ok()?.0 == 200).then_some(())
+                (admin_get(pod, 15000, "/ready", LONG).ok()?.0 == 200).then_some(())
             });
         }
         Some(Sidecars {
@@ -250,22 +234,6 @@ async fn connect_in(pod: &Pod, addr: SocketAddr) -> TcpStream {
     TcpStream::from_std(stream).unwrap()
 }
 
-/// Applies the default capture rules in `pod` with the real serin-iptables code and tools.
-fn apply_capture(pod: &Pod) {
-    let executor = pod
-        .run_in(SystemExecutor::detect)
-        .unwrap()
-        .expect("iptables tools");
-    let config = CaptureConfig {
-        ipv6: executor.ipv6_available() && pod.ipv6().is_some(),
-        ..CaptureConfig::default()
-    };
-    let rules = plan(&config);
-    pod.run_in(|| install::apply(&rules, &executor))
-        .unwrap()
-        .expect("apply capture rules");
-}
-
 /// Starts `serin-proxy` in `pod` as uid 1337 with the config file and `extra` flags.
 fn start_sidecar(
     files: &Files,
@@ -300,31 +268,6 @@ fn start_sidecar(
         .stderr(Redirect::Append(files.log(pod.name())))
         .spawn()
         .expect("spawn serin-proxy")
-}
-
-/// `GET path` on `127.0.0.1:port` inside `pod`: status and body.
-fn admin_get(pod: &Pod, port: u16, path: &str) -> io::Result<(u16, String)> {
-    pod.run_in(|| {
-        let mut stream =
-            StdTcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), LONG)?;
-        stream.set_read_timeout(Some(LONG))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        stream.read_to_string(&mut out)?;
-        let code = out
-            .get(9..12)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("not an HTTP answer: {out:?}")))?;
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((code, body))
-    })
-    .unwrap()
 }
 
 /// The value of the sample of `name` whose labels include every `labels` item.
@@ -786,7 +729,7 @@ fn every_protocol_through_two_sidecars_with_metrics_on_both() {
             );
         };
         let text = eventually("all requests recorded", LONG, || {
-            let (_, text) = admin_get(pod, 15000, "/metrics").ok()?;
+            let (_, text) = admin_get(pod, 15000, "/metrics", LONG).ok()?;
             let labels: Vec<&str> = edge
                 .iter()
                 .chain(["response_code=\"200\"", "grpc_status=\"\"", direction].iter())
@@ -945,7 +888,7 @@ fn failing_upstreams_get_prompt_answers_and_the_sidecars_keep_serving() {
         let response = client.send_request(get("/after")).await.unwrap();
         assert_eq!(text(response).await, "GET /after HTTP/1.1\n");
     });
-    let (_, text) = admin_get(&fx.client, 15000, "/metrics").unwrap();
+    let (_, text) = admin_get(&fx.client, 15000, "/metrics", LONG).unwrap();
     for (service, code) in [("refused", "503"), ("blackhole", "503")] {
         let labels = [
             &format!("destination_service=\"{service}\"")[..],
@@ -991,10 +934,10 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
         .spawn()
         .unwrap();
     eventually("bare proxy live", LONG, || {
-        (admin_get(&fx.client, 15100, "/live").ok()?.0 == 200).then_some(())
+        (admin_get(&fx.client, 15100, "/live", LONG).ok()?.0 == 200).then_some(())
     });
     assert_eq!(
-        admin_get(&fx.client, 15100, "/ready").unwrap(),
+        admin_get(&fx.client, 15100, "/ready", LONG).unwrap(),
         (503, "no config yet\n".to_owned())
     );
     // `wait-ready`, what a pod runs before starting its app: gives up on the bare proxy, passes on
@@ -1053,9 +996,9 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
         .spawn()
         .unwrap();
     eventually("control-plane proxy live", LONG, || {
-        (admin_get(&fx.client, 15200, "/live").ok()?.0 == 200).then_some(())
+        (admin_get(&fx.client, 15200, "/live", LONG).ok()?.0 == 200).then_some(())
     });
-    assert_eq!(admin_get(&fx.client, 15200, "/ready").unwrap().0, 503);
+    assert_eq!(admin_get(&fx.client, 15200, "/ready", LONG).unwrap().0, 503);
     eventually(
         "the control-plane proxy says why it is not ready",
         LONG,
@@ -1098,7 +1041,7 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
     let start = Instant::now();
     fx.client_proxy.signal(Signal::SIGTERM).unwrap();
     eventually("not ready after SIGTERM", LONG, || {
-        let (code, _) = admin_get(&fx.client, 15000, "/ready").ok()?;
+        let (code, _) = admin_get(&fx.client, 15000, "/ready", LONG).ok()?;
         (code == 503).then_some(())
     });
     let (body, close) = fx.rt.block_on(slow).unwrap();
@@ -1146,7 +1089,7 @@ fn ipv6_vip_goes_through_both_sidecars() {
         "response_code=\"200\"",
     ];
     let text = eventually("inbound request recorded", LONG, || {
-        let (_, text) = admin_get(&fx.server, 15000, "/metrics").ok()?;
+        let (_, text) = admin_get(&fx.server, 15000, "/metrics", LONG).ok()?;
         (metric(&text, "serin_requests_total", &labels) == Some(1.0)).then_some(text)
     });
     let tcp = ["direction=\"inbound\"", "source_workload=\"client\""];
