@@ -20,5 +20,6 @@ pub mod pool;
 pub mod proxy;
 pub mod snapshot;
 pub mod socket;
+mod stream;
 pub mod tables;
 pub mod tcp;
