@@ -52,6 +52,10 @@ pub struct Cli {
     /// then describe the profiler, not the proxies.
     #[arg(long, value_name = "COMMAND")]
     pub wrapper: Option<String>,
+    /// Measure only the control plane (propagation and memory; no proxies, no peers). With
+    /// `--write`, only the "Control plane" table of that file is replaced.
+    #[arg(long, conflicts_with_all = ["shapes", "workloads", "wrapper"])]
+    pub control_plane_only: bool,
 }
 
 /// Runs the CLI and turns the result into an exit code.
@@ -82,6 +86,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     } else {
         Plan::full()
     };
+    if cli.control_plane_only {
+        return control_plane_only(cli, &plan);
+    }
     let load_before = machine::load_average();
 
     // 2. The peers: installed when missing; their shapes are skipped, with the reason, if not.
@@ -247,6 +254,88 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--control-plane-only`: the control-plane scenarios, printed and, with `--write`, spliced
+/// into the existing report in place of its "Control plane" table.
+fn control_plane_only(cli: &Cli, plan: &Plan) -> anyhow::Result<ExitCode> {
+    let Some(binary) = find_sibling("serin-control") else {
+        anyhow::bail!(
+            "serin-control not found next to serin-bench (build it: cargo build --release --bins \
+             -p serin-control -p serin-bench)"
+        );
+    };
+    let pinning = Pinning::detect()?;
+    let control_plan = if plan.quick {
+        ControlPlan::quick()
+    } else {
+        ControlPlan::full()
+    };
+    eprintln!("serin-bench: control plane only: {}", binary.display());
+    let load_before = machine::load_average();
+    let mut scenarios = control::run(&binary, &control_plan, pinning.client, pinning.server);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    scenarios.push((
+        "load average (1 min) before / after this table's run".into(),
+        format!(
+            "{} / {} on {cores} cores (measured alone with --control-plane-only, git {})",
+            fmt_load(load_before),
+            fmt_load(machine::load_average()),
+            machine::source_revision().unwrap_or_else(|| "unknown".into())
+        ),
+    ));
+    let mut table = String::new();
+    crate::report::scenario_table(&mut table, CONTROL_PLANE_TITLE, &scenarios);
+    println!("{table}");
+    if let Some(path) = &cli.write {
+        let old = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let new = replace_section(&old, &format!("### {CONTROL_PLANE_TITLE}"), &table)
+            .with_context(|| {
+                format!(
+                    "{} has no \"### {CONTROL_PLANE_TITLE}\" table to replace: run the full \
+                     benchmark with --write first",
+                    path.display()
+                )
+            })?;
+        fs::write(path, new).with_context(|| format!("write {}", path.display()))?;
+        eprintln!(
+            "serin-bench: replaced the control-plane table of {}",
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Title of the control-plane table in the report.
+pub const CONTROL_PLANE_TITLE: &str = "Control plane";
+
+/// `text` with the section that starts at the line `heading` (up to the next heading of the same
+/// or a higher level) replaced by `section`; `None` when there is no such line.
+pub fn replace_section(text: &str, heading: &str, section: &str) -> Option<String> {
+    let level = heading.chars().take_while(|c| *c == '#').count();
+    let mut offset = 0;
+    let mut start = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        match start {
+            None if trimmed == heading => start = Some(offset),
+            Some(begin) => {
+                let hashes = trimmed.chars().take_while(|c| *c == '#').count();
+                if hashes > 0 && hashes <= level && trimmed[hashes..].starts_with(' ') {
+                    return Some(format!(
+                        "{}{}\n\n{}",
+                        &text[..begin],
+                        section.trim_end(),
+                        &text[offset..]
+                    ));
+                }
+            }
+            None => {}
+        }
+        offset += line.len();
+    }
+    let begin = start?;
+    Some(format!("{}{}\n", &text[..begin], section.trim_end()))
+}
+
 /// The heading of BENCHMARKS.md's hand-written part, kept across `--write`.
 pub const FINDINGS_HEADING: &str = "## Findings";
 
@@ -391,9 +480,10 @@ proxy at all, in one run on one machine. Reproduce it on yours with one command 
 builds network namespaces; it installs nginx and HAProxy from Debian's packages when missing):
 
 ```sh
-cargo build --release --bins -p serin-proxy -p serin-bench
+cargo build --release --bins -p serin-proxy -p serin-control -p serin-bench
 sudo target/release/serin-bench --write BENCHMARKS.md     # about 15 minutes on 2 cores
 sudo target/release/serin-bench --quick                   # CI smoke run, under 2 minutes
+sudo target/release/serin-bench --control-plane-only --write BENCHMARKS.md  # that table only
 ```
 
 ## Method
@@ -427,9 +517,10 @@ sudo target/release/serin-bench --quick                   # CI smoke run, under 
   every 20 ms.
 - **Control plane.** `serin-control` (when built next to serin-bench) on loopback, pinned to
   the server CPU; simulated proxies are tonic clients of `serin.v1.Discovery` on the client CPU
-  (100 streams per connection) that ACK every push at once. Propagation: from the start of an
-  `ApplyPolicy` call that flips a 90/10 split to each proxy's receipt (and ACK) of the new
-  snapshot, with 1, 100 and 1000 proxies; memory: its RSS with 10 000 subscribers.
+  (100 streams per connection) that ACK every push at once. Propagation: 100 applies, 100 ms
+  apart, each flipping a 90/10 split; the time from the `ApplyPolicy` call returning (and from
+  its start) to the last proxy's receipt (and ACK) of the new snapshot, with 1, 100 and 1000
+  proxies; memory: its RSS with 10 000 subscribers.
 - **Honesty.** Ratios compare figures of the same run. A run on a busy machine is labelled
   preliminary with its load average. Scenarios that cannot run yet say why instead of showing
   figures.
@@ -473,6 +564,30 @@ mod tests {
         assert!(new.contains("new figures") && !new.contains("old figures"));
         assert!(new.ends_with("## Findings\n\nwhy it is slow\n"));
         assert_eq!(findings_section("no findings here"), None);
+    }
+
+    #[test]
+    fn the_control_plane_table_is_replaced_alone() {
+        let old = "## Results\n\n### Feature cost\n\nkept\n\n### Control plane\n\n| old |\n\n\
+                   ## Findings\n\nmine\n";
+        let new =
+            replace_section(old, "### Control plane", "### Control plane\n\n| new |\n\n").unwrap();
+        assert_eq!(
+            new,
+            "## Results\n\n### Feature cost\n\nkept\n\n### Control plane\n\n| new |\n\n## Findings\n\nmine\n"
+        );
+        // Last section of the file.
+        let tail =
+            replace_section("a\n### Control plane\nold\n", "### Control plane", "X\n").unwrap();
+        assert_eq!(tail, "a\nX\n");
+        // A deeper heading inside the section does not end it; a missing heading is an error.
+        let nested = replace_section(
+            "### Control plane\n#### sub\nold\n### Next\n",
+            "### Control plane",
+            "X",
+        );
+        assert_eq!(nested.unwrap(), "X\n\n### Next\n");
+        assert_eq!(replace_section("nothing", "### Control plane", "X"), None);
     }
 
     #[test]

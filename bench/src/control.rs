@@ -28,6 +28,8 @@ use crate::shape::Scratch;
 
 /// Subscribers per HTTP/2 connection to the control plane.
 const STREAMS_PER_CHANNEL: usize = 100;
+/// Pause before each apply of the propagation runs (longer than serin-control's push interval).
+const APPLY_SPACING: Duration = Duration::from_millis(100);
 /// How long one push may take to reach every proxy before the round fails.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,7 +49,7 @@ impl ControlPlan {
     pub fn full() -> ControlPlan {
         ControlPlan {
             proxies: vec![1, 100, 1000],
-            rounds: 20,
+            rounds: 100,
             subscribers: 10_000,
         }
     }
@@ -197,7 +199,12 @@ async fn scenarios(
         let fleet = Fleet::connect(grpc, n, &format!("p{n}")).await?;
         let mut each = Latencies::new();
         let mut all = Latencies::new();
+        let mut after_return = Latencies::new();
         for _ in 0..plan.rounds {
+            // Applies spaced like a person's or a pipeline's, not a burst: serin-control pushes
+            // a change after a quiet period at once and coalesces changes that come within its
+            // push interval (20 ms) of the last push, by design.
+            tokio::time::sleep(APPLY_SPACING).await;
             generation += 1;
             let start = Instant::now();
             fleet.expect_push(start);
@@ -209,26 +216,32 @@ async fn scenarios(
                 })
                 .await
                 .context("ApplyPolicy")?;
+            let returned = start.elapsed();
             let arrivals = fleet.wait_all(n).await?;
-            all.record(arrivals.iter().max().copied().unwrap_or_default());
+            let last = arrivals.iter().max().copied().unwrap_or_default();
+            all.record(last);
+            after_return.record(last.saturating_sub(returned));
             for a in arrivals {
                 each.record(a);
             }
         }
-        let (s, a) = (each.summary(), all.summary());
+        let (s, a, r) = (each.summary(), all.summary(), after_return.summary());
         rows.push((
             format!(
                 "apply → every proxy acked, {n} simulated proxies ({} applies)",
                 plan.rounds
             ),
             format!(
-                "push received and acked by one proxy: p50 {} ms, p99 {} ms, max {} ms; by all \
-                 {n}: p50 {} ms, max {} ms",
-                ms(s.p50),
-                ms(s.p99),
-                ms(s.max),
+                "last of {n} ACKs after ApplyPolicy returned: p50 {} ms, p99 {} ms, max {} ms; \
+                 from the call: p50 {} ms, p99 {} ms; each proxy's ACK from the call: p50 {} ms, \
+                 p99 {} ms",
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.max),
                 ms(a.p50),
-                ms(a.max)
+                ms(a.p99),
+                ms(s.p50),
+                ms(s.p99)
             ),
         ));
     }

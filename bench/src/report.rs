@@ -163,7 +163,11 @@ impl Report {
         self.sweep_table(&mut out);
         self.targets_table(&mut out);
         scenario_table(&mut out, "Feature cost", &self.features);
-        scenario_table(&mut out, "Control plane", &self.control_plane);
+        scenario_table(
+            &mut out,
+            crate::app::CONTROL_PLANE_TITLE,
+            &self.control_plane,
+        );
         out
     }
 
@@ -460,7 +464,8 @@ fn errors_cell(f: &Figures) -> String {
     text
 }
 
-fn scenario_table(out: &mut String, title: &str, scenarios: &[(String, String)]) {
+/// A two-column table of named scenarios and their results, under `### title`.
+pub fn scenario_table(out: &mut String, title: &str, scenarios: &[(String, String)]) {
     let _ = writeln!(out, "### {title}\n");
     let _ = writeln!(out, "| scenario | result |\n|---|---|");
     for (name, result) in scenarios {

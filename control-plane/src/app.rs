@@ -11,6 +11,7 @@ use serin_proto::v1::admin_server::AdminServer;
 use serin_proto::v1::telemetry_server::TelemetryServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminService, Telemetry};
@@ -152,7 +153,7 @@ impl App {
                 .add_service(telemetry)
                 .add_service(health)
                 .add_service(reflection)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                .serve_with_incoming_shutdown(no_delay(grpc), async move {
                     crate::http::stopped(&mut grpc_stop).await;
                 }),
         );
@@ -212,4 +213,21 @@ impl App {
         };
         Ok((handles, run))
     }
+}
+
+/// The accepted connections of `listener` with Nagle's algorithm off. A gRPC answer is several
+/// writes (headers, message, trailers); with Nagle on, the later ones wait for the client's
+/// delayed ACK, which added about 20 ms to every unary call (ApplyPolicy took 22 ms on
+/// loopback). tonic only sets TCP_NODELAY on listeners it binds itself.
+fn no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a gRPC connection");
+        }
+        accepted
+    })
 }

@@ -15,7 +15,7 @@ pub const DEFAULT_GRPC: &str = "0.0.0.0:15010";
 pub const DEFAULT_HTTP: &str = "0.0.0.0:15080";
 /// Default store directory.
 pub const DEFAULT_STORE: &str = "serin-store";
-/// Default debounce of snapshot pushes.
+/// Default shortest interval between snapshot pushes.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// How often the gRPC server pings an idle HTTP/2 connection.
@@ -39,7 +39,8 @@ pub struct Args {
     /// Take the registry and policies from a Kubernetes API server (not supported yet).
     #[arg(long)]
     pub kubernetes: bool,
-    /// How long to wait after a change before pushing, so that bursts make one push (ms).
+    /// The shortest time between two pushes (ms): a change after a quiet period is pushed at
+    /// once, later ones within this interval are coalesced into one push at its end.
     #[arg(long, env = "SERIN_PUSH_DEBOUNCE_MS", default_value_t = DEFAULT_DEBOUNCE.as_millis() as u64)]
     pub push_debounce_ms: u64,
     /// Log filter (tracing-subscriber EnvFilter syntax).

@@ -3,8 +3,10 @@
 //! endpoints and policies): at this mesh's scale that is small, and it spares the control plane
 //! from computing per-proxy views. Per-proxy scoping can come with the Kubernetes mode.
 //!
-//! Changes are debounced and coalesced: the publisher waits [`Publisher::debounce`] after the
-//! first change it sees, then builds from the latest view, so a burst of applies makes one push.
+//! Changes are coalesced at the leading edge: a change after a quiet period is built and pushed
+//! at once; changes within [`Publisher::debounce`] of the last build wait for the rest of that
+//! interval and are then built together from the latest view. An isolated apply reaches the
+//! proxies without delay, and a burst of applies makes at most one push per interval.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,7 +108,7 @@ fn version(view: &MeshView) -> String {
 /// Turns views into snapshots.
 #[derive(Debug)]
 pub struct Publisher {
-    /// How long to wait after a change before building, to coalesce bursts.
+    /// The shortest time between two builds: changes that come sooner are coalesced.
     pub debounce: Duration,
 }
 
@@ -123,8 +125,13 @@ impl Publisher {
         let (tx, rx) = watch::channel(Arc::new(first));
         let debounce = self.debounce;
         tokio::spawn(async move {
+            let mut last_build: Option<tokio::time::Instant> = None;
             while views.changed().await.is_ok() {
-                tokio::time::sleep(debounce).await;
+                if let Some(at) = last_build {
+                    // Returns at once when the last build is older than the interval.
+                    tokio::time::sleep_until(at + debounce).await;
+                }
+                last_build = Some(tokio::time::Instant::now());
                 let view = views.borrow_and_update().clone();
                 let Ok(built) =
                     tokio::task::spawn_blocking(move || EncodedSnapshot::build(&view)).await
@@ -175,6 +182,55 @@ mod tests {
         v.services.insert(w.service_key(), Arc::new(s));
         v.workloads.insert(w.key(), Arc::new(w));
         v
+    }
+
+    #[tokio::test]
+    async fn an_isolated_change_goes_out_at_once_and_a_burst_is_coalesced() {
+        crate::test_tracing();
+        // A long interval, so that "at once" and "held" cannot be confused on a slow machine.
+        let debounce = Duration::from_secs(4);
+        let (views_tx, views) = watch::channel(Arc::new(view("v1")));
+        let metrics = Arc::new(Metrics::default());
+        let mut rx = Publisher { debounce }.spawn(views, Arc::clone(&metrics));
+        let first = rx.borrow_and_update().version.clone();
+
+        // Leading edge: the first change after a quiet period is built without waiting.
+        views_tx.send_replace(Arc::new(view("v2")));
+        tokio::time::timeout(debounce / 2, rx.changed())
+            .await
+            .expect("an isolated change is pushed before the interval ends")
+            .unwrap();
+        let second = rx.borrow_and_update().version.clone();
+        assert_ne!(second, first);
+        assert_eq!(second, EncodedSnapshot::build(&view("v2")).version);
+
+        // A burst right after: held for the rest of the interval, then built once, from the
+        // latest view.
+        for version in ["v3", "v4", "v5"] {
+            views_tx.send_replace(Arc::new(view(version)));
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            tokio::time::timeout(debounce / 4, rx.changed())
+                .await
+                .is_err(),
+            "a change within the interval of the last build waits"
+        );
+        tokio::time::timeout(debounce * 3, rx.changed())
+            .await
+            .expect("the held changes are pushed when the interval ends")
+            .unwrap();
+        assert_eq!(
+            rx.borrow_and_update().version,
+            EncodedSnapshot::build(&view("v5")).version
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.changed())
+                .await
+                .is_err(),
+            "the burst made one push"
+        );
+        assert_eq!(metrics.snapshots.get(), 3, "built: the first, v2, then v5");
     }
 
     #[test]
