@@ -131,6 +131,7 @@ impl App {
             edges.clone(),
             metrics.clone(),
             config.clock.clone(),
+            stop_rx.clone(),
         ));
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()

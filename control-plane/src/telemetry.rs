@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::Stream;
 use serin_proto::v1;
 use serin_proto::v1::telemetry_server::Telemetry;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::discovery::ProxyIdentity;
@@ -190,15 +191,24 @@ pub struct TelemetryService {
     edges: Arc<EdgeTable>,
     metrics: Arc<Metrics>,
     clock: Clock,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl TelemetryService {
-    /// Records into `edges`, reading the time from `clock`.
-    pub fn new(edges: Arc<EdgeTable>, metrics: Arc<Metrics>, clock: Clock) -> Self {
+    /// Records into `edges`, reading the time from `clock`; every stream ends when `shutdown`
+    /// turns true (proxies keep their streams open for ever, and a graceful stop waits for
+    /// open streams).
+    pub fn new(
+        edges: Arc<EdgeTable>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             edges,
             metrics,
             clock,
+            shutdown,
         }
     }
 
@@ -241,9 +251,13 @@ impl Telemetry for TelemetryService {
         let inbound = request.into_inner();
         let state = (inbound, None::<ProxyIdentity>, self.clone());
         let stream = futures::stream::unfold(state, |(mut inbound, reporter, svc)| async move {
-            let req = match inbound.message().await {
-                Ok(Some(req)) => req,
-                Ok(None) | Err(_) => return None,
+            let mut stop = svc.shutdown.clone();
+            let req = tokio::select! {
+                () = crate::http::stopped(&mut stop) => return None,
+                req = inbound.message() => match req {
+                    Ok(Some(req)) => req,
+                    Ok(None) | Err(_) => return None,
+                },
             };
             let reporter = match reporter {
                 Some(r) => r,

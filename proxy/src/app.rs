@@ -18,6 +18,7 @@ use crate::orig_dst::{Kernel, OrigDstLookup};
 use crate::proxy::{BindError, Listener, ProxyInputs, Side};
 use crate::snapshot::file;
 use crate::tables::{self, ConfigWriter};
+use crate::telemetry::{self, Reporter};
 
 /// `serin-proxy`: the sidecar. Every flag also reads its `SERIN_*` environment variable.
 #[derive(Debug, Parser)]
@@ -37,6 +38,13 @@ pub struct Cli {
     /// Node that runs the pod (sent to the control plane).
     #[arg(long, env = ENV_NODE_NAME, default_value = "")]
     pub node_name: String,
+    /// How often per-edge traffic deltas go to the control plane's Telemetry service (with
+    /// `--control-plane`), between 100ms and 60s.
+    #[arg(long, env = ENV_TELEMETRY_INTERVAL, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub telemetry_interval: Duration,
+    /// Send no telemetry to the control plane (the dashboard then shows no traffic of this pod).
+    #[arg(long, env = ENV_NO_TELEMETRY)]
+    pub no_telemetry: bool,
     /// A static snapshot (YAML or JSON, the proto3 JSON shape of serin.v1.Snapshot).
     #[arg(long, env = ENV_CONFIG)]
     pub config: Option<PathBuf>,
@@ -152,6 +160,7 @@ impl Cli {
             (None, Some(url)) => ConfigSource::ControlPlane(ControlPlane {
                 service_account: self.service_account,
                 node_name: self.node_name,
+                telemetry_interval: (!self.no_telemetry).then_some(self.telemetry_interval),
                 ..ControlPlane::new(url)
             }),
             (None, None) => ConfigSource::None,
@@ -214,6 +223,9 @@ pub struct Bound {
     /// The Discovery client, when the config comes from a control plane (run by
     /// [`Bound::discover`]).
     pub discovery: Option<Arc<Discovery>>,
+    /// The telemetry reporter, when the config comes from a control plane and telemetry is on
+    /// (run by [`Bound::report`]).
+    pub telemetry: Option<Arc<Reporter>>,
     trigger: drain::Trigger,
 }
 
@@ -245,6 +257,20 @@ impl Bound {
             ))),
             _ => None,
         };
+        // Telemetry goes to the same control plane, under the same identity.
+        let telemetry = match (&config.source, &discovery) {
+            (ConfigSource::ControlPlane(settings), Some(client)) => {
+                settings.telemetry_interval.map(|interval| {
+                    Arc::new(Reporter::new(
+                        settings.clone(),
+                        interval,
+                        client.identity().clone(),
+                        Arc::clone(&metrics),
+                    ))
+                })
+            }
+            _ => None,
+        };
 
         // 2. Bind everything before serving anything: a taken port fails the start.
         let admin = Admin::new(
@@ -269,6 +295,7 @@ impl Bound {
             config: writer,
             metrics,
             discovery,
+            telemetry,
             trigger: inputs_trigger,
         };
 
@@ -286,6 +313,15 @@ impl Bound {
     pub async fn discover(&self) {
         match &self.discovery {
             Some(client) => match client.run(&self.config).await {},
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Reports telemetry to the control plane for ever; never completes when there is no
+    /// reporter (no control plane, or `--no-telemetry`).
+    pub async fn report(&self) {
+        match &self.telemetry {
+            Some(reporter) => match reporter.run().await {},
             None => std::future::pending().await,
         }
     }
@@ -325,20 +361,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         ConfigSource::ControlPlane(settings) => {
             discovery::validate(settings, &config.identity).map_err(anyhow::Error::msg)?;
-            tracing::info!(control_plane = %settings.url, "config from the control plane");
+            if let Some(interval) = settings.telemetry_interval {
+                telemetry::validate_interval(interval).map_err(anyhow::Error::msg)?;
+            }
+            tracing::info!(control_plane = %settings.url, telemetry_interval = ?settings.telemetry_interval, "config from the control plane");
         }
         ConfigSource::None => {
             tracing::warn!("neither --config nor --control-plane given: staying not ready");
         }
     }
 
-    // 3. Follow the control plane (if any) until SIGTERM or Ctrl-C.
+    // 3. Follow the control plane (if any) and report telemetry to it until SIGTERM or Ctrl-C.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("failed to install the SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         () = bound.discover() => {}
+        () = bound.report() => {}
     }
 
     // 4. Drain: not ready, stop accepting, finish in-flight requests within the deadline.
@@ -392,5 +432,31 @@ mod tests {
             "http://cp",
         ]);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn telemetry_is_on_with_a_control_plane_unless_turned_off() {
+        let cp = |extra: &[&str]| {
+            let mut args = vec![
+                "serin-proxy",
+                "--control-plane",
+                "http://10.244.0.1:15010",
+                "--pod-name",
+                "p",
+                "--pod-ip",
+                "10.244.0.7",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).unwrap().into_config().source {
+                ConfigSource::ControlPlane(cp) => cp,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(cp(&[]).telemetry_interval, Some(Duration::from_secs(1)));
+        assert_eq!(
+            cp(&["--telemetry-interval", "250ms"]).telemetry_interval,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(cp(&["--no-telemetry"]).telemetry_interval, None);
     }
 }

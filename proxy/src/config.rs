@@ -40,6 +40,10 @@ pub const ENV_LOG_LEVEL: &str = "SERIN_LOG_LEVEL";
 pub const ENV_SERVICE_ACCOUNT: &str = "SERIN_SERVICE_ACCOUNT";
 /// `--node-name` (sent to the control plane in the Discovery hello).
 pub const ENV_NODE_NAME: &str = "SERIN_NODE_NAME";
+/// `--telemetry-interval`.
+pub const ENV_TELEMETRY_INTERVAL: &str = "SERIN_TELEMETRY_INTERVAL";
+/// `--no-telemetry`.
+pub const ENV_NO_TELEMETRY: &str = "SERIN_NO_TELEMETRY";
 
 /// Admin HTTP port (`/ready`, `/live`, `/metrics`, `/config_dump`).
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
@@ -82,6 +86,8 @@ pub const DEFAULT_DISCOVERY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DISCOVERY_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection counts as dead.
 pub const DEFAULT_DISCOVERY_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the sidecar reports per-edge deltas to the control plane.
+pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who this sidecar serves: the identity its metrics and (later) discovery carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,6 +145,8 @@ pub struct ControlPlane {
     pub keepalive_interval: Duration,
     /// HTTP/2 keepalive ping timeout.
     pub keepalive_timeout: Duration,
+    /// How often telemetry is reported to the control plane; `None`: not at all.
+    pub telemetry_interval: Option<Duration>,
 }
 
 impl ControlPlane {
@@ -153,6 +161,7 @@ impl ControlPlane {
             connect_timeout: DEFAULT_DISCOVERY_CONNECT_TIMEOUT,
             keepalive_interval: DEFAULT_DISCOVERY_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_DISCOVERY_KEEPALIVE_TIMEOUT,
+            telemetry_interval: Some(DEFAULT_TELEMETRY_INTERVAL),
         }
     }
 }

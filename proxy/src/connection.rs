@@ -117,5 +117,6 @@ async fn forward_tcp(inputs: &ProxyInputs, stream: TcpStream, prefix: BytesMut, 
     )
     .await;
     endpoint.lb.end();
+    metrics.tcp_closed();
     tracing::debug!(?ended, "tcp connection ended");
 }

@@ -82,7 +82,7 @@ impl From<tonic::Status> for DiscoveryError {
 }
 
 /// `error` and its sources, joined with ": " (tonic's transport errors say little on their own).
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -342,14 +342,14 @@ impl DiscoveryStatus {
 /// current ceiling, which doubles per failed attempt up to the maximum), so that proxies cut off
 /// together do not come back together.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     ceiling: Duration,
 }
 
 impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         let initial = initial.min(max);
         Backoff {
             initial,
@@ -358,14 +358,14 @@ impl Backoff {
         }
     }
 
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let ceiling = u64::try_from(self.ceiling.as_nanos()).unwrap_or(u64::MAX);
         let delay = Duration::from_nanos(rand::random_range(0..=ceiling));
         self.ceiling = (self.ceiling * 2).min(self.max);
         delay
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.ceiling = self.initial;
     }
 }
@@ -425,6 +425,11 @@ impl Discovery {
             identity,
             status,
         }
+    }
+
+    /// Who this proxy says it is (the telemetry reporter says the same).
+    pub fn identity(&self) -> &v1::ProxyIdentity {
+        &self.identity
     }
 
     /// The client's state, for the admin server.

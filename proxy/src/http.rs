@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use crate::config::ProxySettings;
 use crate::detect::Prefixed;
 use crate::drain;
-use crate::metrics::EdgeMetrics;
+use crate::metrics::{EdgeMetrics, RequestProtocol};
 use crate::pool::ConnectError;
 use crate::tables::{EndpointState, Tables};
 use body::{Meter, ProxyBody};
@@ -217,7 +217,11 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
             // The current config for every request: endpoint changes apply to live connections.
             let tables = Arc::clone(&tables.borrow());
             let Some(destination) = tables.destination(*orig_dst) else {
-                let meter = Meter::new(Arc::clone(tables.passthrough()), start, is_grpc(&req));
+                let meter = Meter::new(
+                    Arc::clone(tables.passthrough()),
+                    start,
+                    request_protocol(&req),
+                );
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service no longer in the mesh config",
@@ -240,7 +244,11 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
                     .await
                 }
                 None => {
-                    let meter = Meter::new(Arc::clone(&destination.metrics), start, is_grpc(&req));
+                    let meter = Meter::new(
+                        Arc::clone(&destination.metrics),
+                        start,
+                        request_protocol(&req),
+                    );
                     error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint", meter)
                 }
             }
@@ -260,10 +268,19 @@ fn set_authority(req: &mut Request<Incoming>, authority: &http::uri::Authority) 
     }
 }
 
-fn is_grpc(req: &Request<Incoming>) -> bool {
-    req.headers()
+/// gRPC by its content type, else HTTP/2 or HTTP/1 by the request's version.
+fn request_protocol(req: &Request<Incoming>) -> RequestProtocol {
+    let grpc = req
+        .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        RequestProtocol::Grpc
+    } else if req.version() == Version::HTTP_2 {
+        RequestProtocol::Http2
+    } else {
+        RequestProtocol::Http1
+    }
 }
 
 /// A response the proxy writes itself: `code`, a one-line reason, counted on `meter`.
@@ -299,7 +316,7 @@ async fn forward(
     start: Instant,
     kept: &KeptConnection,
 ) -> Response<ProxyBody> {
-    let mut meter = Meter::new(metrics, start, is_grpc(&req));
+    let mut meter = Meter::new(metrics, start, request_protocol(&req));
     meter.hold(Arc::clone(endpoint));
     let upgrade = headers::upgrade_requested(req.headers()).is_some();
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);

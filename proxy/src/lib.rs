@@ -23,3 +23,4 @@ pub mod socket;
 mod stream;
 pub mod tables;
 pub mod tcp;
+pub mod telemetry;

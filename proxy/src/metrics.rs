@@ -6,9 +6,17 @@
 //! TCP metrics carry the edge labels only (`response_code` and `grpc_status` mean nothing for a
 //! byte stream). `serin_tcp_sent_bytes_total` counts bytes sent towards the destination,
 //! `serin_tcp_received_bytes_total` bytes received from it.
+//!
+//! Beside the Prometheus handles every edge has an [`EdgeTally`]: cumulative totals in plain
+//! atomics (requests per protocol and outcome with their duration buckets, TCP connections opened
+//! and closed) that `telemetry.rs` reads off the request path and diffs into per-interval deltas.
+//! Prometheus histograms do not expose their buckets, hence the second set of counters: one more
+//! atomic add per bucket and sum, still no lock and no allocation for the usual outcomes.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabel;
@@ -111,8 +119,9 @@ impl EncodeLabelSet for TcpLabels {
     }
 }
 
-/// Bucket bounds of `serin_request_duration_seconds`: 0.5 ms to 30 s.
-const DURATION_BUCKETS: [f64; 16] = [
+/// Bucket bounds of `serin_request_duration_seconds` (and of the telemetry histograms): 0.5 ms
+/// to 60 s.
+pub const DURATION_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
@@ -129,8 +138,13 @@ pub struct Metrics {
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
+    /// Every edge's telemetry totals, one per key for the life of the process (as the Prometheus
+    /// families keep their series): same cardinality as `/metrics`.
+    tallies: Mutex<HashMap<TallyKey, Arc<EdgeTally>>>,
     /// The Discovery client's `serin_discovery_*` metrics.
     pub discovery: crate::discovery::DiscoveryMetrics,
+    /// The telemetry reporter's `serin_telemetry_*` metrics.
+    pub telemetry: crate::telemetry::TelemetryMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -178,9 +192,12 @@ impl Metrics {
             tcp_received.clone(),
         );
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
+        let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         Metrics {
             registry,
             discovery,
+            telemetry,
+            tallies: Mutex::new(HashMap::new()),
             requests,
             durations,
             tcp_opened,
@@ -195,6 +212,26 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The telemetry totals of every edge made so far (in no particular order), for the
+    /// telemetry reporter to diff.
+    pub fn edge_tallies(&self) -> Vec<Arc<EdgeTally>> {
+        self.lock_tallies().values().cloned().collect()
+    }
+
+    fn lock_tallies(&self) -> std::sync::MutexGuard<'_, HashMap<TallyKey, Arc<EdgeTally>>> {
+        // Plain data: still fine after a panic elsewhere.
+        self.tallies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tally of `key`, made on first use; edges made again by a later config share it.
+    fn tally(&self, key: TallyKey) -> Arc<EdgeTally> {
+        Arc::clone(
+            self.lock_tallies()
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(EdgeTally::new(key))),
+        )
     }
 
     fn request_handles(&self, edge: &Arc<Edge>, code: u16, grpc: Option<u16>) -> RequestHandles {
@@ -239,18 +276,24 @@ pub struct EdgeMetrics {
     edge: Arc<Edge>,
     http_ok: OnceLock<RequestHandles>,
     grpc_ok: OnceLock<RequestHandles>,
-    tcp: OnceLock<TcpHandles>,
+    tally: Arc<EdgeTally>,
 }
 
 impl EdgeMetrics {
     /// The metrics of `edge`.
     pub fn new(metrics: Arc<Metrics>, edge: Edge) -> EdgeMetrics {
+        let edge = Arc::new(edge);
+        // Mirrored copies are not told apart yet: every request counts as primary traffic.
+        let tally = metrics.tally(TallyKey {
+            edge: Arc::clone(&edge),
+            mirror: false,
+        });
         EdgeMetrics {
             metrics,
-            edge: Arc::new(edge),
+            edge,
             http_ok: OnceLock::new(),
             grpc_ok: OnceLock::new(),
-            tcp: OnceLock::new(),
+            tally,
         }
     }
 
@@ -259,8 +302,15 @@ impl EdgeMetrics {
         &self.edge
     }
 
-    /// Records one request that ended with HTTP `code` (and gRPC status `grpc`) after `elapsed`.
-    pub fn record_request(&self, code: u16, grpc: Option<u16>, elapsed: Duration) {
+    /// Records one request carried over `protocol` that ended with HTTP `code` (and gRPC status
+    /// `grpc`) after `elapsed`.
+    pub fn record_request(
+        &self,
+        protocol: RequestProtocol,
+        code: u16,
+        grpc: Option<u16>,
+        elapsed: Duration,
+    ) {
         let cached = match (code, grpc) {
             (200, None) => Some(&self.http_ok),
             (200, Some(0)) => Some(&self.grpc_ok),
@@ -280,11 +330,17 @@ impl EdgeMetrics {
                 h.duration.observe(seconds);
             }
         }
+        let outcome = OutcomeKey {
+            protocol,
+            code,
+            grpc,
+        };
+        self.tally.observe(outcome, elapsed);
     }
 
     /// The TCP counters of this edge.
     pub fn tcp(&self) -> &TcpHandles {
-        self.tcp.get_or_init(|| {
+        self.tally.tcp.get_or_init(|| {
             let labels = TcpLabels(Arc::clone(&self.edge));
             TcpHandles {
                 opened: self.metrics.tcp_opened.get_or_create_owned(&labels),
@@ -293,6 +349,193 @@ impl EdgeMetrics {
             }
         })
     }
+
+    /// Counts one opaque TCP connection of this edge closed (telemetry only: the control plane
+    /// shows connections open as opened minus closed).
+    pub fn tcp_closed(&self) {
+        self.tally.tcp_closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How a request travelled, as telemetry reports it (the control plane keys edges by protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestProtocol {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 that is not gRPC.
+    Http2,
+    /// gRPC (`content-type: application/grpc...`).
+    Grpc,
+}
+
+/// What telemetry counts apart: an edge, and whether its traffic is mirrored copies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TallyKey {
+    /// The edge.
+    pub edge: Arc<Edge>,
+    /// Mirrored (shadow) traffic, reported apart from the primary traffic.
+    pub mirror: bool,
+}
+
+/// One outcome of requests on an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutcomeKey {
+    /// How the requests travelled.
+    pub protocol: RequestProtocol,
+    /// HTTP status sent to the client (0: none).
+    pub code: u16,
+    /// gRPC status, for gRPC requests.
+    pub grpc: Option<u16>,
+}
+
+/// Buckets of the telemetry histograms: one per bound of [`DURATION_BUCKETS`], then +Inf.
+pub const TALLY_BUCKETS: usize = DURATION_BUCKETS.len() + 1;
+
+/// Most distinct outcomes one edge keeps apart; beyond it new outcomes are folded into their
+/// status class (`5xx` as 500, gRPC statuses as UNKNOWN), so an upstream that invents status
+/// codes cannot grow the tally without bound.
+pub const MAX_OUTCOMES_PER_EDGE: usize = 64;
+
+/// Cumulative request totals of one outcome: durations by bucket, and their sum.
+#[derive(Debug, Default)]
+pub struct OutcomeTally {
+    buckets: [AtomicU64; TALLY_BUCKETS],
+    sum_nanos: AtomicU64,
+}
+
+impl OutcomeTally {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        // (bounds[i-1], bounds[i]], as Prometheus and telemetry.proto count.
+        let bucket = DURATION_BUCKETS.partition_point(|&b| b < seconds);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The totals now.
+    pub fn totals(&self) -> OutcomeTotals {
+        OutcomeTotals {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A reading of an [`OutcomeTally`] (or the difference of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutcomeTotals {
+    /// Requests per duration bucket (not cumulative), the last one above every bound.
+    pub buckets: [u64; TALLY_BUCKETS],
+    /// Sum of the durations, nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl OutcomeTotals {
+    /// Requests counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// The telemetry totals of one edge since the process started.
+#[derive(Debug)]
+pub struct EdgeTally {
+    key: TallyKey,
+    /// The outcomes seen so far; read-locked per request only for outcomes not cached below.
+    outcomes: RwLock<HashMap<OutcomeKey, Arc<OutcomeTally>>>,
+    /// The usual outcomes (200 over HTTP/1, HTTP/2, and gRPC OK), resolved once.
+    ok: [OnceLock<Arc<OutcomeTally>>; 3],
+    tcp: OnceLock<TcpHandles>,
+    tcp_closed: AtomicU64,
+}
+
+impl EdgeTally {
+    fn new(key: TallyKey) -> EdgeTally {
+        EdgeTally {
+            key,
+            outcomes: RwLock::new(HashMap::new()),
+            ok: Default::default(),
+            tcp: OnceLock::new(),
+            tcp_closed: AtomicU64::new(0),
+        }
+    }
+
+    /// The edge (and mirror flag) these totals belong to.
+    pub fn key(&self) -> &TallyKey {
+        &self.key
+    }
+
+    /// Counts one request of outcome `key` that took `elapsed`. The usual outcomes go straight
+    /// to their cached tally (no lock, no reference count touched).
+    fn observe(&self, key: OutcomeKey, elapsed: Duration) {
+        let cached = match (key.protocol, key.code, key.grpc) {
+            (RequestProtocol::Http1, 200, None) => Some(&self.ok[0]),
+            (RequestProtocol::Http2, 200, None) => Some(&self.ok[1]),
+            (RequestProtocol::Grpc, 200, Some(0)) => Some(&self.ok[2]),
+            _ => None,
+        };
+        match cached {
+            Some(cell) => cell.get_or_init(|| self.outcome_slow(key)).observe(elapsed),
+            None => self.outcome_slow(key).observe(elapsed),
+        }
+    }
+
+    fn outcome_slow(&self, key: OutcomeKey) -> Arc<OutcomeTally> {
+        let read = self.outcomes.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = read.get(&key) {
+            return Arc::clone(t);
+        }
+        drop(read);
+        let mut write = self.outcomes.write().unwrap_or_else(|e| e.into_inner());
+        let key = if write.len() >= MAX_OUTCOMES_PER_EDGE && !write.contains_key(&key) {
+            OutcomeKey {
+                protocol: key.protocol,
+                code: key.code / 100 * 100,
+                grpc: key.grpc.map(|_| 2),
+            }
+        } else {
+            key
+        };
+        Arc::clone(write.entry(key).or_default())
+    }
+
+    /// Every total of the edge now.
+    pub fn totals(&self) -> EdgeTotals {
+        let outcomes = self
+            .outcomes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, t)| (*k, t.totals()))
+            .collect();
+        let (tcp_opened, tcp_sent, tcp_received) = match self.tcp.get() {
+            Some(h) => (h.opened.get(), h.sent.get(), h.received.get()),
+            None => (0, 0, 0),
+        };
+        EdgeTotals {
+            outcomes,
+            tcp_opened,
+            tcp_closed: self.tcp_closed.load(Ordering::Relaxed),
+            tcp_sent,
+            tcp_received,
+        }
+    }
+}
+
+/// A reading of an [`EdgeTally`] (or the difference of two: see `telemetry.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EdgeTotals {
+    /// Requests by outcome.
+    pub outcomes: std::collections::BTreeMap<OutcomeKey, OutcomeTotals>,
+    /// Opaque TCP connections opened.
+    pub tcp_opened: u64,
+    /// Opaque TCP connections closed.
+    pub tcp_closed: u64,
+    /// Bytes sent towards the destination (request direction).
+    pub tcp_sent: u64,
+    /// Bytes received from the destination (response direction).
+    pub tcp_received: u64,
 }
 
 #[cfg(test)]
@@ -315,10 +558,15 @@ mod tests {
     fn renders_design_names_and_labels() {
         let metrics = Arc::new(Metrics::new());
         let em = EdgeMetrics::new(Arc::clone(&metrics), edge());
-        em.record_request(200, None, Duration::from_millis(3));
-        em.record_request(200, None, Duration::from_millis(3));
-        em.record_request(503, None, Duration::from_millis(1));
-        em.record_request(200, Some(14), Duration::from_millis(1));
+        em.record_request(RequestProtocol::Http1, 200, None, Duration::from_millis(3));
+        em.record_request(RequestProtocol::Http1, 200, None, Duration::from_millis(3));
+        em.record_request(RequestProtocol::Http1, 503, None, Duration::from_millis(1));
+        em.record_request(
+            RequestProtocol::Grpc,
+            200,
+            Some(14),
+            Duration::from_millis(1),
+        );
         em.tcp().opened.inc();
         em.tcp().sent.inc_by(10);
         let text = metrics.render();

@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::metrics::EdgeMetrics;
+use crate::metrics::{EdgeMetrics, RequestProtocol};
 use crate::tables::EndpointState;
 
 /// The gRPC status in `headers`, if any.
@@ -29,6 +29,7 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
 pub struct Meter {
     metrics: Arc<EdgeMetrics>,
     start: Instant,
+    protocol: RequestProtocol,
     code: u16,
     /// `Some` for gRPC requests: the status once known (2, UNKNOWN, until then).
     grpc: Option<u16>,
@@ -37,13 +38,14 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// Starts metering a request on `metrics`; `grpc` says whether it is a gRPC call.
-    pub fn new(metrics: Arc<EdgeMetrics>, start: Instant, grpc: bool) -> Meter {
+    /// Starts metering a request carried over `protocol` on `metrics`.
+    pub fn new(metrics: Arc<EdgeMetrics>, start: Instant, protocol: RequestProtocol) -> Meter {
         Meter {
             metrics,
             start,
+            protocol,
             code: 0,
-            grpc: grpc.then_some(2),
+            grpc: (protocol == RequestProtocol::Grpc).then_some(2),
             endpoint: None,
         }
     }
@@ -71,7 +73,8 @@ impl Drop for Meter {
             endpoint.lb.end();
         }
         let elapsed = self.start.elapsed();
-        self.metrics.record_request(self.code, self.grpc, elapsed);
+        self.metrics
+            .record_request(self.protocol, self.code, self.grpc, elapsed);
         let edge = self.metrics.edge();
         tracing::info!(
             target: "access",

@@ -1,0 +1,730 @@
+//! The telemetry reporter: each interval (1 s by default) it reads every edge's totals
+//! ([`EdgeTally`], plain atomics the request path adds to), subtracts what the previous interval
+//! read ([`Deltas`]) and sends the edges that carried traffic as one `serin.v1.Telemetry.Report`
+//! message (protocol in proto/serin/v1/telemetry.proto) on a long-lived stream to the control
+//! plane, which answers each report with an acknowledgement.
+//!
+//! What it costs and what it never does:
+//! - Nothing on the request path: the reporter only reads atomics, on its own task.
+//! - Deltas are taken every interval whether or not the control plane is there, so a report
+//!   always covers one interval. A report that cannot go out (no stream, or
+//!   [`MAX_UNACKED`] reports already waiting for their acknowledgement) is dropped and counted
+//!   (`serin_telemetry_reports_dropped_total`), as are the reports a broken stream lost: memory
+//!   stays bounded and nothing is resent.
+//! - A broken or refused stream is reopened with the Discovery client's backoff (exponential,
+//!   full jitter); serving never waits on telemetry.
+//!
+//! Byte counts: the proto's `received_bytes` is the request direction (towards the destination,
+//! the sidecar's `serin_tcp_sent_bytes_total`) and `sent_bytes` the response direction
+//! (`serin_tcp_received_bytes_total`), whichever side reports.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use serin_proto::v1;
+use serin_proto::v1::telemetry_client::TelemetryClient;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::config::ControlPlane;
+use crate::discovery::{Backoff, chain};
+use crate::metrics::{
+    DURATION_BUCKETS, Direction, EdgeTally, EdgeTotals, Metrics, OutcomeTotals, RequestProtocol,
+    TALLY_BUCKETS, TallyKey,
+};
+
+/// Reports sent but not yet acknowledged, at most; beyond it new reports are dropped (the control
+/// plane is not keeping up, or the stream is stuck).
+pub const MAX_UNACKED: usize = 4;
+/// Shortest report interval accepted (from the flag or from the control plane).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest report interval accepted.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Checks `--telemetry-interval` at start.
+pub fn validate_interval(interval: Duration) -> Result<(), String> {
+    if (MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid --telemetry-interval {interval:?}: it must be between {MIN_INTERVAL:?} and {MAX_INTERVAL:?} (use --no-telemetry to turn telemetry off)"
+        ))
+    }
+}
+
+/// The `serin_telemetry_*` metrics.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryMetrics {
+    /// Report intervals closed (deltas taken), whether a report went out or not.
+    pub intervals: Counter,
+    /// Telemetry streams opened.
+    pub connections: Counter,
+    /// Reports sent.
+    pub reports_sent: Counter,
+    /// Reports dropped: no stream, too many unacknowledged, or lost with a broken stream.
+    pub reports_dropped: Counter,
+    /// Edges the control plane said it dropped.
+    pub edges_rejected: Counter,
+}
+
+impl TelemetryMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> TelemetryMetrics {
+        let m = TelemetryMetrics::default();
+        registry.register(
+            "serin_telemetry_intervals",
+            "Report intervals closed (deltas taken), whether a report went out or not",
+            m.intervals.clone(),
+        );
+        registry.register(
+            "serin_telemetry_connections",
+            "Telemetry streams opened to the control plane",
+            m.connections.clone(),
+        );
+        registry.register(
+            "serin_telemetry_reports_sent",
+            "Telemetry reports sent to the control plane",
+            m.reports_sent.clone(),
+        );
+        registry.register(
+            "serin_telemetry_reports_dropped",
+            "Telemetry reports dropped (control plane unreachable or not acknowledging)",
+            m.reports_dropped.clone(),
+        );
+        registry.register(
+            "serin_telemetry_edges_rejected",
+            "Edges of sent reports that the control plane dropped",
+            m.edges_rejected.clone(),
+        );
+        m
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Deltas
+
+/// `now - before`, field by field (a total never shrinks; saturating all the same).
+pub fn delta(before: Option<&EdgeTotals>, now: &EdgeTotals) -> EdgeTotals {
+    let Some(before) = before else {
+        return now.clone();
+    };
+    let outcomes = now
+        .outcomes
+        .iter()
+        .map(|(key, n)| {
+            let b = before.outcomes.get(key).copied().unwrap_or_default();
+            let d = OutcomeTotals {
+                buckets: std::array::from_fn(|i| n.buckets[i].saturating_sub(b.buckets[i])),
+                sum_nanos: n.sum_nanos.saturating_sub(b.sum_nanos),
+            };
+            (*key, d)
+        })
+        .filter(|(_, d)| d.count() > 0)
+        .collect();
+    EdgeTotals {
+        outcomes,
+        tcp_opened: now.tcp_opened.saturating_sub(before.tcp_opened),
+        tcp_closed: now.tcp_closed.saturating_sub(before.tcp_closed),
+        tcp_sent: now.tcp_sent.saturating_sub(before.tcp_sent),
+        tcp_received: now.tcp_received.saturating_sub(before.tcp_received),
+    }
+}
+
+fn proto_protocol(p: RequestProtocol) -> v1::Protocol {
+    match p {
+        RequestProtocol::Http1 => v1::Protocol::Http1,
+        RequestProtocol::Http2 => v1::Protocol::Http2,
+        RequestProtocol::Grpc => v1::Protocol::Grpc,
+    }
+}
+
+/// The wire form of one edge's delta: one `EdgeStats` per protocol that carried requests, and
+/// one for opaque TCP if any connection or byte moved; empty when nothing did.
+pub fn edge_stats(key: &TallyKey, d: &EdgeTotals) -> Vec<v1::EdgeStats> {
+    let e = &key.edge;
+    let base = |protocol: v1::Protocol| v1::EdgeStats {
+        direction: match e.direction {
+            Direction::Inbound => v1::TrafficDirection::Inbound,
+            Direction::Outbound => v1::TrafficDirection::Outbound,
+        } as i32,
+        source_workload: e.source_workload.to_string(),
+        source_namespace: e.source_namespace.to_string(),
+        source_version: e.source_version.to_string(),
+        destination_service: e.destination_service.to_string(),
+        destination_namespace: e.destination_namespace.to_string(),
+        destination_version: e.destination_version.to_string(),
+        protocol: protocol as i32,
+        mirror: key.mirror,
+        ..v1::EdgeStats::default()
+    };
+    let mut by_protocol: BTreeMap<RequestProtocol, v1::EdgeStats> = BTreeMap::new();
+    let mut buckets: BTreeMap<RequestProtocol, ([u64; TALLY_BUCKETS], u64)> = BTreeMap::new();
+    for (outcome, totals) in &d.outcomes {
+        let count = totals.count();
+        if count == 0 {
+            continue;
+        }
+        let stats = by_protocol
+            .entry(outcome.protocol)
+            .or_insert_with(|| base(proto_protocol(outcome.protocol)));
+        stats.responses.push(v1::ResponseCount {
+            response_code: u32::from(outcome.code),
+            grpc_status: outcome.grpc.map(u32::from),
+            count,
+        });
+        let (sum_buckets, sum_nanos) = buckets.entry(outcome.protocol).or_default();
+        for (s, n) in sum_buckets.iter_mut().zip(totals.buckets) {
+            *s += n;
+        }
+        *sum_nanos += totals.sum_nanos;
+    }
+    let mut out = Vec::with_capacity(by_protocol.len() + 1);
+    for (protocol, mut stats) in by_protocol {
+        let (counts, nanos) = buckets.remove(&protocol).unwrap_or_default();
+        stats.duration = Some(v1::DurationHistogram {
+            bucket_bounds_seconds: DURATION_BUCKETS.to_vec(),
+            bucket_counts: counts.to_vec(),
+            sum_seconds: Duration::from_nanos(nanos).as_secs_f64(),
+            count: counts.iter().sum(),
+        });
+        out.push(stats);
+    }
+    if d.tcp_opened + d.tcp_closed + d.tcp_sent + d.tcp_received > 0 {
+        out.push(v1::EdgeStats {
+            tcp_connections_opened: d.tcp_opened,
+            tcp_connections_closed: d.tcp_closed,
+            // Request direction (towards the destination) is what the proto calls received.
+            received_bytes: d.tcp_sent,
+            sent_bytes: d.tcp_received,
+            ..base(v1::Protocol::Tcp)
+        });
+    }
+    out
+}
+
+/// What every edge totalled at the previous report, to subtract from the next.
+#[derive(Debug, Default)]
+pub struct Deltas {
+    last: HashMap<TallyKey, EdgeTotals>,
+}
+
+impl Deltas {
+    /// The edges of `tallies` with traffic since the previous call (all they counted, on the
+    /// first), in wire form.
+    pub fn take(&mut self, tallies: &[Arc<EdgeTally>]) -> Vec<v1::EdgeStats> {
+        let mut out = Vec::new();
+        for tally in tallies {
+            let now = tally.totals();
+            let d = delta(self.last.get(tally.key()), &now);
+            out.extend(edge_stats(tally.key(), &d));
+            self.last.insert(tally.key().clone(), now);
+        }
+        out
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The stream
+
+/// Why a telemetry stream could not be opened or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The connection could not be made.
+    #[error("cannot connect to the control plane at {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The transport's error, with its causes.
+        reason: String,
+    },
+    /// The control plane refused or broke the stream.
+    #[error("telemetry stream failed: {code:?}: {message}")]
+    Status {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// The control plane ended the stream.
+    #[error("the control plane ended the telemetry stream")]
+    Ended,
+}
+
+impl From<tonic::Status> for TelemetryError {
+    fn from(status: tonic::Status) -> Self {
+        TelemetryError::Status {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// An open stream: where reports go, where acknowledgements come from.
+#[derive(Debug)]
+struct Open {
+    tx: mpsc::Sender<v1::ReportRequest>,
+    acks: Streaming<v1::ReportResponse>,
+    /// Sequence number of the next report (1 for the first, which names the reporter).
+    next_sequence: u64,
+    /// Sequence numbers sent and not acknowledged yet.
+    unacked: VecDeque<u64>,
+    /// Whether the control plane acknowledged anything on this stream (the backoff restarts).
+    acked: bool,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<Box<Open>, TelemetryError>> + Send>>;
+
+/// Where the connection stands.
+enum Link {
+    Connecting(Connecting),
+    Up(Box<Open>),
+    Waiting(Pin<Box<tokio::time::Sleep>>),
+}
+
+/// What moved the reporter's loop.
+enum Event {
+    Tick,
+    Opened(Result<Box<Open>, TelemetryError>),
+    Ack(Result<Option<v1::ReportResponse>, tonic::Status>),
+    Retry,
+}
+
+impl Link {
+    /// Waits for the next thing that happens to the connection (cancel-safe: the connect and the
+    /// sleep are kept across calls, and `Streaming::message` keeps its state in the stream).
+    async fn progress(&mut self) -> Event {
+        match self {
+            Link::Connecting(connecting) => Event::Opened(connecting.await),
+            Link::Up(open) => Event::Ack(open.acks.message().await),
+            Link::Waiting(sleep) => {
+                sleep.await;
+                Event::Retry
+            }
+        }
+    }
+}
+
+async fn open(settings: ControlPlane) -> Result<Box<Open>, TelemetryError> {
+    let url = settings.url.clone();
+    let connect_error = |reason: String| TelemetryError::Connect {
+        url: url.clone(),
+        reason,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(settings.url.clone())
+        .map_err(|e| connect_error(chain(&e)))?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout)
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| connect_error(chain(&e)))?;
+    let (tx, rx) = mpsc::channel(MAX_UNACKED);
+    let acks = TelemetryClient::new(channel)
+        .report(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(Box::new(Open {
+        tx,
+        acks,
+        next_sequence: 1,
+        unacked: VecDeque::new(),
+        acked: false,
+    }))
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The reporter of one proxy.
+#[derive(Debug)]
+pub struct Reporter {
+    settings: ControlPlane,
+    interval: Duration,
+    identity: v1::ProxyIdentity,
+    metrics: Arc<Metrics>,
+}
+
+impl Reporter {
+    /// A reporter to the control plane of `settings`, every `interval`, as `identity` (the one
+    /// the Discovery client sends), reading the edges of `metrics`. Nothing is dialled before
+    /// [`Reporter::run`].
+    pub fn new(
+        settings: ControlPlane,
+        interval: Duration,
+        identity: v1::ProxyIdentity,
+        metrics: Arc<Metrics>,
+    ) -> Reporter {
+        Reporter {
+            settings,
+            interval,
+            identity,
+            metrics,
+        }
+    }
+
+    fn connect(&self) -> Link {
+        Link::Connecting(Box::pin(open(self.settings.clone())))
+    }
+
+    /// Takes deltas and reports them every interval, reopening the stream after every failure,
+    /// for ever (the caller drops the future to stop).
+    pub async fn run(&self) -> Infallible {
+        let stats = &self.metrics.telemetry;
+        let mut interval = self.interval;
+        let mut ticker = ticker(interval);
+        let mut deltas = Deltas::default();
+        let mut backoff = Backoff::new(self.settings.backoff_initial, self.settings.backoff_max);
+        let mut link = self.connect();
+        let mut interval_start = SystemTime::now();
+        loop {
+            let event = tokio::select! {
+                _ = ticker.tick() => Event::Tick,
+                event = link.progress() => event,
+            };
+            match event {
+                Event::Tick => {
+                    let edges = deltas.take(&self.metrics.edge_tallies());
+                    stats.intervals.inc();
+                    let interval_end = SystemTime::now();
+                    let start = std::mem::replace(&mut interval_start, interval_end);
+                    if edges.is_empty() {
+                        continue;
+                    }
+                    let Link::Up(open) = &mut link else {
+                        stats.reports_dropped.inc();
+                        continue;
+                    };
+                    if open.unacked.len() >= MAX_UNACKED {
+                        tracing::debug!(
+                            unacked = open.unacked.len(),
+                            "telemetry report dropped: the control plane has not acknowledged the previous ones"
+                        );
+                        stats.reports_dropped.inc();
+                        continue;
+                    }
+                    let sequence = open.next_sequence;
+                    let report = v1::ReportRequest {
+                        reporter: (sequence == 1).then(|| self.identity.clone()),
+                        sequence,
+                        interval_start: Some(timestamp(start)),
+                        interval_end: Some(timestamp(interval_end)),
+                        edges,
+                    };
+                    // Room is guaranteed by the unacked bound (the channel holds MAX_UNACKED),
+                    // but a closed stream is possible: then the report is lost, and counted.
+                    match open.tx.try_send(report) {
+                        Ok(()) => {
+                            open.next_sequence += 1;
+                            open.unacked.push_back(sequence);
+                            stats.reports_sent.inc();
+                        }
+                        Err(_) => {
+                            stats.reports_dropped.inc();
+                        }
+                    }
+                }
+                Event::Opened(Ok(open)) => {
+                    tracing::info!(control_plane = %self.settings.url, "telemetry stream open");
+                    stats.connections.inc();
+                    link = Link::Up(open);
+                }
+                Event::Opened(Err(error)) => {
+                    link = self.failed(&mut backoff, &error, 0);
+                }
+                Event::Ack(Ok(Some(ack))) => {
+                    let Link::Up(open) = &mut link else {
+                        continue;
+                    };
+                    open.unacked.retain(|&s| s > ack.sequence);
+                    if !open.acked {
+                        open.acked = true;
+                        backoff.reset();
+                    }
+                    if ack.edges_dropped > 0 {
+                        tracing::debug!(
+                            sequence = ack.sequence,
+                            dropped = ack.edges_dropped,
+                            "the control plane dropped edges of a telemetry report"
+                        );
+                        stats.edges_rejected.inc_by(ack.edges_dropped);
+                    }
+                    if let Some(asked) =
+                        ack.report_interval.and_then(|d| Duration::try_from(d).ok())
+                    {
+                        let asked = asked.clamp(MIN_INTERVAL, MAX_INTERVAL);
+                        if asked != interval {
+                            tracing::info!(?asked, "report interval set by the control plane");
+                            interval = asked;
+                            ticker = self::ticker(interval);
+                        }
+                    }
+                }
+                Event::Ack(end) => {
+                    let error = match end {
+                        Err(status) => TelemetryError::from(status),
+                        Ok(_) => TelemetryError::Ended,
+                    };
+                    let lost = match &link {
+                        Link::Up(open) => open.unacked.len() as u64,
+                        _ => 0,
+                    };
+                    link = self.failed(&mut backoff, &error, lost);
+                }
+                Event::Retry => link = self.connect(),
+            }
+        }
+    }
+
+    /// After a failed connect or a broken stream (which lost `lost` unacknowledged reports):
+    /// count, log, and wait out the backoff.
+    fn failed(&self, backoff: &mut Backoff, error: &TelemetryError, lost: u64) -> Link {
+        self.metrics.telemetry.reports_dropped.inc_by(lost);
+        let delay = backoff.next();
+        tracing::warn!(control_plane = %self.settings.url, %error, retry_in = ?delay, lost, "telemetry disconnected; serving on, reports dropped meanwhile");
+        Link::Waiting(Box::pin(tokio::time::sleep(delay)))
+    }
+}
+
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    // A late tick takes one delta covering the longer interval, not a burst of empty ones.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Edge, EdgeMetrics, OutcomeKey};
+
+    fn edge(destination_version: &str) -> Edge {
+        Edge {
+            direction: Direction::Outbound,
+            source_workload: "productpage".into(),
+            source_namespace: "default".into(),
+            source_version: "v1".into(),
+            destination_service: "reviews".into(),
+            destination_namespace: "default".into(),
+            destination_version: destination_version.into(),
+        }
+    }
+
+    fn responses(stats: &v1::EdgeStats) -> Vec<(u32, Option<u32>, u64)> {
+        let mut out: Vec<_> = stats
+            .responses
+            .iter()
+            .map(|r| (r.response_code, r.grpc_status, r.count))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn find(edges: &[v1::EdgeStats], version: &str, protocol: v1::Protocol) -> v1::EdgeStats {
+        edges
+            .iter()
+            .find(|e| e.destination_version == version && e.protocol == protocol as i32)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {version} {protocol:?} edge in {edges:#?}"))
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_first_report_carries_everything_counted_so_far() {
+        let metrics = Arc::new(Metrics::new());
+        let v1_edge = EdgeMetrics::new(Arc::clone(&metrics), edge("v1"));
+        let _idle = EdgeMetrics::new(Arc::clone(&metrics), edge("v3"));
+        for _ in 0..3 {
+            v1_edge.record_request(RequestProtocol::Http1, 200, None, 3 * MS);
+        }
+        v1_edge.record_request(RequestProtocol::Http1, 503, None, MS);
+        let mut deltas = Deltas::default();
+        let edges = deltas.take(&metrics.edge_tallies());
+        assert_eq!(
+            edges.len(),
+            1,
+            "the edge without traffic is not sent: {edges:#?}"
+        );
+        let e = find(&edges, "v1", v1::Protocol::Http1);
+        assert_eq!(e.direction, v1::TrafficDirection::Outbound as i32);
+        assert_eq!(
+            (&*e.source_workload, &*e.destination_service, e.mirror),
+            ("productpage", "reviews", false)
+        );
+        assert_eq!(responses(&e), [(200, None, 3), (503, None, 1)]);
+        let h = e.duration.unwrap();
+        assert_eq!(h.bucket_bounds_seconds, DURATION_BUCKETS);
+        assert_eq!(h.bucket_counts.len(), DURATION_BUCKETS.len() + 1);
+        assert_eq!(h.count, 4);
+        // 1 ms is in (0.5 ms, 1 ms]; 3 ms in (2.5 ms, 5 ms].
+        assert_eq!(h.bucket_counts[1], 1);
+        assert_eq!(h.bucket_counts[3], 3);
+        assert!((h.sum_seconds - 0.010).abs() < 1e-9, "{}", h.sum_seconds);
+        assert_eq!(e.tcp_connections_opened, 0);
+    }
+
+    #[test]
+    fn growing_counters_send_only_what_is_new_and_silence_sends_nothing() {
+        let metrics = Arc::new(Metrics::new());
+        let em = EdgeMetrics::new(Arc::clone(&metrics), edge("v2"));
+        let mut deltas = Deltas::default();
+        assert!(deltas.take(&metrics.edge_tallies()).is_empty());
+        em.record_request(RequestProtocol::Grpc, 200, Some(0), 2 * MS);
+        em.record_request(RequestProtocol::Grpc, 200, Some(14), 2 * MS);
+        assert_eq!(deltas.take(&metrics.edge_tallies()).len(), 1);
+        // Nothing new: nothing sent.
+        assert!(deltas.take(&metrics.edge_tallies()).is_empty());
+        for _ in 0..5 {
+            em.record_request(RequestProtocol::Grpc, 200, Some(0), 20 * MS);
+        }
+        em.record_request(RequestProtocol::Http2, 404, None, 70 * MS);
+        let edges = deltas.take(&metrics.edge_tallies());
+        assert_eq!(edges.len(), 2, "{edges:#?}");
+        let grpc = find(&edges, "v2", v1::Protocol::Grpc);
+        assert_eq!(
+            responses(&grpc),
+            [(200, Some(0), 5)],
+            "only the new requests"
+        );
+        let h = grpc.duration.unwrap();
+        assert_eq!(h.count, 5);
+        // 20 ms: (10 ms, 25 ms], bucket 5; the earlier 2 ms requests are not sent again.
+        assert_eq!(h.bucket_counts[5], 5);
+        assert_eq!(h.bucket_counts.iter().sum::<u64>(), 5);
+        assert!((h.sum_seconds - 0.100).abs() < 1e-9);
+        let h2 = find(&edges, "v2", v1::Protocol::Http2);
+        assert_eq!(responses(&h2), [(404, None, 1)]);
+        // (50 ms, 100 ms], bucket 7.
+        assert_eq!(h2.duration.unwrap().bucket_counts[7], 1);
+    }
+
+    #[test]
+    fn tcp_edges_count_connections_and_bytes_by_direction() {
+        let metrics = Arc::new(Metrics::new());
+        let em = EdgeMetrics::new(Arc::clone(&metrics), edge("v1"));
+        let mut deltas = Deltas::default();
+        em.tcp().opened.inc();
+        em.tcp().sent.inc_by(100);
+        em.tcp().received.inc_by(4000);
+        let edges = deltas.take(&metrics.edge_tallies());
+        let tcp = find(&edges, "v1", v1::Protocol::Tcp);
+        assert_eq!(tcp.tcp_connections_opened, 1);
+        assert_eq!(tcp.tcp_connections_closed, 0);
+        assert_eq!(tcp.received_bytes, 100, "request direction");
+        assert_eq!(tcp.sent_bytes, 4000, "response direction");
+        assert!(tcp.responses.is_empty() && tcp.duration.is_none());
+        // The connection closes later: only that is new.
+        em.tcp_closed();
+        let edges = deltas.take(&metrics.edge_tallies());
+        let tcp = find(&edges, "v1", v1::Protocol::Tcp);
+        assert_eq!(
+            (
+                tcp.tcp_connections_opened,
+                tcp.tcp_connections_closed,
+                tcp.sent_bytes
+            ),
+            (0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn histogram_deltas_subtract_bucket_by_bucket() {
+        let key = OutcomeKey {
+            protocol: RequestProtocol::Http1,
+            code: 200,
+            grpc: None,
+        };
+        let mut before = EdgeTotals::default();
+        let mut b = OutcomeTotals::default();
+        b.buckets[2] = 10;
+        b.buckets[16] = 1;
+        b.sum_nanos = 5_000_000;
+        before.outcomes.insert(key, b);
+        let mut now = before.clone();
+        let n = now.outcomes.get_mut(&key).unwrap();
+        n.buckets[2] = 13;
+        n.buckets[4] = 2;
+        n.sum_nanos = 9_000_000;
+        let d = delta(Some(&before), &now);
+        let got = d.outcomes[&key];
+        let mut want = [0; TALLY_BUCKETS];
+        want[2] = 3;
+        want[4] = 2;
+        assert_eq!(got.buckets, want);
+        assert_eq!(got.count(), 5);
+        assert_eq!(got.sum_nanos, 4_000_000);
+        // An outcome with nothing new is left out; no outcome and no bytes: nothing to send.
+        let same = delta(Some(&now), &now);
+        assert!(same.outcomes.is_empty());
+        let tally_key = TallyKey {
+            edge: Arc::new(edge("v1")),
+            mirror: false,
+        };
+        assert!(edge_stats(&tally_key, &same).is_empty());
+    }
+
+    #[test]
+    fn mirrored_traffic_is_keyed_apart() {
+        let tally_key = TallyKey {
+            edge: Arc::new(edge("v2")),
+            mirror: true,
+        };
+        let mut d = EdgeTotals::default();
+        let mut t = OutcomeTotals::default();
+        t.buckets[0] = 1;
+        d.outcomes.insert(
+            OutcomeKey {
+                protocol: RequestProtocol::Http1,
+                code: 200,
+                grpc: None,
+            },
+            t,
+        );
+        let stats = edge_stats(&tally_key, &d);
+        assert_eq!(stats.len(), 1);
+        assert!(stats[0].mirror);
+    }
+
+    #[test]
+    fn outcomes_per_edge_are_bounded() {
+        let metrics = Arc::new(Metrics::new());
+        let em = EdgeMetrics::new(Arc::clone(&metrics), edge("v1"));
+        for code in 100..1000 {
+            em.record_request(RequestProtocol::Http1, code, None, MS);
+        }
+        let mut deltas = Deltas::default();
+        let edges = deltas.take(&metrics.edge_tallies());
+        let e = find(&edges, "v1", v1::Protocol::Http1);
+        let total: u64 = e.responses.iter().map(|r| r.count).sum();
+        assert_eq!(total, 900, "every request still counts");
+        assert!(
+            e.responses.len() <= crate::metrics::MAX_OUTCOMES_PER_EDGE + 9,
+            "{} outcomes",
+            e.responses.len()
+        );
+    }
+
+    #[test]
+    fn the_interval_is_checked() {
+        assert!(validate_interval(Duration::from_secs(1)).is_ok());
+        let err = validate_interval(Duration::from_millis(10)).unwrap_err();
+        assert!(err.contains("--telemetry-interval"), "{err}");
+        assert!(validate_interval(Duration::from_secs(600)).is_err());
+    }
+}

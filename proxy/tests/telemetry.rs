@@ -1,0 +1,398 @@
+//! In-process loopback test of the telemetry reporter: a real proxy (`Bound`, following the
+//! control plane and reporting to it) forwards real HTTP/1.1 requests to two versions of a
+//! service on 127.0.0.1 and 127.0.0.2, and the real control plane (the serin-control library) must
+//! hold exactly those requests in its telemetry windows, edge by edge; with the control plane
+//! stopped the proxy keeps serving and counts the reports it drops, and reports again once it is
+//! back. No root: the original destination is injected.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serin_control::app::{App, Handles};
+use serin_control::telemetry::{Direction, EdgeKey};
+use serin_proto::v1;
+use serin_proxy::app::Bound;
+use serin_proxy::config::{Config, ConfigSource, ControlPlane, Identity, ProxySettings};
+use serin_proxy::orig_dst::FromFn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Generous bound for what should happen promptly.
+const LONG: Duration = Duration::from_secs(15);
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serin_proxy=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing with `what` after [`LONG`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {LONG:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The control plane in this process on `grpc`, its store in `store`.
+struct ControlPlaneProcess {
+    handles: Handles,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ControlPlaneProcess {
+    async fn start(store: &Path, grpc: SocketAddr) -> ControlPlaneProcess {
+        let mut config = serin_control::config::Config::new(store.to_owned());
+        config.grpc = grpc;
+        config.http = "127.0.0.1:0".parse().unwrap();
+        // A stopped control plane lets go of its store a moment after its server stopped.
+        let deadline = Instant::now() + LONG;
+        let app = loop {
+            match App::new(config.clone()).await {
+                Ok(app) => break app,
+                Err(e)
+                    if format!("{e:#}").contains("already open") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("start the control plane: {e:#}"),
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (handles, run) = app
+            .start(async move {
+                let _ = stopped.await;
+            })
+            .unwrap();
+        ControlPlaneProcess {
+            handles,
+            stop: Some(stop),
+            task: tokio::spawn(run),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(LONG, &mut self.task)
+            .await
+            .expect("the control plane stops in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Requests per edge held in the telemetry windows (the last minute).
+    fn requests(&self) -> Vec<(EdgeKey, u64)> {
+        let now = serin_control::telemetry::Clock::System.now_ms();
+        self.handles
+            .edges
+            .window(now, 60_000)
+            .into_iter()
+            .map(|(k, s)| (k, s.counts.requests))
+            .collect()
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// An HTTP/1.1 app on `ip:port` answering every request `200` with `body`.
+async fn start_app(ip: Ipv4Addr, port: u16, body: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind((ip, port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// One `GET /` through the proxy's outbound listener: the body of a 200.
+async fn call(outbound: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(outbound).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(LONG, stream.read_to_string(&mut out))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+fn workload(pod: &str, version: &str, ip: Ipv4Addr, port: u16) -> v1::RegisterWorkloadRequest {
+    v1::RegisterWorkloadRequest {
+        workload: Some(v1::Workload {
+            pod_name: pod.into(),
+            namespace: "default".into(),
+            addresses: vec![ip.to_string()],
+            service: "reviews".into(),
+            version: version.into(),
+            ports: vec![v1::WorkloadPort {
+                name: "http".into(),
+                port: u32::from(port),
+                protocol: v1::Protocol::Http1 as i32,
+            }],
+            ..Default::default()
+        }),
+        ttl: None,
+    }
+}
+
+/// The outbound edge productpage v1 → reviews `version` over HTTP/1.
+fn edge(version: &str) -> EdgeKey {
+    EdgeKey {
+        direction: Direction::Outbound,
+        source_workload: "productpage".into(),
+        source_namespace: "default".into(),
+        source_version: "v1".into(),
+        destination_service: "reviews".into(),
+        destination_namespace: "default".into(),
+        destination_version: version.into(),
+        protocol: serin_control::model::Protocol::Http1,
+        mirror: false,
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_receives_exactly_the_requests_the_proxy_forwarded() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    let grpc = free_addr();
+    let cp = ControlPlaneProcess::start(store.path(), grpc).await;
+
+    // reviews v1 on 127.0.0.1 and v2 on 127.0.0.2, same port, registered with the control plane.
+    let port = free_addr().port();
+    let v1_ip = Ipv4Addr::new(127, 0, 0, 1);
+    let v2_ip = Ipv4Addr::new(127, 0, 0, 2);
+    let _apps = [
+        start_app(v1_ip, port, "v1").await,
+        start_app(v2_ip, port, "v2").await,
+    ];
+    let mut admin = v1::admin_client::AdminClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    for (pod, version, ip) in [("reviews-v1-0", "v1", v1_ip), ("reviews-v2-0", "v2", v2_ip)] {
+        admin
+            .register_workload(workload(pod, version, ip, port))
+            .await
+            .unwrap();
+    }
+    let services = admin
+        .list_services(v1::ListServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .services;
+    let vip: IpAddr = services[0].service.as_ref().unwrap().vips[0]
+        .parse()
+        .unwrap();
+
+    // The proxy: productpage v1, every outbound connection "was going" to the reviews VIP.
+    let orig = Arc::new(OnceLock::new());
+    orig.set(SocketAddr::new(vip, port)).unwrap();
+    let lookup = {
+        let orig = Arc::clone(&orig);
+        FromFn(move |_: &TcpStream| Ok(*orig.get().unwrap()))
+    };
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let settings = ControlPlane {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(2),
+        telemetry_interval: Some(Duration::from_millis(200)),
+        ..ControlPlane::new(format!("http://{grpc}"))
+    };
+    let config = Config {
+        identity: Identity {
+            pod_name: "productpage-v1-0".into(),
+            namespace: "default".into(),
+            pod_ips: vec!["10.244.0.9".parse().unwrap()],
+            service: "productpage".into(),
+            version: "v1".into(),
+        },
+        source: ConfigSource::ControlPlane(settings),
+        admin_addr: any,
+        outbound_addr: any,
+        inbound_addr: any,
+        drain_deadline: Duration::from_secs(1),
+        proxy: ProxySettings::default(),
+    };
+    let bound = Arc::new(Bound::start(&config, Arc::new(lookup)).await.unwrap());
+    assert!(bound.telemetry.is_some(), "telemetry is on by default");
+    let tasks = [
+        tokio::spawn({
+            let bound = Arc::clone(&bound);
+            async move { bound.discover().await }
+        }),
+        tokio::spawn({
+            let bound = Arc::clone(&bound);
+            async move { bound.report().await }
+        }),
+    ];
+    let tables = bound.config.subscribe();
+    eventually("both versions of reviews in the tables", || {
+        let t = tables.borrow().clone();
+        async move {
+            let d = t.destination(SocketAddr::new(vip, port))?;
+            (d.backends.len() == 2).then_some(())
+        }
+    })
+    .await;
+
+    // Real requests through the proxy: every one is counted once on its version's edge.
+    const N: u64 = 40;
+    let mut answered = [0u64; 2];
+    for _ in 0..N {
+        match call(bound.outbound_addr).await.as_str() {
+            "v1" => answered[0] += 1,
+            "v2" => answered[1] += 1,
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    let want = |answered: [u64; 2]| {
+        let mut want: Vec<(EdgeKey, u64)> = [("v1", answered[0]), ("v2", answered[1])]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(v, n)| (edge(v), n))
+            .collect();
+        want.sort();
+        want
+    };
+    let expected = want(answered);
+    eventually("the control plane holds every forwarded request", || {
+        let matches = cp.requests() == expected;
+        async move { matches.then_some(()) }
+    })
+    .await;
+    // Histograms and byte counters arrived too: the p99 of the edge is known.
+    let now = serin_control::telemetry::Clock::System.now_ms();
+    for (key, stats) in cp.handles.edges.window(now, 60_000) {
+        assert!(stats.p99_ms.is_some(), "{key:?}: {stats:?}");
+        assert_eq!(stats.error_rate, 0.0);
+    }
+    let metrics = admin_get(bound.admin_addr, "/metrics").await;
+    assert!(metric(&metrics, "serin_telemetry_reports_sent_total") >= 1);
+    assert_eq!(metric(&metrics, "serin_telemetry_connections_total"), 1);
+    let dropped_before = metric(&metrics, "serin_telemetry_reports_dropped_total");
+
+    // The control plane goes away: requests are still served, their reports dropped and counted.
+    cp.stop().await;
+    let mut later = [0u64; 2];
+    for _ in 0..10 {
+        match call(bound.outbound_addr).await.as_str() {
+            "v1" => later[0] += 1,
+            _ => later[1] += 1,
+        }
+    }
+    // Two intervals closing after the last request: the second took its delta (and dropped it).
+    let m = admin_get(bound.admin_addr, "/metrics").await;
+    let intervals = metric(&m, "serin_telemetry_intervals_total");
+    eventually("two more report intervals", || async {
+        let m = admin_get(bound.admin_addr, "/metrics").await;
+        (metric(&m, "serin_telemetry_intervals_total") >= intervals + 2).then_some(())
+    })
+    .await;
+    let m = admin_get(bound.admin_addr, "/metrics").await;
+    assert!(
+        metric(&m, "serin_telemetry_reports_dropped_total") > dropped_before,
+        "reports dropped while the control plane is away: {m}"
+    );
+
+    // It comes back (empty windows: a new process): the proxy reconnects and reports new
+    // traffic only; what happened meanwhile is not resent.
+    let cp = ControlPlaneProcess::start(store.path(), grpc).await;
+    eventually("the telemetry stream reopened", || async {
+        let m = admin_get(bound.admin_addr, "/metrics").await;
+        (metric(&m, "serin_telemetry_connections_total") >= 2).then_some(())
+    })
+    .await;
+    let mut third = [0u64; 2];
+    for _ in 0..N {
+        match call(bound.outbound_addr).await.as_str() {
+            "v1" => third[0] += 1,
+            _ => third[1] += 1,
+        }
+    }
+    let expected = want(third);
+    eventually(
+        "the control plane holds the requests sent after its restart",
+        || {
+            let matches = cp.requests() == expected;
+            async move { matches.then_some(()) }
+        },
+    )
+    .await;
+
+    for task in tasks {
+        task.abort();
+    }
+    cp.stop().await;
+}
