@@ -254,7 +254,10 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
                 return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint", meter);
             };
             let tee = routed.mirror.and_then(|to| mirrors.start(&req, to));
-            let retry = retry::eligible(&req).then(|| copy_for_retry(&req));
+            // A copy for a retry only when there is another endpoint to retry on: the header
+            // clone is the one cost retries add to a request that succeeds.
+            let eligible = retry::eligible(&req);
+            let retry = (eligible && routed.candidates.len() > 1).then(|| copy_for_retry(&req));
             let req = req.map(|body| match tee {
                 Some(tee) => RequestBody::teed(body, tee),
                 None => RequestBody::stream(body),
@@ -265,7 +268,16 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
                 Ok(response) => response,
                 Err(failed) => match retry {
                     Some(again) => retry_elsewhere(again, failed, destination, &routed, kept).await,
-                    None => failed.into_response(),
+                    None => {
+                        if eligible {
+                            destination.metrics.registry().retry(
+                                &destination.service,
+                                &destination.namespace,
+                                RetryOutcome::NoOtherEndpoint,
+                            );
+                        }
+                        failed.into_response()
+                    }
                 },
             }
         }

@@ -124,6 +124,8 @@ pub fn copy_head<B>(req: &Request<B>) -> Request<()> {
     headers::strip_hop_by_hop(head.headers_mut(), false);
     let h = head.headers_mut();
     h.remove(header::CONTENT_LENGTH);
+    // The copy's body is complete when it leaves: nothing to wait for.
+    h.remove(header::EXPECT);
     h.insert(MIRROR_HEADER, HeaderValue::from_static("1"));
     if let Some(host) = h.get(header::HOST).and_then(|v| shadow(v.as_bytes())) {
         h.insert(header::HOST, host);

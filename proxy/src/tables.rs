@@ -128,6 +128,19 @@ impl<'a> Candidates<'a> {
         }
     }
 
+    /// How many backends there are to pick from.
+    pub fn len(self) -> usize {
+        match self {
+            Candidates::All(all) => all.len(),
+            Candidates::Group(_, group) => group.len(),
+        }
+    }
+
+    /// True if there is none.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
     /// Another backend than `not` (by address), balanced among the rest; `None` if there is
     /// none.
     pub fn another(self, not: SocketAddr) -> Option<&'a Backend> {
