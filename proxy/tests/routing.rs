@@ -443,3 +443,53 @@ async fn a_body_cut_off_by_the_client_is_not_mirrored_and_is_counted_aborted() {
     .await;
     assert!(mirror_seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_take_over_applies_to_the_next_request_and_the_one_in_flight_completes() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = Arc::clone(&release);
+    // v1 answers only when released, so a request is in flight across the policy change.
+    let v1 = http_server(move |_req: Request<Incoming>| {
+        let r = Arc::clone(&r);
+        async move {
+            r.notified().await;
+            Response::new(full("v1"))
+        }
+    })
+    .await;
+    let v2 = version_server("v2").await;
+    let endpoints = [(v1.addr, "v1"), (v2.addr, "v2")];
+    let proxy = TestProxy::start().await;
+    proxy.apply(&config_with_policy(
+        &endpoints,
+        "      default: {route: [{version: v1, weight: 100}]}\n",
+    ));
+    let mut h2 = http2(proxy.connect_outbound(vip(9080)).await).await;
+    let req = || {
+        Request::get("http://reviews:9080/")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let in_flight = tokio::spawn(h2.send_request(req()));
+    eventually("the first request reached v1", || {
+        v1.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    // Take-over: v2 gets everything, from the next request (same connection) on.
+    proxy.apply(&config_with_policy(
+        &endpoints,
+        "      default: {route: [{version: v2, weight: 100}]}\n",
+    ));
+    for _ in 0..5 {
+        let r = h2.send_request(req()).await.unwrap();
+        assert_eq!(text(r).await, "v2");
+    }
+    release.notify_one();
+    let first = in_flight.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        text(first).await,
+        "v1",
+        "the request in flight was not broken"
+    );
+}
