@@ -162,7 +162,7 @@ pub fn edge_stats(key: &TallyKey, d: &EdgeTotals) -> Vec<v1::EdgeStats> {
         destination_namespace: e.destination_namespace.to_string(),
         destination_version: e.destination_version.to_string(),
         protocol: protocol as i32,
-        mirror: key.mirror,
+        mirror: key.edge.mirror,
         ..v1::EdgeStats::default()
     };
     let mut by_protocol: BTreeMap<RequestProtocol, v1::EdgeStats> = BTreeMap::new();
@@ -522,6 +522,7 @@ mod tests {
             destination_service: "reviews".into(),
             destination_namespace: "default".into(),
             destination_version: destination_version.into(),
+            mirror: false,
         }
     }
 
@@ -674,7 +675,6 @@ mod tests {
         assert!(same.outcomes.is_empty());
         let tally_key = TallyKey {
             edge: Arc::new(edge("v1")),
-            mirror: false,
         };
         assert!(edge_stats(&tally_key, &same).is_empty());
     }
@@ -682,8 +682,10 @@ mod tests {
     #[test]
     fn mirrored_traffic_is_keyed_apart() {
         let tally_key = TallyKey {
-            edge: Arc::new(edge("v2")),
-            mirror: true,
+            edge: Arc::new(Edge {
+                mirror: true,
+                ..edge("v2")
+            }),
         };
         let mut d = EdgeTotals::default();
         let mut t = OutcomeTotals::default();

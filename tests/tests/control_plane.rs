@@ -6,8 +6,8 @@
 //! killed (traffic keeps flowing) and restarted on the same store (the sidecars resubscribe, in
 //! sync with the same version). Skipped, with a printed reason, without root.
 //!
-//! Version routing by policy inside the sidecar is not built yet: the test only checks that the
-//! proxies acknowledge the new snapshot and that traffic keeps flowing.
+//! The test checks that the proxies acknowledge the new snapshot and that traffic keeps flowing;
+//! how the sidecar routes by the policy is tested in `proxy/tests/routing.rs`.
 //!
 //! Needs the binaries first: `cargo build --bins -p serin-proxy -p serin-iptables -p serin-control
 //! -p serinctl` into the same target directory.
