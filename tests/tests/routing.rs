@@ -424,26 +424,37 @@ impl Fixture {
         (stdout, stderr)
     }
 
-    /// The snapshot version the client's sidecar applied last.
-    fn client_config_version(&self) -> String {
-        let (_, dump) = admin_get(&self.client, ADMIN_PORT, "/config_dump", LONG)
-            .expect("client sidecar /config_dump");
-        let dump: serde_json::Value = serde_json::from_str(&dump).expect("config_dump JSON");
-        dump["discovery"]["appliedVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+    /// The generation of the service's policy that the client's sidecar routes with, from its
+    /// `/routes`; `None` while it has none.
+    fn routed_generation(&self) -> Option<u64> {
+        let (_, body) = admin_get(&self.client, ADMIN_PORT, "/routes", LONG).ok()?;
+        let routes: serde_json::Value = serde_json::from_str(&body).ok()?;
+        routes["policies"]
+            .as_array()?
+            .iter()
+            .find(|p| p["service"] == self.service.as_str())?["generation"]
+            .as_u64()
     }
 
-    /// Runs `change` (a `serinctl` verb that changes the policy) and waits until the client's
-    /// sidecar (the one that routes) has applied the new snapshot; serinctl's stdout and stderr.
+    /// Runs `args` (a `serinctl` verb that changes the policy and prints `(generation N)`) and
+    /// waits until the client's sidecar (the one that routes) routes with generation N;
+    /// serinctl's stdout and stderr.
     fn change_policy(&self, args: &[&str]) -> (String, String) {
-        let before = self.client_config_version();
-        let out = self.serinctl(args);
-        eventually("the client's sidecar applies the new policy", LONG, || {
-            (self.client_config_version() != before).then_some(())
-        });
-        out
+        let (stdout, stderr) = self.serinctl(args);
+        let generation: u64 = stdout
+            .split("(generation ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("no generation in the output of serinctl {args:?}: {stdout}")
+            });
+        eventually(
+            &format!("the client's sidecar routes with generation {generation} (its /routes)"),
+            LONG,
+            || (self.routed_generation() == Some(generation)).then_some(()),
+        );
+        (stdout, stderr)
     }
 
     /// `serinctl apply -f` of `yaml`, then waits as [`Fixture::change_policy`] does.
@@ -457,6 +468,22 @@ impl Fixture {
         admin_get(&self.client, ADMIN_PORT, "/metrics", LONG)
             .expect("client sidecar /metrics")
             .1
+    }
+
+    /// The policy of the service in the client sidecar's `/routes` (rules and default route
+    /// with their hits, fallbacks, mirror outcomes).
+    fn routes(&self) -> serde_json::Value {
+        let (code, body) =
+            admin_get(&self.client, ADMIN_PORT, "/routes", LONG).expect("client sidecar /routes");
+        assert_eq!(code, 200, "/routes: {body}");
+        let routes: serde_json::Value = serde_json::from_str(&body).expect("/routes JSON");
+        routes["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["service"] == self.service.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no policy of {} in /routes: {routes}", self.service))
     }
 
     /// Sends `calls` from the client pod over [`CONCURRENCY`] keep-alive connections.
@@ -1017,6 +1044,20 @@ fn ingress_nginx_canary_by_header_then_header_and_weight_then_weight() {
         .assert_all("foo: bar with canary-by-header", "new");
     fx.repeat(plain.clone(), 200)
         .assert_all("no header with canary-by-header", "old");
+    // /routes counts what each rule and route took: the foo: bar requests went to the rule
+    // (and its one version), the others to the default route.
+    let routes = fx.routes();
+    note(&format!(
+        "routing: ingress-nginx /routes after 400 requests: {routes}"
+    ));
+    let rule = &routes["rules"][0];
+    assert_eq!(rule["name"], "canary-by-header", "{routes}");
+    assert_eq!(rule["hits"], 200, "{routes}");
+    assert_eq!(rule["route"][0]["version"], "new", "{routes}");
+    assert_eq!(rule["route"][0]["hits"], 200, "{routes}");
+    assert_eq!(routes["default"]["hits"], 200, "{routes}");
+    assert_eq!(routes["default"]["route"][0]["hits"], 200, "{routes}");
+    assert_eq!(routes["fallbacks"], 0, "{routes}");
     let others = [
         Call::get("/").header("foo", "baz"),
         Call::get("/").header("foo", "BAR"),
@@ -1370,6 +1411,15 @@ fn mirror_ten_percent_to_v2_and_a_hanging_mirror_never_slows_the_primary() {
         v2.odd()
     );
     assert_share("mirror 10%: copies received by v2", copies, 2000, 0.1);
+    // The client's sidecar counts each copy answered as sent, in /routes and in its metrics.
+    let routes = eventually("/routes counts every copy as sent", LONG, || {
+        let routes = fx.routes();
+        (routes["mirror"]["sent"] == copies).then_some(routes)
+    });
+    note(&format!(
+        "routing: mirror /routes after 2000 requests: {}",
+        routes["mirror"]
+    ));
     let metrics = fx.client_metrics();
     let mirror_lines = metric_lines(&metrics, "serin_mirror_requests_total");
     note(&format!(
@@ -1553,6 +1603,9 @@ fn a_version_without_endpoints_falls_back_to_the_default_route() {
         "routing: fallback: 300 requests for v3, {counted} fallbacks counted"
     ));
     assert_eq!(counted, 300.0, "fallbacks counted for 300 requests to v3");
+    let routes = fx.routes();
+    assert_eq!(routes["fallbacks"], 300, "{routes}");
+    assert_eq!(routes["rules"][0]["hits"], 300, "{routes}");
 
     // The default route's first version has no endpoints: its share goes to v2, the first one
     // with endpoints (v1 has endpoints but is not in the route).
