@@ -5,11 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serin_policy::model::{API_VERSION, KIND};
-use serin_policy::{
-    MatchBlock, Metadata, MirrorPolicy, PolicySpec, Route, Rule, Stickiness, StringMatch,
-    TrafficPolicy, UriMatch, VersionWeight,
-};
+use serin_policy::TrafficPolicy;
 use serin_proto::v1;
 
 use crate::discovery::proxies::{ProxyIdentity, ProxyState, Rejection, ResourceKind};
@@ -58,177 +54,51 @@ pub fn to_duration(field: &str, d: prost_types::Duration) -> Result<Duration, In
 }
 
 // ------------------------------------------------------------------------------------------------
-// Policies
+// Policies: the TrafficPolicy conversion itself is serin-policy's (feature `proto`), shared with
+// the sidecar; here only what the control plane adds (annotations, times, the default namespace).
+
+pub use serin_policy::proto::{os_value, weights_from_proto, weights_to_proto};
+
+impl From<serin_policy::proto::InvalidField> for InvalidField {
+    fn from(e: serin_policy::proto::InvalidField) -> Self {
+        InvalidField {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
 
 impl TryFrom<v1::TrafficPolicy> for PolicyDraft {
     type Error = InvalidField;
 
     /// Converts what a user sent. Problems the policy crate's validation reports (empty names,
     /// bad regexes, unset matchers, unknown OS names) pass through unchanged so that validation
-    /// names them; only what the domain model cannot hold is refused here.
-    fn try_from(p: v1::TrafficPolicy) -> Result<Self, InvalidField> {
-        let meta = p.metadata.unwrap_or_default();
-        let spec = p.spec.unwrap_or_default();
-        let rules = spec
-            .rules
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| rule_from_proto(&format!("spec.rules[{i}]"), r))
-            .collect::<Result<_, _>>()?;
-        let policy = TrafficPolicy {
-            api_version: API_VERSION.to_owned(),
-            kind: KIND.to_owned(),
-            metadata: Metadata {
-                name: meta.name,
-                namespace: namespace_or_default(&meta.namespace),
-                generation: None,
-                labels: (!meta.labels.is_empty()).then(|| meta.labels.into_iter().collect()),
-            },
-            spec: PolicySpec {
-                service: spec.service,
-                rules,
-                default: Route {
-                    route: spec
-                        .default
-                        .map(|d| weights_from_proto(d.route))
-                        .unwrap_or_default(),
-                },
-                mirror: spec.mirror.map(|m| MirrorPolicy {
-                    version: m.version,
-                    percent: m.percent,
-                }),
-                stickiness: spec.stickiness.map(|s| match s.key {
-                    Some(v1::stickiness::Key::Cookie(c)) => Stickiness {
-                        cookie: Some(c),
-                        header: None,
-                    },
-                    Some(v1::stickiness::Key::Header(h)) => Stickiness {
-                        cookie: None,
-                        header: Some(h),
-                    },
-                    None => Stickiness::default(),
-                }),
-            },
-        };
+    /// names them; only what the domain model cannot hold is refused here. The generation a
+    /// client sends is ignored; an empty namespace is `default`.
+    fn try_from(mut p: v1::TrafficPolicy) -> Result<Self, InvalidField> {
+        let annotations = p
+            .metadata
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.annotations))
+            .unwrap_or_default();
+        let mut policy = TrafficPolicy::try_from(p)?;
+        policy.metadata.namespace = namespace_or_default(&policy.metadata.namespace);
+        policy.metadata.generation = None;
         Ok(PolicyDraft {
             policy,
-            annotations: meta.annotations.into_iter().collect(),
+            annotations: annotations.into_iter().collect(),
         })
     }
-}
-
-fn rule_from_proto(path: &str, r: v1::Rule) -> Result<Rule, InvalidField> {
-    let matches = r
-        .r#match
-        .into_iter()
-        .enumerate()
-        .map(|(j, b)| block_from_proto(&format!("{path}.match[{j}]"), b))
-        .collect::<Result<_, _>>()?;
-    Ok(Rule {
-        name: r.name,
-        matches,
-        route: weights_from_proto(r.route),
-    })
-}
-
-fn block_from_proto(path: &str, b: v1::MatchBlock) -> Result<MatchBlock, InvalidField> {
-    let uri = match b.uri {
-        None => None,
-        Some(u) => {
-            if u.ignore_case {
-                return Err(InvalidField::new(
-                    format!("{path}.uri.ignoreCase"),
-                    "ignoreCase on uri is not supported by this control plane's policy model; \
-                     use a regex with (?i) instead",
-                ));
-            }
-            let mut m = UriMatch::default();
-            match u.kind {
-                Some(v1::uri_match::Kind::Exact(s)) => m.exact = Some(s),
-                Some(v1::uri_match::Kind::Prefix(s)) => m.prefix = Some(s),
-                Some(v1::uri_match::Kind::Regex(s)) => m.regex = Some(s),
-                None => {}
-            }
-            Some(m)
-        }
-    };
-    let os: Vec<String> = b.os.iter().map(|&o| os_name(o)).collect();
-    Ok(MatchBlock {
-        headers: string_matches(b.headers),
-        cookies: string_matches(b.cookies),
-        uri,
-        query: string_matches(b.query),
-        method: (!b.method.is_empty()).then_some(b.method),
-        os: (!os.is_empty()).then_some(os),
-    })
-}
-
-/// The policy name of a wire OS value (`CLIENT_OS_IOS` → `ios`); values the policy crate does
-/// not know come out as names its validation rejects.
-fn os_name(value: i32) -> String {
-    match v1::ClientOs::try_from(value) {
-        Ok(os) => os
-            .as_str_name()
-            .trim_start_matches("CLIENT_OS_")
-            .to_ascii_lowercase(),
-        Err(_) => format!("os-enum-{value}"),
-    }
-}
-
-/// The wire OS value of a policy name.
-pub fn os_value(name: &str) -> v1::ClientOs {
-    v1::ClientOs::from_str_name(&format!("CLIENT_OS_{}", name.to_ascii_uppercase()))
-        .unwrap_or(v1::ClientOs::Unspecified)
-}
-
-fn string_matches(
-    map: impl IntoIterator<Item = (String, v1::StringMatch)>,
-) -> BTreeMap<String, StringMatch> {
-    map.into_iter()
-        .map(|(k, m)| {
-            let mut s = StringMatch {
-                ignore_case: m.ignore_case,
-                ..StringMatch::default()
-            };
-            match m.kind {
-                Some(v1::string_match::Kind::Exact(v)) => s.exact = Some(v),
-                Some(v1::string_match::Kind::Prefix(v)) => s.prefix = Some(v),
-                Some(v1::string_match::Kind::Regex(v)) => s.regex = Some(v),
-                Some(v1::string_match::Kind::Present(v)) => s.present = Some(v),
-                None => {}
-            }
-            (k, s)
-        })
-        .collect()
-}
-
-/// Wire weights as domain weights.
-pub fn weights_from_proto(list: Vec<v1::VersionWeight>) -> Vec<VersionWeight> {
-    list.into_iter()
-        .map(|w| VersionWeight::new(w.version, w.weight))
-        .collect()
-}
-
-/// Domain weights on the wire (stored policies are valid, so every weight is a whole number).
-pub fn weights_to_proto(list: &[VersionWeight]) -> Vec<v1::VersionWeight> {
-    list.iter()
-        .map(|w| v1::VersionWeight {
-            version: w.version.clone(),
-            weight: w.weight.get().unwrap_or(0),
-        })
-        .collect()
 }
 
 impl From<&StoredPolicy> for v1::TrafficPolicy {
     fn from(s: &StoredPolicy) -> Self {
         let mut out = policy_to_proto(&s.policy, &s.annotations);
-        let meta = out
-            .metadata
-            .as_mut()
-            .expect("policy_to_proto sets metadata");
-        meta.generation = s.generation();
-        meta.create_time = Some(timestamp(s.create_time));
-        meta.update_time = Some(timestamp(s.update_time));
+        if let Some(meta) = out.metadata.as_mut() {
+            meta.generation = s.generation();
+            meta.create_time = Some(timestamp(s.create_time));
+            meta.update_time = Some(timestamp(s.update_time));
+        }
         out
     }
 }
@@ -236,97 +106,20 @@ impl From<&StoredPolicy> for v1::TrafficPolicy {
 impl From<&PolicyDraft> for v1::TrafficPolicy {
     /// A policy as a client sends it (no generation, no times).
     fn from(d: &PolicyDraft) -> Self {
-        policy_to_proto(&d.policy, &d.annotations)
+        let mut out = policy_to_proto(&d.policy, &d.annotations);
+        if let Some(meta) = out.metadata.as_mut() {
+            meta.generation = 0;
+        }
+        out
     }
 }
 
 fn policy_to_proto(p: &TrafficPolicy, annotations: &BTreeMap<String, String>) -> v1::TrafficPolicy {
-    let spec = &p.spec;
-    v1::TrafficPolicy {
-        metadata: Some(v1::PolicyMetadata {
-            name: p.metadata.name.clone(),
-            namespace: p.metadata.namespace.clone(),
-            generation: 0,
-            labels: p
-                .metadata
-                .labels
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            annotations: annotations.clone().into_iter().collect(),
-            create_time: None,
-            update_time: None,
-        }),
-        spec: Some(v1::TrafficPolicySpec {
-            service: spec.service.clone(),
-            rules: spec.rules.iter().map(rule_to_proto).collect(),
-            default: Some(v1::DefaultRoute {
-                route: weights_to_proto(&spec.default.route),
-            }),
-            mirror: spec.mirror.as_ref().map(|m| v1::Mirror {
-                version: m.version.clone(),
-                percent: m.percent,
-            }),
-            stickiness: spec.stickiness.as_ref().map(|s| v1::Stickiness {
-                key: match (&s.cookie, &s.header) {
-                    (Some(c), _) => Some(v1::stickiness::Key::Cookie(c.clone())),
-                    (None, Some(h)) => Some(v1::stickiness::Key::Header(h.clone())),
-                    (None, None) => None,
-                },
-            }),
-        }),
+    let mut out = v1::TrafficPolicy::from(p);
+    if let Some(meta) = out.metadata.as_mut() {
+        meta.annotations = annotations.clone().into_iter().collect();
     }
-}
-
-fn rule_to_proto(r: &Rule) -> v1::Rule {
-    v1::Rule {
-        name: r.name.clone(),
-        r#match: r.matches.iter().map(block_to_proto).collect(),
-        route: weights_to_proto(&r.route),
-    }
-}
-
-fn block_to_proto(b: &MatchBlock) -> v1::MatchBlock {
-    let sm = |map: &BTreeMap<String, StringMatch>| {
-        map.iter()
-            .map(|(k, m)| (k.clone(), string_match_to_proto(m)))
-            .collect()
-    };
-    v1::MatchBlock {
-        headers: sm(&b.headers),
-        cookies: sm(&b.cookies),
-        uri: b.uri.as_ref().map(|u| v1::UriMatch {
-            kind: if let Some(s) = &u.exact {
-                Some(v1::uri_match::Kind::Exact(s.clone()))
-            } else if let Some(s) = &u.prefix {
-                Some(v1::uri_match::Kind::Prefix(s.clone()))
-            } else {
-                u.regex.clone().map(v1::uri_match::Kind::Regex)
-            },
-            ignore_case: false,
-        }),
-        query: sm(&b.query),
-        method: b.method.clone().unwrap_or_default(),
-        os: b.os.iter().flatten().map(|o| os_value(o) as i32).collect(),
-    }
-}
-
-fn string_match_to_proto(m: &StringMatch) -> v1::StringMatch {
-    use v1::string_match::Kind;
-    let kind = if let Some(s) = &m.exact {
-        Some(Kind::Exact(s.clone()))
-    } else if let Some(s) = &m.prefix {
-        Some(Kind::Prefix(s.clone()))
-    } else if let Some(s) = &m.regex {
-        Some(Kind::Regex(s.clone()))
-    } else {
-        m.present.map(Kind::Present)
-    };
-    v1::StringMatch {
-        kind,
-        ignore_case: m.ignore_case,
-    }
+    out
 }
 
 impl From<ChangeCause> for v1::ChangeCause {

@@ -43,6 +43,8 @@ pub mod matching;
 pub mod model;
 pub mod os;
 pub mod parse;
+#[cfg(feature = "proto")]
+pub mod proto;
 pub mod query;
 pub mod split;
 pub mod validate;

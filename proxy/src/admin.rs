@@ -1,6 +1,7 @@
 //! The admin server (port 15000): `/ready` (200 once a config is applied and no drain has
-//! started, else 503), `/live`, `/metrics` (Prometheus text) and `/config_dump` (the applied
-//! snapshot as JSON).
+//! started, else 503), `/live`, `/metrics` (Prometheus text), `/config_dump` (the applied
+//! snapshot as JSON) and `/routes` (the traffic policies in force with their hit counts, see
+//! [`routes`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -137,10 +138,25 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)
         }
+        "/routes" => {
+            let body =
+                serde_json::to_vec_pretty(&routes(&state.tables.borrow())).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body)
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
-            "not found: try /ready, /live, /metrics, /config_dump\n",
+            "not found: try /ready, /live, /metrics, /config_dump, /routes\n",
         ),
     }
+}
+
+/// The `/routes` document: `{"version": <config version or null>, "policies": [...]}`, one
+/// [`crate::routing::PolicyView`] per policy in force, ordered by namespace and service.
+pub fn routes(tables: &Tables) -> serde_json::Value {
+    let policies: Vec<_> = tables.policies().iter().map(|p| p.view()).collect();
+    serde_json::json!({
+        "version": tables.snapshot.as_ref().map(|s| s.version.clone()),
+        "policies": policies,
+    })
 }

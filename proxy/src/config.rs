@@ -71,6 +71,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Largest request head, start line and headers, in bytes (more gives 431 / a stream reset).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 60 * 1024;
+/// Mirrored copies in flight at once per proxy; beyond that copies are dropped (and counted).
+pub const DEFAULT_MIRROR_MAX_IN_FLIGHT: usize = 128;
+/// How long a mirrored copy may take, sending to draining its answer.
+pub const DEFAULT_MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
 /// First reconnect delay to the control plane (before jitter); doubles up to the maximum.
 pub const DEFAULT_DISCOVERY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest reconnect delay to the control plane (before jitter).
@@ -197,6 +201,10 @@ pub struct ProxySettings {
     pub max_headers: usize,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
+    /// Mirrored copies in flight at once (excess dropped and counted).
+    pub mirror_max_in_flight: usize,
+    /// Time bound of one mirrored copy.
+    pub mirror_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -211,6 +219,8 @@ impl Default for ProxySettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_headers: DEFAULT_MAX_HEADERS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            mirror_max_in_flight: DEFAULT_MIRROR_MAX_IN_FLIGHT,
+            mirror_timeout: DEFAULT_MIRROR_TIMEOUT,
         }
     }
 }

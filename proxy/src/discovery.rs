@@ -33,8 +33,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{ControlPlane, Identity};
 use crate::metrics::Metrics;
-use crate::snapshot::proto::InvalidSnapshot;
-use crate::snapshot::{Service, ServiceEndpoints, Snapshot};
+use crate::snapshot::proto::{InvalidSnapshot, duplicate_policy};
+use crate::snapshot::{Policy, Service, ServiceEndpoints, Snapshot};
 use crate::tables::{ConfigWriter, Tables};
 
 /// The capability every proxy announces: it understands full snapshots.
@@ -692,11 +692,48 @@ pub fn merge(
         }
     }
 
+    // Policies: converted, validated and compiled here, once; a bad one keeps its last good
+    // copy, a second one for the same service is refused.
+    let mut policies: Vec<Policy> = Vec::with_capacity(wire.policies.len());
+    for p in wire.policies {
+        let (namespace, name) = p
+            .metadata
+            .as_ref()
+            .map(|m| (m.namespace.clone(), m.name.clone()))
+            .unwrap_or_default();
+        let converted =
+            Policy::try_from(p).and_then(|policy| match duplicate_policy(&policy, &policies) {
+                Some(e) => Err(e),
+                None => Ok(policy),
+            });
+        match converted {
+            Ok(policy) => policies.push(policy),
+            Err(e) => {
+                errors.push(rejected(
+                    v1::ResourceKind::TrafficPolicy,
+                    &namespace,
+                    &name,
+                    &e,
+                ));
+                let old = previous.and_then(|p| {
+                    p.policies
+                        .iter()
+                        .find(|o| o.namespace() == namespace && o.name() == name)
+                });
+                if let Some(old) = old
+                    && duplicate_policy(old, &policies).is_none()
+                {
+                    policies.push(old.clone());
+                }
+            }
+        }
+    }
+
     let snapshot = Snapshot {
         version,
         services,
         endpoints,
-        policies: wire.policies.len(),
+        policies,
     };
     (snapshot, errors)
 }
@@ -785,6 +822,53 @@ mod tests {
             "10.244.0.6"
         );
         assert!(second.endpoints_of("default", "ratings").is_empty());
+    }
+
+    #[test]
+    fn a_bad_policy_is_rejected_naming_its_field_and_its_last_good_copy_kept() {
+        use crate::snapshot::proto::tests::wire_policy;
+        let good = v1::Snapshot {
+            policies: vec![wire_policy("reviews", "reviews")],
+            ..Default::default()
+        };
+        let (first, errors) = merge("1".into(), good, None);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(first.policies.len(), 1);
+
+        let mut bad = wire_policy("reviews", "reviews");
+        let route = &mut bad.spec.as_mut().unwrap().default.as_mut().unwrap().route;
+        route[0].weight = 0;
+        route[1].weight = 0;
+        let mut other = wire_policy("ratings", "ratings");
+        other.metadata.as_mut().unwrap().generation = 9;
+        let next = v1::Snapshot {
+            policies: vec![bad, other, wire_policy("ratings-2", "ratings")],
+            ..Default::default()
+        };
+        let (second, errors) = merge("2".into(), next, Some(&first));
+        let named: Vec<_> = errors
+            .iter()
+            .map(|e| (Rejected::from(e).kind, e.name.as_str(), e.field.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("policy", "reviews", "spec.default.route"),
+                ("policy", "ratings-2", "spec.service"),
+            ]
+        );
+        // The bad policy keeps serving its last good copy (80/20), the good one is taken.
+        let reviews = second.policy_of("default", "reviews").unwrap();
+        assert_eq!(reviews.compiled.default_split().weight(0), 80);
+        assert_eq!(
+            second
+                .policy_of("default", "ratings")
+                .unwrap()
+                .compiled
+                .generation(),
+            Some(9)
+        );
+        assert_eq!(second.policies.len(), 2);
     }
 
     #[test]

@@ -1,15 +1,22 @@
 //! HTTP proxying: serving a downstream connection with hyper (HTTP/1.1 with upgrades, or HTTP/2),
 //! and forwarding each request to an endpoint over its pool, streaming bodies both ways.
 //!
+//! Outbound requests to a service are routed one by one (each HTTP/2 stream on its own) by the
+//! service's traffic policy ([`crate::tables::Destination::route`]), and copied to the mirror
+//! version when the policy samples them ([`crate::mirror`]).
+//!
 //! Failures never hang the client: no ready endpoint or a failed connect gives 503, an upstream
 //! that resets or breaks before answering gives 502, each with a one-line reason body and the
 //! request counted under that code. A request that an idle pooled HTTP/1 connection could not
 //! even start (the upstream had closed it) is retried once on a fresh connection: nothing of it
-//! was sent, so that is safe for any method.
+//! was sent, so that is safe for any method. Beyond that, an idempotent request without a body
+//! that failed before any response is retried once on another endpoint of the same version,
+//! within the service's retry budget ([`crate::retry`]).
 
 pub mod body;
 pub mod guard;
 pub mod headers;
+pub mod tee;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,11 +34,14 @@ use tokio::net::TcpStream;
 use crate::config::ProxySettings;
 use crate::detect::Prefixed;
 use crate::drain;
-use crate::metrics::EdgeMetrics;
+use crate::metrics::{EdgeMetrics, RetryOutcome};
+use crate::mirror::Mirrors;
 use crate::pool::ConnectError;
-use crate::tables::{EndpointState, Tables};
+use crate::retry;
+use crate::tables::{Destination, EndpointState, Routed, Tables};
 use body::{Meter, ProxyBody};
 use guard::{HeadGuard, Verdicts};
+use tee::RequestBody;
 
 /// Window sizes of downstream HTTP/2 connections (large enough to stream at full speed).
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
@@ -63,6 +73,8 @@ pub enum Upstream {
         orig_dst: SocketAddr,
         /// The config the connection started with is refreshed from here per request.
         tables: tokio::sync::watch::Receiver<Arc<Tables>>,
+        /// Where mirrored copies are started.
+        mirrors: Arc<Mirrors>,
     },
     /// Inbound: to the app.
     Fixed {
@@ -163,11 +175,13 @@ struct Downstream {
 /// when it goes to the same endpoint: no pool lock, no task to return it. It goes back to the
 /// endpoint's pool when another endpoint takes its place or the downstream connection ends.
 #[derive(Debug, Default)]
-struct KeptConnection(std::sync::Mutex<Option<(Arc<EndpointState>, http1::SendRequest<Incoming>)>>);
+struct KeptConnection(
+    std::sync::Mutex<Option<(Arc<EndpointState>, http1::SendRequest<RequestBody>)>>,
+);
 
 impl KeptConnection {
     /// The kept connection, if it is to `endpoint` and ready for a request.
-    fn take(&self, endpoint: &Arc<EndpointState>) -> Option<http1::SendRequest<Incoming>> {
+    fn take(&self, endpoint: &Arc<EndpointState>) -> Option<http1::SendRequest<RequestBody>> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match slot.take() {
             Some((kept, sender)) if Arc::ptr_eq(&kept, endpoint) && sender.is_ready() => {
@@ -182,7 +196,7 @@ impl KeptConnection {
     }
 
     /// Keeps `sender` (to `endpoint`) for the next request.
-    fn keep(&self, endpoint: &Arc<EndpointState>, sender: http1::SendRequest<Incoming>) {
+    fn keep(&self, endpoint: &Arc<EndpointState>, sender: http1::SendRequest<RequestBody>) {
         let previous = self
             .0
             .lock()
@@ -211,10 +225,16 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
     let kept = &downstream.kept;
     match &downstream.upstream {
         Upstream::Fixed { endpoint, metrics } => {
+            let req = req.map(RequestBody::stream);
             forward(req, endpoint, Arc::clone(metrics), start, kept).await
         }
-        Upstream::Service { orig_dst, tables } => {
-            // The current config for every request: endpoint changes apply to live connections.
+        Upstream::Service {
+            orig_dst,
+            tables,
+            mirrors,
+        } => {
+            // The current config for every request: endpoint and policy changes apply to live
+            // connections, and the request keeps the tables it started with to its end.
             let tables = Arc::clone(&tables.borrow());
             let Some(destination) = tables.destination(*orig_dst) else {
                 let meter = Meter::new(Arc::clone(tables.passthrough()), start, is_grpc(&req));
@@ -228,28 +248,80 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
             if req.version() == Version::HTTP_2 && req.uri().authority().is_none() {
                 set_authority(&mut req, &destination.authority);
             }
-            match destination.pick() {
-                Some(backend) => {
-                    forward(
-                        req,
-                        &backend.state,
-                        Arc::clone(&backend.metrics),
-                        start,
-                        kept,
-                    )
-                    .await
-                }
-                None => {
-                    let meter = Meter::new(Arc::clone(&destination.metrics), start, is_grpc(&req));
-                    error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint", meter)
-                }
+            destination.retry_budget.deposit();
+            let Some(routed) = destination.route(&req) else {
+                let meter = Meter::new(Arc::clone(&destination.metrics), start, is_grpc(&req));
+                return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint", meter);
+            };
+            let tee = routed.mirror.and_then(|to| mirrors.start(&req, to));
+            // A copy for a retry only when there is another endpoint to retry on: the header
+            // clone is the one cost retries add to a request that succeeds.
+            let eligible = retry::eligible(&req);
+            let retry = (eligible && routed.candidates.len() > 1).then(|| copy_for_retry(&req));
+            let req = req.map(|body| match tee {
+                Some(tee) => RequestBody::teed(body, tee),
+                None => RequestBody::stream(body),
+            });
+            let backend = routed.backend;
+            let metrics = Arc::clone(&backend.metrics);
+            match attempt(req, &backend.state, metrics, start, kept).await {
+                Ok(response) => response,
+                Err(failed) => match retry {
+                    Some(again) => retry_elsewhere(again, failed, destination, &routed, kept).await,
+                    None => {
+                        if eligible {
+                            destination.metrics.registry().retry(
+                                &destination.service,
+                                &destination.namespace,
+                                RetryOutcome::NoOtherEndpoint,
+                            );
+                        }
+                        failed.into_response()
+                    }
+                },
             }
         }
     }
 }
 
+/// A copy of an empty-bodied request, for sending it again.
+fn copy_for_retry(req: &Request<Incoming>) -> Request<RequestBody> {
+    let mut again = Request::new(RequestBody::empty());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    again
+}
+
+/// Sends `again` (a failed request's copy) to another endpoint of the version it was routed to,
+/// when the service's retry budget allows; otherwise answers with the first failure.
+async fn retry_elsewhere(
+    again: Request<RequestBody>,
+    failed: Failed,
+    destination: &Destination,
+    routed: &Routed<'_>,
+    kept: &KeptConnection,
+) -> Response<ProxyBody> {
+    let registry = destination.metrics.registry();
+    let count = |outcome| registry.retry(&destination.service, &destination.namespace, outcome);
+    let Some(other) = routed.candidates.another(routed.backend.addr) else {
+        count(RetryOutcome::NoOtherEndpoint);
+        return failed.into_response();
+    };
+    if !destination.retry_budget.withdraw() {
+        count(RetryOutcome::BudgetExhausted);
+        return failed.into_response();
+    }
+    count(RetryOutcome::Retried);
+    tracing::debug!(error = %failed.error, retry = %other.addr, "retrying on another endpoint");
+    let start = failed.meter.start();
+    failed.meter.discard();
+    forward(again, &other.state, Arc::clone(&other.metrics), start, kept).await
+}
+
 /// Gives an HTTP/2 request without `:authority` the service's, so it can be forwarded.
-fn set_authority(req: &mut Request<Incoming>, authority: &http::uri::Authority) {
+fn set_authority<B>(req: &mut Request<B>, authority: &http::uri::Authority) {
     let mut parts = req.uri().clone().into_parts();
     if parts.scheme.is_none() {
         parts.scheme = Some(http::uri::Scheme::HTTP);
@@ -260,7 +332,7 @@ fn set_authority(req: &mut Request<Incoming>, authority: &http::uri::Authority) 
     }
 }
 
-fn is_grpc(req: &Request<Incoming>) -> bool {
+fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -291,14 +363,45 @@ enum ForwardError {
     },
 }
 
+/// A request that could not be forwarded: why, and its meter (not yet recorded).
+struct Failed {
+    error: ForwardError,
+    meter: Meter,
+}
+
+impl Failed {
+    /// The proxy's answer: 503 when the connect failed, 502 when the upstream failed before
+    /// answering.
+    fn into_response(self) -> Response<ProxyBody> {
+        let code = match self.error {
+            ForwardError::Connect(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        };
+        error(code, &self.error.to_string(), self.meter)
+    }
+}
+
 /// Forwards `req` to `endpoint` and returns its response (or the proxy's error response).
 async fn forward(
-    mut req: Request<Incoming>,
+    req: Request<RequestBody>,
     endpoint: &Arc<EndpointState>,
     metrics: Arc<EdgeMetrics>,
     start: Instant,
     kept: &KeptConnection,
 ) -> Response<ProxyBody> {
+    attempt(req, endpoint, metrics, start, kept)
+        .await
+        .unwrap_or_else(Failed::into_response)
+}
+
+/// Forwards `req` to `endpoint`: its response, or why it failed before any response.
+async fn attempt(
+    mut req: Request<RequestBody>,
+    endpoint: &Arc<EndpointState>,
+    metrics: Arc<EdgeMetrics>,
+    start: Instant,
+    kept: &KeptConnection,
+) -> Result<Response<ProxyBody>, Failed> {
     let mut meter = Meter::new(metrics, start, is_grpc(&req));
     meter.hold(Arc::clone(endpoint));
     let upgrade = headers::upgrade_requested(req.headers()).is_some();
@@ -313,13 +416,9 @@ async fn forward(
     };
     let mut response = match sent {
         Ok(response) => response,
-        Err(e) => {
-            tracing::debug!(error = %e, "forward failed");
-            let code = match e {
-                ForwardError::Connect(_) => StatusCode::SERVICE_UNAVAILABLE,
-                ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            };
-            return error(code, &e.to_string(), meter);
+        Err(error) => {
+            tracing::debug!(%error, "forward failed");
+            return Err(Failed { error, meter });
         }
     };
     endpoint.lb.observe(start.elapsed());
@@ -339,14 +438,14 @@ async fn forward(
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });
-        return response.map(|_| ProxyBody::empty(Some(meter)));
+        return Ok(response.map(|_| ProxyBody::empty(Some(meter))));
     }
     headers::strip_hop_by_hop(response.headers_mut(), false);
-    response.map(|body| ProxyBody::upstream(body, meter))
+    Ok(response.map(|body| ProxyBody::upstream(body, meter)))
 }
 
 async fn send_http1(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     endpoint: &Arc<EndpointState>,
     kept: &KeptConnection,
 ) -> Result<Response<Incoming>, ForwardError> {
@@ -388,7 +487,7 @@ async fn send_http1(
 }
 
 async fn send_http2(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     endpoint: &Arc<EndpointState>,
 ) -> Result<Response<Incoming>, ForwardError> {
     let pool = &endpoint.pool;

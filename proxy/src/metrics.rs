@@ -56,6 +56,8 @@ pub struct Edge {
     pub destination_namespace: Arc<str>,
     /// The version of the endpoint that served.
     pub destination_version: Arc<str>,
+    /// Mirrored copies (`mirror="true"`), apart from the traffic they copy.
+    pub mirror: bool,
 }
 
 impl Edge {
@@ -67,6 +69,10 @@ impl Edge {
         ("destination_service", &*self.destination_service).encode(encoder.encode_label())?;
         ("destination_namespace", &*self.destination_namespace).encode(encoder.encode_label())?;
         ("destination_version", &*self.destination_version).encode(encoder.encode_label())
+    }
+
+    fn mirror_label(&self) -> &'static str {
+        if self.mirror { "true" } else { "false" }
     }
 }
 
@@ -96,7 +102,7 @@ impl EncodeLabelSet for RequestLabels {
         self.edge.encode_labels(encoder)?;
         ("response_code", self.response_code).encode(encoder.encode_label())?;
         ("grpc_status", self.grpc_status).encode(encoder.encode_label())?;
-        ("mirror", "false").encode(encoder.encode_label())
+        ("mirror", self.edge.mirror_label()).encode(encoder.encode_label())
     }
 }
 
@@ -107,8 +113,119 @@ pub struct TcpLabels(Arc<Edge>);
 impl EncodeLabelSet for TcpLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
         self.0.encode_labels(encoder)?;
-        ("mirror", "false").encode(encoder.encode_label())
+        ("mirror", self.0.mirror_label()).encode(encoder.encode_label())
     }
+}
+
+/// Labels of `serin_route_fallbacks_total`: a request whose chosen version had no ready
+/// endpoint, and the version it went to instead.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// The routed service.
+    pub destination_service: String,
+    /// Its namespace.
+    pub destination_namespace: String,
+    /// The version the policy chose.
+    pub chosen_version: String,
+    /// The version that served instead.
+    pub fallback_version: String,
+}
+
+/// What became of a request the policy chose to mirror (`outcome` of
+/// `serin_mirror_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MirrorOutcome {
+    /// The copy was sent and answered (any status; the answer is discarded).
+    Sent,
+    /// The copy was sent but failed: connect error, reset, or the mirror timeout.
+    Failed,
+    /// Not sent: as many copies as allowed were in flight already.
+    Dropped,
+    /// Not sent: the request body was larger than the mirror limit (64 KiB).
+    TooLarge,
+    /// Not sent: the primary request's body ended in an error (the client went away).
+    Aborted,
+    /// Not sent: the mirror version has no ready endpoint.
+    NoEndpoint,
+}
+
+impl MirrorOutcome {
+    /// Every outcome, in the order `/routes` shows them.
+    pub const ALL: [MirrorOutcome; 6] = [
+        MirrorOutcome::Sent,
+        MirrorOutcome::Failed,
+        MirrorOutcome::Dropped,
+        MirrorOutcome::TooLarge,
+        MirrorOutcome::Aborted,
+        MirrorOutcome::NoEndpoint,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorOutcome::Sent => "sent",
+            MirrorOutcome::Failed => "failed",
+            MirrorOutcome::Dropped => "dropped",
+            MirrorOutcome::TooLarge => "too_large",
+            MirrorOutcome::Aborted => "aborted",
+            MirrorOutcome::NoEndpoint => "no_endpoint",
+        }
+    }
+}
+
+impl EncodeLabelValue for MirrorOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels of `serin_mirror_requests_total`: the mirrored edge (its `destination_version` is the
+/// mirror version) and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MirrorLabels {
+    edge: Arc<Edge>,
+    outcome: MirrorOutcome,
+}
+
+impl EncodeLabelSet for MirrorLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        self.edge.encode_labels(encoder)?;
+        ("outcome", self.outcome).encode(encoder.encode_label())
+    }
+}
+
+/// What became of a failed request that could have been retried (`outcome` of
+/// `serin_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOutcome {
+    /// Sent again to another endpoint of the same version.
+    Retried,
+    /// Not retried: the service's retry budget was spent.
+    BudgetExhausted,
+    /// Not retried: no other ready endpoint of the version.
+    NoOtherEndpoint,
+}
+
+impl EncodeLabelValue for RetryOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        let value = match self {
+            RetryOutcome::Retried => "retried",
+            RetryOutcome::BudgetExhausted => "budget_exhausted",
+            RetryOutcome::NoOtherEndpoint => "no_other_endpoint",
+        };
+        EncodeLabelValue::encode(&value, encoder)
+    }
+}
+
+/// Labels of `serin_retries_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// The called service.
+    pub destination_service: String,
+    /// Its namespace.
+    pub destination_namespace: String,
+    /// What happened.
+    pub outcome: RetryOutcome,
 }
 
 /// Bucket bounds of `serin_request_duration_seconds`: 0.5 ms to 30 s.
@@ -129,6 +246,9 @@ pub struct Metrics {
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
+    route_fallbacks: Family<FallbackLabels, Counter>,
+    mirror_requests: Family<MirrorLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
     /// The Discovery client's `serin_discovery_*` metrics.
     pub discovery: crate::discovery::DiscoveryMetrics,
 }
@@ -177,8 +297,29 @@ impl Metrics {
             "Bytes of opaque TCP connections received from the destination",
             tcp_received.clone(),
         );
+        let route_fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "serin_route_fallbacks",
+            "Requests whose policy-chosen version had no ready endpoint, by the version that served",
+            route_fallbacks.clone(),
+        );
+        let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "serin_mirror_requests",
+            "Requests chosen for mirroring, by what became of the copy",
+            mirror_requests.clone(),
+        );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "serin_retries",
+            "Failed idempotent requests that could be retried, by what became of them",
+            retries.clone(),
+        );
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         Metrics {
+            route_fallbacks,
+            mirror_requests,
+            retries,
             registry,
             discovery,
             requests,
@@ -195,6 +336,30 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a request that fell back from `chosen` to `fallback` (a rare path: labels are
+    /// built per call).
+    pub fn route_fallback(&self, service: &str, namespace: &str, chosen: &str, fallback: &str) {
+        self.route_fallbacks
+            .get_or_create(&FallbackLabels {
+                destination_service: service.to_owned(),
+                destination_namespace: namespace.to_owned(),
+                chosen_version: chosen.to_owned(),
+                fallback_version: fallback.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a retry decision for `namespace/service`.
+    pub fn retry(&self, service: &str, namespace: &str, outcome: RetryOutcome) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                destination_service: service.to_owned(),
+                destination_namespace: namespace.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     fn request_handles(&self, edge: &Arc<Edge>, code: u16, grpc: Option<u16>) -> RequestHandles {
@@ -282,6 +447,22 @@ impl EdgeMetrics {
         }
     }
 
+    /// Counts a mirrored copy's `outcome` on this (mirror) edge.
+    pub fn record_mirror(&self, outcome: MirrorOutcome) {
+        self.metrics
+            .mirror_requests
+            .get_or_create(&MirrorLabels {
+                edge: Arc::clone(&self.edge),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The registry these metrics belong to.
+    pub fn registry(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The TCP counters of this edge.
     pub fn tcp(&self) -> &TcpHandles {
         self.tcp.get_or_init(|| {
@@ -308,6 +489,7 @@ mod tests {
             destination_service: "reviews".into(),
             destination_namespace: "default".into(),
             destination_version: "v2".into(),
+            mirror: false,
         }
     }
 
@@ -349,5 +531,40 @@ mod tests {
         drop(other);
         // An edge that carried nothing shows nothing.
         assert!(!metrics.render().contains("ratings"));
+    }
+
+    #[test]
+    fn mirror_edges_fallbacks_and_retries_are_labelled() {
+        let metrics = Arc::new(Metrics::new());
+        let mirror = EdgeMetrics::new(
+            Arc::clone(&metrics),
+            Edge {
+                mirror: true,
+                ..edge()
+            },
+        );
+        mirror.record_request(200, None, Duration::from_millis(1));
+        mirror.record_mirror(MirrorOutcome::Sent);
+        mirror.record_mirror(MirrorOutcome::Dropped);
+        mirror.record_mirror(MirrorOutcome::Dropped);
+        metrics.route_fallback("reviews", "default", "v3", "v1");
+        metrics.retry("reviews", "default", RetryOutcome::BudgetExhausted);
+        let text = metrics.render();
+        let labels = "direction=\"outbound\",source_workload=\"productpage\",source_namespace=\"default\",source_version=\"v1\",destination_service=\"reviews\",destination_namespace=\"default\",destination_version=\"v2\"";
+        assert!(text.contains(&format!("serin_requests_total{{{labels},response_code=\"200\",grpc_status=\"\",mirror=\"true\"}} 1")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "serin_mirror_requests_total{{{labels},outcome=\"dropped\"}} 2"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "serin_mirror_requests_total{{{labels},outcome=\"sent\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("serin_route_fallbacks_total{destination_service=\"reviews\",destination_namespace=\"default\",chosen_version=\"v3\",fallback_version=\"v1\"} 1"), "{text}");
+        assert!(text.contains("serin_retries_total{destination_service=\"reviews\",destination_namespace=\"default\",outcome=\"budget_exhausted\"} 1"), "{text}");
     }
 }

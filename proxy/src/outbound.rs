@@ -1,6 +1,7 @@
 //! Outbound (port 15001): the app's connections out. A VIP:port of a mesh service is served as
-//! its port declares (or as detected), each request or connection balanced over the service's
-//! ready endpoints; any other destination passes through to the original address unchanged.
+//! its port declares (or as detected), each request or connection routed by the service's
+//! traffic policy (opaque connections by its default route's weights) and balanced over the
+//! chosen version's ready endpoints; any other destination passes through to the original address unchanged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,12 +33,13 @@ pub async fn handle(
     };
     let tcp_target = || {
         destination
-            .pick()
+            .pick_tcp()
             .map(|b| (Arc::clone(&b.state), Arc::clone(&b.metrics)))
     };
     let upstream = Upstream::Service {
         orig_dst,
         tables: inputs.tables.clone(),
+        mirrors: Arc::clone(&inputs.mirrors),
     };
     connection::dispatch(inputs, stream, destination.protocol, tcp_target, upstream).await;
 }

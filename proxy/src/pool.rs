@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::http::tee::RequestBody;
 
 /// Stream window of upstream HTTP/2 connections: large enough for full-speed streaming on a LAN.
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
@@ -62,7 +63,7 @@ pub struct PoolSettings {
 /// An idle HTTP/1 connection.
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -84,7 +85,7 @@ pub struct Pool {
     /// Set once the fallback answered where the first address refused: used from then on.
     use_fallback: AtomicBool,
     http1: Mutex<Vec<Idle>>,
-    http2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    http2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     http2_connecting: tokio::sync::Mutex<()>,
 }
 
@@ -166,7 +167,7 @@ impl Pool {
     }
 
     /// An idle HTTP/1 connection ready for a request, if one is kept.
-    pub fn idle_http1(&self) -> Option<http1::SendRequest<Incoming>> {
+    pub fn idle_http1(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < self.settings.idle_timeout
@@ -180,7 +181,7 @@ impl Pool {
     }
 
     /// A new HTTP/1 connection (upgrades allowed, so a 101 answer can become a tunnel).
-    pub async fn new_http1(&self) -> Result<http1::SendRequest<Incoming>, ConnectError> {
+    pub async fn new_http1(&self) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let stream = self.connect_tcp().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -199,7 +200,7 @@ impl Pool {
     }
 
     /// Takes `sender` back once its response is fully read (HTTP/1 carries one at a time).
-    pub fn release_http1(self: &Arc<Self>, mut sender: http1::SendRequest<Incoming>) {
+    pub fn release_http1(self: &Arc<Self>, mut sender: http1::SendRequest<RequestBody>) {
         let pool = Arc::clone(self);
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
@@ -215,7 +216,7 @@ impl Pool {
     }
 
     /// The shared HTTP/2 connection, made on first use and remade when it closed.
-    pub async fn http2(&self) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+    pub async fn http2(&self) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
         if let Some(sender) = self.live_http2() {
             return Ok(sender);
         }
@@ -250,7 +251,7 @@ impl Pool {
         *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn live_http2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn live_http2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut shared = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         match &*shared {
             Some(sender) if !sender.is_closed() => Some(sender.clone()),

@@ -17,6 +17,7 @@ use crate::config::{Identity, ProxySettings};
 use crate::drain;
 use crate::inbound;
 use crate::metrics::Metrics;
+use crate::mirror::Mirrors;
 use crate::orig_dst::OrigDstLookup;
 use crate::outbound;
 use crate::pool::{Fallback, Pool, PoolSettings};
@@ -65,6 +66,8 @@ pub struct ProxyInputs {
     pub orig_dst: Arc<dyn OrigDstLookup>,
     /// Signalled on SIGTERM.
     pub drain: drain::Watch,
+    /// Mirrored copies: the in-flight bound and timeout.
+    pub mirrors: Arc<Mirrors>,
     /// Ports of our own capture listeners: connections "to" them would loop.
     pub own_ports: Mutex<Vec<u16>>,
     /// Pools to the app's local ports (inbound).
@@ -88,6 +91,10 @@ impl ProxyInputs {
             metrics,
             orig_dst,
             drain,
+            mirrors: Arc::new(Mirrors::new(
+                settings.mirror_max_in_flight,
+                settings.mirror_timeout,
+            )),
             own_ports: Mutex::new(Vec::new()),
             apps: Mutex::new(HashMap::new()),
         }

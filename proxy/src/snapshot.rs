@@ -1,5 +1,6 @@
 //! The mesh as the sidecar sees it: services with their VIPs and ports, endpoints with their
-//! versions and readiness. Plain data, built from the wire types ([`proto`]) or from a static
+//! versions and readiness, and the traffic policies (validated and compiled once, here, when the
+//! config arrives). Plain data, built from the wire types ([`proto`]) or from a static
 //! `--config` file ([`file`]); the forwarding path never sees either, only the lookup tables
 //! ([`crate::tables`]) built from a [`Snapshot`] when it arrives.
 
@@ -8,8 +9,10 @@ pub mod proto;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
+use serin_policy::{CompiledPolicy, TrafficPolicy};
 
 /// How a port's bytes are interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
@@ -124,11 +127,52 @@ pub struct ServiceEndpoints {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// A traffic policy as applied: what was written (shown in `/config_dump`, summarised in
+/// `/routes`) and its compiled form, built once when the config arrived.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    /// The policy in the model's (YAML) shape.
+    #[serde(flatten)]
+    pub policy: TrafficPolicy,
+    /// Ready for the request path.
+    #[serde(skip)]
+    pub compiled: Arc<CompiledPolicy>,
+}
+
+impl Policy {
+    /// Validates and compiles `policy`; the errors name each field at fault.
+    pub fn new(policy: TrafficPolicy) -> Result<Policy, Vec<serin_policy::ValidationError>> {
+        let compiled = serin_policy::validate(&policy, None)?.into_compiled();
+        Ok(Policy {
+            policy,
+            compiled: Arc::new(compiled),
+        })
+    }
+
+    /// `metadata.namespace`: the namespace of the routed service.
+    pub fn namespace(&self) -> &str {
+        &self.policy.metadata.namespace
+    }
+
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        &self.policy.metadata.name
+    }
+
+    /// The routed service.
+    pub fn service(&self) -> &str {
+        &self.policy.spec.service
+    }
+}
+
+/// Two policies are equal when they were written the same (the compiled form follows).
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.policy == other.policy
+    }
+}
+
 /// The complete view of the mesh one proxy serves with.
-///
-/// Traffic policies are carried through untouched (`policies`, as the proto3 JSON of each
-/// `serin.v1.TrafficPolicy`) until version routing lands: they show in `/config_dump` but do not
-/// change forwarding yet.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
@@ -138,8 +182,8 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     /// Endpoints, at most one entry per service.
     pub endpoints: Vec<ServiceEndpoints>,
-    /// How many traffic policies the snapshot carried (not applied yet).
-    pub policies: usize,
+    /// Traffic policies, at most one per service (namespace, `spec.service`).
+    pub policies: Vec<Policy>,
 }
 
 impl Snapshot {
@@ -149,5 +193,12 @@ impl Snapshot {
             .iter()
             .find(|e| e.service == name && e.namespace == namespace)
             .map_or(&[], |e| &e.endpoints)
+    }
+
+    /// The policy routing service `namespace/service`, if any.
+    pub fn policy_of(&self, namespace: &str, service: &str) -> Option<&Policy> {
+        self.policies
+            .iter()
+            .find(|p| p.namespace() == namespace && p.service() == service)
     }
 }

@@ -4,20 +4,25 @@
 //! port → declared protocol. Endpoint state (pools, balancer statistics) carries over from the
 //! previous tables by address, so a config push keeps warm connections.
 //!
-//! The version routing of the next issue plugs in at [`Destination`]: its endpoints are already
-//! grouped by version label (`Backend::version`), and a policy decision only needs to narrow
-//! [`Destination::pick`] to one version's backends.
+//! A destination of a service with a traffic policy also holds its ready backends grouped by
+//! version and the policy's routing state ([`PolicyRouting`]): per request
+//! [`Destination::route`] asks the compiled policy for a version (given which versions have ready
+//! backends) and balances within that version's backends; without a policy it balances over all
+//! ready backends. Nothing here parses configuration: all of it was built when the config came.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use serin_policy::{RequestView, Target};
 use tokio::sync::watch;
 
 use crate::config::Identity;
 use crate::lb::{self, LbStats};
 use crate::metrics::{Direction, Edge, EdgeMetrics, Metrics};
 use crate::pool::{Pool, PoolSettings};
+use crate::retry::RetryBudget;
+use crate::routing::PolicyRouting;
 use crate::snapshot::{Endpoint, Protocol, Service, ServicePort, Snapshot};
 
 /// Label value for a peer the config does not know.
@@ -76,12 +81,187 @@ pub struct Destination {
     pub backends: Vec<Backend>,
     /// The edge used when no endpoint answered (no version known).
     pub metrics: Arc<EdgeMetrics>,
+    /// The service's traffic policy, when it has one (never for an endpoint addressed directly).
+    pub routing: Option<Routing>,
+    /// The service's retry budget.
+    pub retry_budget: Arc<RetryBudget>,
+}
+
+/// The policy routing of one destination: its ready backends by version, and the policy.
+#[derive(Debug)]
+pub struct Routing {
+    /// The service's policy and its counters.
+    pub policy: Arc<PolicyRouting>,
+    /// Each version with ready backends, with the indexes of those in `Destination::backends`.
+    versions: Vec<(Arc<str>, Vec<usize>)>,
+    metrics: Arc<Metrics>,
+    /// The edge of mirrored copies (`mirror="true"`, the mirror version), when mirroring is on.
+    mirror_edge: Option<Arc<EdgeMetrics>>,
+}
+
+impl Routing {
+    fn group(&self, version: &str) -> Option<&[usize]> {
+        self.versions
+            .iter()
+            .find(|(v, _)| &**v == version)
+            .map(|(_, group)| group.as_slice())
+    }
+}
+
+/// The backends a request's endpoint was picked from: all ready ones, or one version's.
+#[derive(Debug, Clone, Copy)]
+pub enum Candidates<'a> {
+    /// Every ready backend of the destination.
+    All(&'a [Backend]),
+    /// The backends at these indexes (one version's).
+    Group(&'a [Backend], &'a [usize]),
+}
+
+impl<'a> Candidates<'a> {
+    fn pick(self) -> Option<&'a Backend> {
+        let score = |b: &Backend| b.state.lb.load() / b.weight;
+        match self {
+            Candidates::All(all) => lb::pick(all, score).map(|i| &all[i]),
+            Candidates::Group(all, group) => {
+                lb::pick(group, |&i| score(&all[i])).map(|i| &all[group[i]])
+            }
+        }
+    }
+
+    /// How many backends there are to pick from.
+    pub fn len(self) -> usize {
+        match self {
+            Candidates::All(all) => all.len(),
+            Candidates::Group(_, group) => group.len(),
+        }
+    }
+
+    /// True if there is none.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// Another backend than `not` (by address), balanced among the rest; `None` if there is
+    /// none.
+    pub fn another(self, not: SocketAddr) -> Option<&'a Backend> {
+        let score = |b: &Backend| b.state.lb.load() / b.weight;
+        let rest: Vec<&'a Backend> = match self {
+            Candidates::All(all) => all.iter().filter(|b| b.addr != not).collect(),
+            Candidates::Group(all, group) => group
+                .iter()
+                .map(|&i| &all[i])
+                .filter(|b| b.addr != not)
+                .collect(),
+        };
+        lb::pick(&rest, |b| score(b)).map(|i| rest[i])
+    }
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    /// The endpoint.
+    pub backend: &'a Backend,
+    /// What it was picked from (a retry picks another of these).
+    pub candidates: Candidates<'a>,
+    /// A mirror copy's endpoint, when the policy mirrors this request.
+    pub mirror: Option<MirrorTo<'a>>,
+}
+
+/// Where a mirrored copy goes.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorTo<'a> {
+    /// An endpoint of the mirror version; `None` when that version has no ready endpoint.
+    pub backend: Option<&'a Backend>,
+    /// The mirrored edge (`mirror="true"`): the copy's request metrics and its outcome.
+    pub metrics: &'a Arc<EdgeMetrics>,
+    /// The policy that asked for the copy (it counts the outcome).
+    pub policy: &'a Arc<PolicyRouting>,
 }
 
 impl Destination {
-    /// The backend for a new request or connection, `None` when no endpoint is ready.
+    /// The backend for a new request or connection by balance alone (no policy), `None` when no
+    /// endpoint is ready.
     pub fn pick(&self) -> Option<&Backend> {
-        lb::pick(&self.backends, |b| b.state.lb.load() / b.weight).map(|i| &self.backends[i])
+        Candidates::All(&self.backends).pick()
+    }
+
+    /// Routes one request: by the service's policy when it has one (rule, weights, stickiness,
+    /// fallback, mirror; hits counted), then balanced within the version; without a policy,
+    /// balanced over every ready backend. `None`: nothing can serve it (503).
+    pub fn route<R: RequestView + ?Sized>(&self, req: &R) -> Option<Routed<'_>> {
+        let Some(routing) = &self.routing else {
+            return self.pick().map(|backend| Routed {
+                backend,
+                candidates: Candidates::All(&self.backends),
+                mirror: None,
+            });
+        };
+        let random: u64 = rand::random();
+        let (split_random, mirror_random) = (random as u32, (random >> 32) as u32);
+        let compiled = &routing.policy.policy.compiled;
+        let decision = compiled.decide(req, split_random, |v| routing.group(v).is_some());
+        routing.policy.count(&decision);
+        let version = match decision.target {
+            Target::Version(v) => v,
+            Target::FellBack(v) => {
+                routing
+                    .metrics
+                    .route_fallback(&self.service, &self.namespace, decision.chosen, v);
+                v
+            }
+            Target::Unavailable => return None,
+        };
+        let candidates = Candidates::Group(&self.backends, routing.group(version)?);
+        let backend = candidates.pick()?;
+        let mirror = match (
+            compiled.mirror(&decision, mirror_random),
+            &routing.mirror_edge,
+        ) {
+            (Some(version), Some(metrics)) => Some(MirrorTo {
+                backend: routing
+                    .group(version)
+                    .and_then(|g| Candidates::Group(&self.backends, g).pick()),
+                metrics,
+                policy: &routing.policy,
+            }),
+            _ => None,
+        };
+        Some(Routed {
+            backend,
+            candidates,
+            mirror,
+        })
+    }
+
+    /// The backend for an opaque TCP connection: with a policy, the version comes from the
+    /// default route's weights (there is no request to match) with the same fallback as requests.
+    pub fn pick_tcp(&self) -> Option<&Backend> {
+        let Some(routing) = &self.routing else {
+            return self.pick();
+        };
+        let split = routing.policy.policy.compiled.default_split();
+        let chosen = split.pick_random(rand::random());
+        let ready = |i: usize| split.weight(i) > 0 && routing.group(split.version(i)).is_some();
+        let target = if ready(chosen) {
+            Some(chosen)
+        } else {
+            (0..split.len()).find(|&i| i != chosen && ready(i))
+        };
+        let fell_back = target.is_some_and(|t| t != chosen);
+        routing
+            .policy
+            .count_default(chosen, fell_back, target.is_none());
+        let version = split.version(target?);
+        if fell_back {
+            routing.metrics.route_fallback(
+                &self.service,
+                &self.namespace,
+                split.version(chosen),
+                version,
+            );
+        }
+        Candidates::Group(&self.backends, routing.group(version)?).pick()
     }
 }
 
@@ -96,6 +276,10 @@ pub struct Tables {
     unknown_peer: Arc<EdgeMetrics>,
     passthrough: Arc<EdgeMetrics>,
     endpoints: HashMap<SocketAddr, Arc<EndpointState>>,
+    /// Routing state per policy, by (namespace, service).
+    policies: HashMap<(String, String), Arc<PolicyRouting>>,
+    /// Retry budgets per (namespace, service), carried over like endpoint state.
+    budgets: HashMap<(String, String), Arc<RetryBudget>>,
 }
 
 /// What tables are built with.
@@ -116,6 +300,16 @@ impl Builder {
         peer: (&str, &str, &str),
         me: (&str, &str, &str),
     ) -> Arc<EdgeMetrics> {
+        self.edge_of(direction, peer, me, false)
+    }
+
+    fn edge_of(
+        &self,
+        direction: Direction,
+        peer: (&str, &str, &str),
+        me: (&str, &str, &str),
+        mirror: bool,
+    ) -> Arc<EdgeMetrics> {
         let (src, dst) = match direction {
             Direction::Outbound => (me, peer),
             Direction::Inbound => (peer, me),
@@ -130,6 +324,7 @@ impl Builder {
                 destination_service: dst.0.into(),
                 destination_namespace: dst.1.into(),
                 destination_version: dst.2.into(),
+                mirror,
             },
         ))
     }
@@ -149,6 +344,8 @@ impl Builder {
             unknown_peer: self.edge(Direction::Inbound, (UNKNOWN, UNKNOWN, UNKNOWN), self.me()),
             passthrough: self.edge(Direction::Outbound, (PASSTHROUGH, "", ""), self.me()),
             endpoints: HashMap::new(),
+            policies: HashMap::new(),
+            budgets: HashMap::new(),
         }
     }
 
@@ -198,12 +395,57 @@ impl Builder {
         let mut direct = Vec::new();
         for service in &snapshot.services {
             let endpoints = snapshot.endpoints_of(&service.namespace, &service.name);
+            let key = (service.namespace.clone(), service.name.clone());
+            let policy = snapshot
+                .policy_of(&service.namespace, &service.name)
+                .map(|p| {
+                    let routing =
+                        PolicyRouting::new(p.clone(), previous.policies.get(&key).map(|r| &**r));
+                    Arc::new(routing)
+                });
+            if let Some(p) = &policy {
+                tables.policies.insert(key.clone(), Arc::clone(p));
+            }
+            let mirror_edge = policy
+                .as_ref()
+                .and_then(|p| p.policy.compiled.mirror_policy())
+                .map(|(version, _)| {
+                    self.edge_of(
+                        Direction::Outbound,
+                        (&service.name, &service.namespace, version),
+                        me,
+                        true,
+                    )
+                });
+            let budget = Arc::clone(
+                tables
+                    .budgets
+                    .entry(key.clone())
+                    .or_insert_with(|| previous.budgets.get(&key).cloned().unwrap_or_default()),
+            );
             let host = service
                 .hostnames
                 .first()
                 .cloned()
                 .unwrap_or_else(|| format!("{}.{}", service.name, service.namespace));
-            let destination = |port: &ServicePort, backends: Vec<Backend>| {
+            let destination = |port: &ServicePort,
+                               backends: Vec<Backend>,
+                               policy: Option<&Arc<PolicyRouting>>| {
+                let routing = policy.map(|policy| {
+                    let mut versions: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+                    for (i, b) in backends.iter().enumerate() {
+                        match versions.iter_mut().find(|(v, _)| *v == b.version) {
+                            Some((_, group)) => group.push(i),
+                            None => versions.push((Arc::clone(&b.version), vec![i])),
+                        }
+                    }
+                    Routing {
+                        policy: Arc::clone(policy),
+                        versions,
+                        metrics: Arc::clone(&self.metrics),
+                        mirror_edge: mirror_edge.clone(),
+                    }
+                });
                 Arc::new(Destination {
                     service: service.name.as_str().into(),
                     namespace: service.namespace.as_str().into(),
@@ -217,6 +459,8 @@ impl Builder {
                         (&service.name, &service.namespace, UNKNOWN),
                         me,
                     ),
+                    routing,
+                    retry_budget: Arc::clone(&budget),
                 })
             };
             for port in &service.ports {
@@ -231,7 +475,7 @@ impl Builder {
                         .collect();
                     tables.outbound.insert(
                         SocketAddr::new(*vip, port.port),
-                        destination(port, backends),
+                        destination(port, backends, policy.as_ref()),
                     );
                 }
                 // An endpoint addressed directly (a headless service, or a pod by its IP) is that
@@ -240,7 +484,7 @@ impl Builder {
                     for ip in &ep.addresses {
                         let addr = SocketAddr::new(*ip, ep.port_for(port));
                         let only = backend(&mut tables, service, ep, addr);
-                        direct.push((addr, destination(port, vec![only])));
+                        direct.push((addr, destination(port, vec![only], None)));
                     }
                 }
             }
@@ -341,6 +585,13 @@ impl Tables {
         self.peers.get(&peer).unwrap_or(&self.unknown_peer)
     }
 
+    /// The routing state of every policy in force, ordered by namespace and service.
+    pub fn policies(&self) -> Vec<&Arc<PolicyRouting>> {
+        let mut all: Vec<_> = self.policies.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// The declared protocol of local port `port` (detect when undeclared).
     pub fn inbound_protocol(&self, port: u16) -> Protocol {
         self.inbound_protocols
@@ -436,6 +687,198 @@ endpoints:
         assert_eq!(d.backends[0].addr, "10.244.0.7:8080".parse().unwrap());
         assert_eq!(&*d.backends[0].metrics.edge().destination_version, "v2");
         assert!(t.destination("10.244.0.7:9999".parse().unwrap()).is_none());
+    }
+
+    /// reviews has v1 and v2 ready (v3 none); the policy sends jason to v3, `x-canary` to v2,
+    /// the rest 80/20, mirrors everything to v2.
+    const POLICY: &str = r#"
+policies:
+  - metadata: {name: reviews, namespace: default, generation: 2}
+    spec:
+      service: reviews
+      rules:
+        - name: jason
+          match: [{headers: {end-user: {exact: jason}}}]
+          route: [{version: v3, weight: 100}]
+        - name: canary
+          match: [{headers: {x-canary: {present: true}}}, {uri: {prefix: /beta}}]
+          route: [{version: v2, weight: 1}]
+      default: {route: [{version: v1, weight: 80}, {version: v2, weight: 20}]}
+      mirror: {version: v2, percent: 100}
+"#;
+
+    fn with_policy(policy: &str) -> Arc<Snapshot> {
+        Arc::new(file::parse(&format!("{CONFIG}{policy}"), "1".into()).unwrap())
+    }
+
+    fn request(headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::get("/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn reviews(t: &Tables) -> &Arc<Destination> {
+        t.destination("10.96.0.10:9080".parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rules_take_matching_requests_and_weights_split_the_rest() {
+        let b = builder();
+        let t = b.build(with_policy(POLICY), &b.empty());
+        let d = reviews(&t);
+        let canary = d.route(&request(&[("x-canary", "1")])).unwrap();
+        assert_eq!(&*canary.backend.version, "v2");
+        let n = 10_000;
+        let on_v2 = (0..n)
+            .filter(|_| &*d.route(&request(&[])).unwrap().backend.version == "v2")
+            .count() as f64;
+        // Binomial(10 000, 0.2): mean 2000, sigma 40; 3 sigma = 120.
+        assert!((on_v2 - 2000.0).abs() < 120.0, "{on_v2} of {n} on v2");
+        let view = t.policies()[0].view();
+        assert_eq!(view.rules[1].route.hits, 1);
+        assert_eq!(view.default.hits, n as u64);
+        assert_eq!(
+            view.default.route[0].hits + view.default.route[1].hits,
+            n as u64
+        );
+    }
+
+    #[test]
+    fn a_version_without_ready_endpoints_falls_back_and_is_counted() {
+        let b = builder();
+        let t = b.build(with_policy(POLICY), &b.empty());
+        let d = reviews(&t);
+        for _ in 0..3 {
+            let routed = d.route(&request(&[("end-user", "jason")])).unwrap();
+            assert_eq!(
+                &*routed.backend.version, "v1",
+                "first ready version of the default"
+            );
+        }
+        let view = t.policies()[0].view();
+        assert_eq!(view.rules[0].route.route[0].hits, 3);
+        assert_eq!(view.fallbacks, 3);
+        let text = b.metrics.render();
+        assert!(
+            text.contains("serin_route_fallbacks_total{destination_service=\"reviews\",destination_namespace=\"default\",chosen_version=\"v3\",fallback_version=\"v1\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_ready_version_is_unavailable() {
+        let b = builder();
+        let policy = POLICY
+            .replace(
+                "{version: v1, weight: 80}, {version: v2, weight: 20}",
+                "{version: v4, weight: 1}",
+            )
+            .replace("mirror: {version: v2, percent: 100}", "");
+        let t = b.build(with_policy(&policy), &b.empty());
+        let d = reviews(&t);
+        assert!(d.route(&request(&[("end-user", "jason")])).is_none());
+        assert!(d.route(&request(&[])).is_none());
+        assert!(d.pick_tcp().is_none());
+        assert_eq!(t.policies()[0].view().unavailable, 3);
+        // Without a policy every ready backend serves.
+        let t = b.build(Arc::new(file::parse(CONFIG, "1".into()).unwrap()), &t);
+        assert!(reviews(&t).route(&request(&[])).is_some());
+        assert!(t.policies().is_empty());
+    }
+
+    #[test]
+    fn tcp_connections_follow_the_default_weights() {
+        let b = builder();
+        let policy = POLICY.replace("weight: 80}", "weight: 0}");
+        let t = b.build(with_policy(&policy), &b.empty());
+        let d = reviews(&t);
+        for _ in 0..50 {
+            assert_eq!(&*d.pick_tcp().unwrap().version, "v2");
+        }
+        assert_eq!(t.policies()[0].view().default.route[1].hits, 50);
+    }
+
+    #[test]
+    fn mirror_copies_go_to_the_mirror_version_and_a_full_queue_drops_them() {
+        let b = builder();
+        let t = b.build(with_policy(POLICY), &b.empty());
+        let d = reviews(&t);
+        let routed = d.route(&request(&[("end-user", "jason")])).unwrap();
+        let to = routed.mirror.expect("100 % mirrored");
+        assert_eq!(&*to.backend.unwrap().version, "v2");
+        assert!(to.metrics.edge().mirror);
+        // Requests already on the mirror version are not copied.
+        assert!(
+            d.route(&request(&[("x-canary", "1")]))
+                .unwrap()
+                .mirror
+                .is_none()
+        );
+        let full = crate::mirror::Mirrors::new(0, Duration::from_secs(1));
+        let req = http::Request::get("/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert!(full.start(&req, to).is_none());
+        let view = t.policies()[0].view();
+        assert_eq!(view.mirror.unwrap().dropped, 1);
+        assert!(b.metrics.render().contains("outcome=\"dropped\"} 1"));
+    }
+
+    #[test]
+    fn routes_json_shows_rules_weights_hits_and_mirror() {
+        let b = builder();
+        let t = b.build(with_policy(POLICY), &b.empty());
+        reviews(&t)
+            .route(&request(&[("end-user", "jason")]))
+            .unwrap();
+        let json = crate::admin::routes(&t);
+        let p = &json["policies"][0];
+        assert_eq!(json["version"], "1");
+        assert_eq!(p["namespace"], "default");
+        assert_eq!(p["service"], "reviews");
+        assert_eq!(p["name"], "reviews");
+        assert_eq!(p["generation"], 2);
+        assert_eq!(p["rules"][0]["name"], "jason");
+        assert_eq!(
+            p["rules"][0]["match"][0],
+            "headers[end-user] exact \"jason\""
+        );
+        assert_eq!(
+            p["rules"][1]["match"],
+            serde_json::json!(["headers[x-canary] present", "uri prefix \"/beta\""])
+        );
+        assert_eq!(
+            p["rules"][0]["route"],
+            serde_json::json!([{"version": "v3", "weight": 100, "hits": 1}])
+        );
+        assert_eq!(p["rules"][0]["hits"], 1);
+        assert_eq!(p["default"]["route"][0]["weight"], 80);
+        assert_eq!(p["fallbacks"], 1);
+        assert_eq!(p["mirror"]["version"], "v2");
+        assert_eq!(p["mirror"]["percent"], 100.0);
+        assert_eq!(p["mirror"]["tooLarge"], 0);
+    }
+
+    #[test]
+    fn hit_counts_survive_an_update_that_keeps_the_spec_and_reset_on_a_change() {
+        let b = builder();
+        let first = b.build(with_policy(POLICY), &b.empty());
+        reviews(&first)
+            .route(&request(&[("x-canary", "1")]))
+            .unwrap();
+        let same = b.build(
+            with_policy(&POLICY.replace("generation: 2", "generation: 3")),
+            &first,
+        );
+        assert_eq!(same.policies()[0].view().rules[1].route.hits, 1);
+        assert_eq!(same.policies()[0].view().generation, Some(3));
+        let changed = b.build(
+            with_policy(&POLICY.replace("weight: 80", "weight: 70")),
+            &same,
+        );
+        assert_eq!(changed.policies()[0].view().rules[1].route.hits, 0);
     }
 
     #[test]

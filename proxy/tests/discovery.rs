@@ -370,9 +370,10 @@ async fn follows_the_control_plane_through_changes_outages_and_restarts() {
         let (sidecar, mut admin) = (&sidecar, admin.clone());
         async move {
             let d = sidecar.config_dump().await;
-            let policies = d["snapshot"]["policies"].as_u64()?;
+            let policies = d["snapshot"]["policies"].as_array()?;
             let p = proxy_status(&mut admin).await?;
-            (policies == 1 && p.in_sync).then_some(p)
+            (policies.len() == 1 && policies[0]["spec"]["service"] == "reviews" && p.in_sync)
+                .then_some(p)
         }
     })
     .await;

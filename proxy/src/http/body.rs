@@ -34,6 +34,8 @@ pub struct Meter {
     grpc: Option<u16>,
     /// The endpoint whose in-flight count this request holds.
     endpoint: Option<Arc<EndpointState>>,
+    /// Set when the attempt is given up for a retry: nothing is recorded.
+    discarded: bool,
 }
 
 impl Meter {
@@ -45,7 +47,24 @@ impl Meter {
             code: 0,
             grpc: grpc.then_some(2),
             endpoint: None,
+            discarded: false,
         }
+    }
+
+    /// Ends a failed attempt that is retried elsewhere: the in-flight count is released and
+    /// nothing is recorded (the retry records the request).
+    pub fn discard(mut self) {
+        self.discarded = true;
+    }
+
+    /// When the request started.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Whether this request is a gRPC call.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc.is_some()
     }
 
     /// Counts the request in flight at `endpoint` until the meter drops.
@@ -70,6 +89,9 @@ impl Drop for Meter {
         if let Some(endpoint) = &self.endpoint {
             endpoint.lb.end();
         }
+        if self.discarded {
+            return;
+        }
         let elapsed = self.start.elapsed();
         self.metrics.record_request(self.code, self.grpc, elapsed);
         let edge = self.metrics.edge();
@@ -79,6 +101,7 @@ impl Drop for Meter {
             source = %edge.source_workload,
             destination = %edge.destination_service,
             destination_version = %edge.destination_version,
+            mirror = edge.mirror,
             code = self.code,
             grpc_status = self.grpc,
             duration_us = elapsed.as_micros() as u64,

@@ -6,13 +6,16 @@ use std::net::IpAddr;
 
 use serin_proto::v1;
 
-use super::{Endpoint, Protocol, Service, ServiceEndpoints, ServicePort, Snapshot};
+use serin_policy::TrafficPolicy;
+
+use super::{Endpoint, Policy, Protocol, Service, ServiceEndpoints, ServicePort, Snapshot};
 
 /// A snapshot field the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {resource}: {field}: {reason}")]
 pub struct InvalidSnapshot {
-    /// The resource: `service default/reviews`, `endpoints default/reviews`.
+    /// The resource: `service default/reviews`, `endpoints default/reviews`,
+    /// `policy default/reviews`.
     pub resource: String,
     /// Path of the field inside the resource, e.g. `ports[1].port`.
     pub field: String,
@@ -165,6 +168,63 @@ impl TryFrom<v1::ServiceEndpoints> for ServiceEndpoints {
     }
 }
 
+impl TryFrom<v1::TrafficPolicy> for Policy {
+    type Error = InvalidSnapshot;
+
+    /// Converts, validates and compiles a policy. Every validation error is named: the first
+    /// one's path is the `field`, the others follow it in the reason.
+    fn try_from(p: v1::TrafficPolicy) -> Result<Self, Self::Error> {
+        let resource = {
+            let meta = p.metadata.as_ref();
+            format!(
+                "policy {}/{}",
+                meta.map_or("", |m| m.namespace.as_str()),
+                meta.map_or("", |m| m.name.as_str())
+            )
+        };
+        let policy =
+            TrafficPolicy::try_from(p).map_err(|e| invalid(&resource, e.field, e.reason))?;
+        Policy::new(policy).map_err(|errors| {
+            let mut reason = errors
+                .first()
+                .map(|e| e.kind.to_string())
+                .unwrap_or_default();
+            for e in errors.iter().skip(1) {
+                reason.push_str(&format!("; also {}: {}", e.path, e.kind));
+            }
+            let field = errors.first().map(|e| e.path.clone()).unwrap_or_default();
+            invalid(&resource, field, reason)
+        })
+    }
+}
+
+/// The error for a second policy of one service (or a policy name listed twice).
+pub(crate) fn duplicate_policy(p: &Policy, taken: &[Policy]) -> Option<InvalidSnapshot> {
+    let resource = format!("policy {}/{}", p.namespace(), p.name());
+    taken.iter().find_map(|q| {
+        if q.namespace() == p.namespace() && q.name() == p.name() {
+            Some(invalid(
+                &resource,
+                "metadata.name",
+                "listed twice in the snapshot",
+            ))
+        } else if q.namespace() == p.namespace() && q.service() == p.service() {
+            Some(invalid(
+                &resource,
+                "spec.service",
+                format!(
+                    "service {}/{} is already routed by policy {}; one policy per service",
+                    p.namespace(),
+                    p.service(),
+                    q.name()
+                ),
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 impl Snapshot {
     /// Converts a wire snapshot of version `version`, rejecting it whole at the first invalid
     /// field. (Per-resource NACKs belong to the discovery client, which can convert resource by
@@ -187,17 +247,25 @@ impl Snapshot {
             .into_iter()
             .map(ServiceEndpoints::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        let mut policies: Vec<Policy> = Vec::with_capacity(s.policies.len());
+        for p in s.policies {
+            let policy = Policy::try_from(p)?;
+            if let Some(e) = duplicate_policy(&policy, &policies) {
+                return Err(e);
+            }
+            policies.push(policy);
+        }
         Ok(Snapshot {
             version,
             services,
             endpoints,
-            policies: s.policies.len(),
+            policies,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn service() -> v1::Service {
@@ -279,6 +347,95 @@ mod tests {
             ep.address_for("10.96.0.10".parse().unwrap()),
             ep.addresses[0]
         );
+    }
+
+    pub(crate) fn wire_policy(name: &str, service: &str) -> v1::TrafficPolicy {
+        v1::TrafficPolicy {
+            metadata: Some(v1::PolicyMetadata {
+                name: name.into(),
+                namespace: "default".into(),
+                generation: 3,
+                ..Default::default()
+            }),
+            spec: Some(v1::TrafficPolicySpec {
+                service: service.into(),
+                default: Some(v1::DefaultRoute {
+                    route: vec![
+                        v1::VersionWeight {
+                            version: "v1".into(),
+                            weight: 80,
+                        },
+                        v1::VersionWeight {
+                            version: "v2".into(),
+                            weight: 20,
+                        },
+                    ],
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn policies_are_validated_and_compiled_once() {
+        let p = Policy::try_from(wire_policy("reviews", "reviews")).unwrap();
+        assert_eq!(p.compiled.service(), "reviews");
+        assert_eq!(p.compiled.generation(), Some(3));
+        assert_eq!(p.policy.spec.default.route.len(), 2);
+
+        let mut bad = wire_policy("reviews", "reviews");
+        let spec = bad.spec.as_mut().unwrap();
+        spec.mirror = Some(v1::Mirror {
+            version: "v2".into(),
+            percent: 120.0,
+        });
+        spec.rules.push(v1::Rule {
+            name: "r".into(),
+            r#match: vec![v1::MatchBlock {
+                uri: Some(v1::UriMatch {
+                    kind: Some(v1::uri_match::Kind::Regex("(".into())),
+                    ignore_case: false,
+                }),
+                ..Default::default()
+            }],
+            route: vec![v1::VersionWeight {
+                version: "v3".into(),
+                weight: 1,
+            }],
+        });
+        let err = Policy::try_from(bad).unwrap_err();
+        assert_eq!(err.resource, "policy default/reviews");
+        assert_eq!(err.field, "spec.rules[0].match[0].uri.regex", "{err}");
+        assert!(err.reason.contains("; also spec.mirror.percent: "), "{err}");
+
+        let mut bad = wire_policy("reviews", "reviews");
+        bad.spec.as_mut().unwrap().rules.push(v1::Rule {
+            name: "r".into(),
+            r#match: vec![v1::MatchBlock {
+                uri: Some(v1::UriMatch {
+                    kind: Some(v1::uri_match::Kind::Prefix("/a".into())),
+                    ignore_case: true,
+                }),
+                ..Default::default()
+            }],
+            route: vec![],
+        });
+        let err = Policy::try_from(bad).unwrap_err();
+        assert_eq!(err.field, "spec.rules[0].match[0].uri.ignoreCase");
+    }
+
+    #[test]
+    fn a_second_policy_for_one_service_is_rejected() {
+        let snapshot = v1::Snapshot {
+            policies: vec![
+                wire_policy("reviews", "reviews"),
+                wire_policy("reviews-canary", "reviews"),
+            ],
+            ..Default::default()
+        };
+        let err = Snapshot::from_proto("1".into(), snapshot).unwrap_err();
+        assert_eq!(err.resource, "policy default/reviews-canary");
+        assert_eq!(err.field, "spec.service");
     }
 
     #[test]
