@@ -1,5 +1,7 @@
 //! Direct vs one sidecar on loopback, in-process: HTTP/1.1 keep-alive requests (one at a time,
-//! and 64 in flight over 16 connections) and TCP echo round trips. The proxy is the real one
+//! and 64 in flight over 16 connections) and TCP echo round trips; and one sidecar routing by a
+//! policy of 100 header rules (none matching), a 90/10 split and 10 % mirroring (the copies go to
+//! the same server). The proxy is the real one
 //! (`Bound::start`) with an injected original-destination lookup; everything shares one tokio
 //! runtime on this machine's cores, so the figures compare, they do not measure a deployment.
 //!
@@ -24,16 +26,34 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The pretend VIP every proxied connection was going to.
 const VIP: &str = "10.96.0.10";
+/// The pretend VIP of the service routed by policy.
+const ROUTED_VIP: &str = "10.96.0.11";
 /// Connections of the concurrent HTTP case.
 const CONNECTIONS: usize = 16;
 /// Requests per measured batch of the concurrent case (HTTP/1: one in flight per connection).
 const BATCH: usize = 64;
+/// Rules of the routed case's policy.
+const RULES: usize = 100;
 
 struct Setup {
     http_direct: SocketAddr,
     tcp_direct: SocketAddr,
     proxy: SocketAddr,
     _bound: Bound,
+}
+
+/// The policy of the routed case: `RULES` header rules no request matches, then 90/10, 10 %
+/// mirrored.
+fn routed_policy() -> String {
+    let mut rules = String::new();
+    for i in 0..RULES {
+        rules.push_str(&format!(
+            "        - {{name: rule-{i}, match: [{{headers: {{x-rule-{i}: {{exact: \"yes\"}}}}}}], route: [{{version: v2, weight: 100}}]}}\n"
+        ));
+    }
+    format!(
+        "policies:\n  - metadata: {{name: routed, namespace: default}}\n    spec:\n      service: routed\n      rules:\n{rules}      default: {{route: [{{version: v1, weight: 90}}, {{version: v2, weight: 10}}]}}\n      mirror: {{version: v2, percent: 10}}\n"
+    )
 }
 
 async fn setup() -> Setup {
@@ -74,21 +94,25 @@ async fn setup() -> Setup {
         drain_deadline: Duration::from_secs(1),
         proxy: ProxySettings::default(),
     };
-    // Connections from 127.0.0.2 go to the HTTP port, others to the TCP port.
+    // Connections from 127.0.0.2 go to the HTTP port, from 127.0.0.4 to the routed service,
+    // others to the TCP port.
     let lookup = FromFn(|s: &TcpStream| {
-        let port = if s.peer_addr()?.ip() == Ipv4Addr::new(127, 0, 0, 2) {
-            8080
-        } else {
-            7000
+        let (vip, port) = match s.peer_addr()?.ip() {
+            ip if ip == Ipv4Addr::new(127, 0, 0, 2) => (VIP, 8080),
+            ip if ip == Ipv4Addr::new(127, 0, 0, 4) => (ROUTED_VIP, 8080),
+            _ => (VIP, 7000),
         };
-        Ok(SocketAddr::new(VIP.parse().unwrap(), port))
+        Ok(SocketAddr::new(vip.parse().unwrap(), port))
     });
     let bound = Bound::start(&config, Arc::new(lookup)).await.unwrap();
     let yaml = format!(
-        "services: [{{name: bench, namespace: default, vips: [\"{VIP}\"], ports: [{{port: 8080, name: http, protocol: PROTOCOL_HTTP1}}, {{port: 7000, name: tcp, protocol: PROTOCOL_TCP}}]}}]\n\
-         endpoints: [{{service: bench, namespace: default, endpoints: [{{addresses: [\"127.0.0.1\"], ports: [{{name: http, port: {}}}, {{name: tcp, port: {}}}], version: v1, ready: true}}]}}]\n",
-        http_direct.port(),
-        tcp_direct.port()
+        "services: [{{name: bench, namespace: default, vips: [\"{VIP}\"], ports: [{{port: 8080, name: http, protocol: PROTOCOL_HTTP1}}, {{port: 7000, name: tcp, protocol: PROTOCOL_TCP}}]}},\
+                    {{name: routed, namespace: default, vips: [\"{ROUTED_VIP}\"], ports: [{{port: 8080, name: http, protocol: PROTOCOL_HTTP1}}]}}]\n\
+         endpoints: [{{service: bench, namespace: default, endpoints: [{{addresses: [\"127.0.0.1\"], ports: [{{name: http, port: {http}}}, {{name: tcp, port: {tcp}}}], version: v1, ready: true}}]}},\
+                     {{service: routed, namespace: default, endpoints: [{{addresses: [\"127.0.0.1\"], ports: [{{name: http, port: {http}}}], version: v1, ready: true}}, {{addresses: [\"127.0.0.1\"], ports: [{{name: http, port: {http}}}], version: v2, ready: true}}]}}]\n{policy}",
+        http = http_direct.port(),
+        tcp = tcp_direct.port(),
+        policy = routed_policy(),
     );
     bound
         .config
@@ -112,7 +136,11 @@ async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn http_client(to: SocketAddr) -> Sender {
-    let stream = connect_from(Ipv4Addr::new(127, 0, 0, 2), to).await;
+    http_client_from(Ipv4Addr::new(127, 0, 0, 2), to).await
+}
+
+async fn http_client_from(source: Ipv4Addr, to: SocketAddr) -> Sender {
+    let stream = connect_from(source, to).await;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -140,8 +168,15 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("http1_sequential");
     group.throughput(Throughput::Elements(1));
-    for (name, to) in [("direct", setup.http_direct), ("one_sidecar", setup.proxy)] {
-        let sender = Arc::new(tokio::sync::Mutex::new(rt.block_on(http_client(to))));
+    let plain = Ipv4Addr::new(127, 0, 0, 2);
+    let routed = Ipv4Addr::new(127, 0, 0, 4);
+    for (name, from, to) in [
+        ("direct", plain, setup.http_direct),
+        ("one_sidecar", plain, setup.proxy),
+        ("one_sidecar_100_rules_90_10_mirror_10", routed, setup.proxy),
+    ] {
+        let sender = rt.block_on(http_client_from(from, to));
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
         group.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let sender = Arc::clone(&sender);

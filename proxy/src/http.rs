@@ -253,7 +253,13 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
                 let meter = Meter::new(Arc::clone(&destination.metrics), start, is_grpc(&req));
                 return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint", meter);
             };
-            let tee = routed.mirror.and_then(|to| mirrors.start(&req, to));
+            // Tunnels (WebSocket, CONNECT) are not mirrored: a copy could only be a plain request.
+            let tunnel = req.method() == Method::CONNECT
+                || headers::upgrade_requested(req.headers()).is_some();
+            let tee = routed
+                .mirror
+                .filter(|_| !tunnel)
+                .and_then(|to| mirrors.start(&req, to));
             // A copy for a retry only when there is another endpoint to retry on: the header
             // clone is the one cost retries add to a request that succeeds.
             let eligible = retry::eligible(&req);

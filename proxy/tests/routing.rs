@@ -493,3 +493,37 @@ async fn a_take_over_applies_to_the_next_request_and_the_one_in_flight_completes
         "the request in flight was not broken"
     );
 }
+
+#[tokio::test]
+async fn os_rules_and_sticky_splits_route_through_the_sidecar() {
+    let (v1, v2, v3) = (
+        version_server("v1").await,
+        version_server("v2").await,
+        version_server("v3").await,
+    );
+    let proxy = TestProxy::start().await;
+    proxy.apply(&config_with_policy(
+        &[(v1.addr, "v1"), (v2.addr, "v2"), (v3.addr, "v3")],
+        "      rules:\n        - name: mobile\n          match: [{os: [ios, android]}]\n          route: [{version: v3, weight: 100}]\n      default: {route: [{version: v1, weight: 50}, {version: v2, weight: 50}]}\n      stickiness: {cookie: uid}\n",
+    ));
+    let mut h1 = http1(proxy.connect_outbound(vip(9080)).await).await;
+    let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+    let android = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
+    let desktop = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    for ua in [iphone, android] {
+        let r = h1.send_request(get(&[("user-agent", ua)])).await.unwrap();
+        assert_eq!(text(r).await, "v3", "{ua}");
+    }
+    // A desktop user with a uid stays on one version of the 50/50 split, request after request.
+    for user in ["alice", "bob", "carol", "dave"] {
+        let cookie = format!("uid={user}");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let req = get(&[("user-agent", desktop), ("cookie", &cookie)]);
+            let r = h1.send_request(req).await.unwrap();
+            seen.insert(text(r).await);
+        }
+        assert_eq!(seen.len(), 1, "{user} moved between versions: {seen:?}");
+        assert!(seen.contains("v1") || seen.contains("v2"), "{seen:?}");
+    }
+}

@@ -6,8 +6,9 @@
 //! killed (traffic keeps flowing) and restarted on the same store (the sidecars resubscribe, in
 //! sync with the same version). Skipped, with a printed reason, without root.
 //!
-//! Routing by the policy is `routing.rs`'s subject: this test checks that the proxies acknowledge
-//! the new snapshot and that traffic keeps flowing.
+//! The test checks that the proxies acknowledge the new snapshot and that traffic keeps flowing;
+//! how the sidecar routes by the policy is tested in `proxy/tests/routing.rs` (in process) and in
+//! `routing.rs` here (root, end to end).
 //!
 //! Needs the binaries first: `cargo build --bins -p serin-proxy -p serin-iptables -p serin-control
 //! -p serinctl` into the same target directory.
