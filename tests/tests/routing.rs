@@ -322,7 +322,7 @@ struct Fixture {
     processes: Vec<Process>,
     files: Files,
     /// The guard: removes every namespace, link and process, also on panic.
-    _mesh: Mesh,
+    mesh: Mesh,
     /// Released last, once everything of this scenario is gone.
     _serial: MutexGuard<'static, ()>,
 }
@@ -391,7 +391,7 @@ impl Fixture {
             apps,
             processes,
             files,
-            _mesh: mesh,
+            mesh,
             _serial: serial,
         })
     }
@@ -400,6 +400,34 @@ impl Fixture {
         self.runtime
             .as_ref()
             .expect("the runtime lives until the fixture drops")
+    }
+
+    /// Deploys one more version (its pod, app and sidecar, then its registration), as a user
+    /// deploys a canary that a policy already names.
+    fn deploy(&mut self, version: &str) {
+        let pod = self
+            .mesh
+            .add_pod(&format!("{}-{version}", self.service))
+            .expect("add a server pod");
+        let log = Arc::new(AppLog::default());
+        match self.kind {
+            Kind::Http => start_http_app(self.rt(), &pod, version, log.clone()),
+            Kind::Grpc => start_grpc_app(self.rt(), &pod, version, log.clone()),
+        }
+        apply_capture(&pod);
+        let sidecar = start_sidecar(&self.files, &pod, self.cp_pod.ip(), &self.service, version);
+        self.processes.push(sidecar);
+        eventually(&format!("sidecar of {} ready", pod.name()), LONG, || {
+            (admin_get(&pod, ADMIN_PORT, "/ready", LONG).ok()?.0 == 200).then_some(())
+        });
+        self.rt().block_on(register(
+            &self.cp_pod,
+            &pod,
+            &self.service,
+            version,
+            self.kind,
+        ));
+        self.apps.insert(version.to_owned(), log);
     }
 
     fn app(&self, version: &str) -> &AppLog {
@@ -1582,11 +1610,11 @@ fn fallbacks(fx: &Fixture) -> f64 {
 }
 
 /// A rule naming a version that has no endpoints sends its requests to the default route's
-/// first ready version instead of failing, and counts them; so does a default route whose first
-/// version has none.
+/// first ready version instead of failing, and counts them, until the version is deployed; a
+/// default route whose first version has none falls back to the next.
 #[test]
 fn a_version_without_endpoints_falls_back_to_the_default_route() {
-    let Some(fx) = Fixture::new(
+    let Some(mut fx) = Fixture::new(
         "a_version_without_endpoints_falls_back_to_the_default_route",
         "reviews",
         Kind::Http,
@@ -1622,6 +1650,25 @@ fn a_version_without_endpoints_falls_back_to_the_default_route() {
     let routes = fx.routes();
     assert_eq!(routes["fallbacks"], 300, "{routes}");
     assert_eq!(routes["rules"][0]["hits"], 300, "{routes}");
+
+    // v3 is deployed: the rule's requests go to it from then on, and no longer fall back.
+    fx.deploy("v3");
+    let jason = Call::get("/reviews/1").header("end-user", "jason");
+    eventually(
+        "the client's sidecar sends jason to the new v3",
+        LONG,
+        || {
+            let tally = fx.repeat(jason.clone(), 1);
+            tally.assert_no_failures("jason while v3 comes up");
+            (tally.count("v3") == 1).then_some(())
+        },
+    );
+    let before = fallbacks(&fx);
+    fx.repeat(jason, 200)
+        .assert_all("the rule once v3 has an endpoint", "v3");
+    fx.repeat(Call::get("/reviews/1"), 100)
+        .assert_all("the default route once v3 is up", "v1");
+    assert_eq!(fallbacks(&fx), before, "fallbacks counted once v3 is up");
 
     // The default route's first version has no endpoints: its share goes to v2, the first one
     // with endpoints (v1 has endpoints but is not in the route).
