@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::support::{one_error_line, serinctl_bin, tracing};
 
 /// The serin-demo-app binary, built beside serinctl.
-fn demo_app() -> String {
+pub(crate) fn demo_app() -> String {
     let path = serinctl_bin().with_file_name("serin-demo-app");
     assert!(
         path.is_file(),
@@ -25,18 +25,18 @@ fn demo_app() -> String {
 }
 
 /// Whether this test may run (root), printing why not.
-fn skip_unless_root(test: &str) -> bool {
+pub(crate) fn skip_unless_root(test: &str) -> bool {
     serin_local::testing::skip_unless_root(test)
 }
 
 /// A local mesh in its own state directory, brought down when the test ends (even by a panic).
-struct TestMesh {
+pub(crate) struct TestMesh {
     dir: tempfile::TempDir,
     run_id: Option<String>,
 }
 
 impl TestMesh {
-    fn new() -> TestMesh {
+    pub(crate) fn new() -> TestMesh {
         tracing();
         TestMesh {
             dir: tempfile::tempdir().unwrap(),
@@ -44,12 +44,12 @@ impl TestMesh {
         }
     }
 
-    fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join("mesh")
     }
 
     /// `serinctl ARGS` with this mesh's state directory.
-    fn ctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn ctl(&self, args: &[&str]) -> Output {
         let out = self.command(args).output().unwrap();
         tracing::info!(
             ?args,
@@ -61,7 +61,7 @@ impl TestMesh {
         out
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(serinctl_bin());
         cmd.args(args)
             .env("SERIN_STATE_DIR", self.state_dir())
@@ -71,7 +71,7 @@ impl TestMesh {
     }
 
     /// `serinctl ARGS`, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.ctl(args);
         assert!(
             out.status.success(),
@@ -83,14 +83,14 @@ impl TestMesh {
     }
 
     /// `serinctl up` on host ports `grpc` and `grpc + 1`; remembers the run id.
-    fn up(&mut self, grpc: u16) -> String {
+    pub(crate) fn up(&mut self, grpc: u16) -> String {
         let (g, h) = (grpc.to_string(), (grpc + 1).to_string());
         let out = self.ok(&["up", "--grpc-port", &g, "--http-port", &h]);
         self.run_id = Some(run_id_of(&out));
         out
     }
 
-    fn run_id(&self) -> &str {
+    pub(crate) fn run_id(&self) -> &str {
         self.run_id.as_deref().expect("up first")
     }
 }
@@ -115,7 +115,7 @@ fn run_id_of(up: &str) -> String {
 }
 
 /// Network namespaces, links and hosts-file directories whose name carries `run_id`.
-fn leftovers(run_id: &str) -> Vec<String> {
+pub(crate) fn leftovers(run_id: &str) -> Vec<String> {
     let tag = format!("srn-{run_id}");
     let mut found = Vec::new();
     for args in [&["netns", "list"][..], &["-o", "link", "show"][..]] {

@@ -1,9 +1,10 @@
 //! serinctl end to end: the real `serinctl` binary against a real `serin-control` binary on
 //! loopback ports, each with its own temporary store; and (`local`, root) the local-mesh verbs
-//! against a real local mesh.
+//! against a real local mesh; (`walkthrough`, root) a whole gray release through serinctl alone.
 
 mod durability;
 mod local;
 mod support;
 mod top;
 mod verbs;
+mod walkthrough;
