@@ -9,6 +9,7 @@ pub mod config;
 pub mod dashboard;
 pub mod discovery;
 pub mod http;
+pub mod inject;
 pub mod mesh;
 pub mod metrics;
 pub mod model;

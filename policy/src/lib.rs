@@ -44,6 +44,8 @@ pub mod model;
 pub mod os;
 pub mod parse;
 pub mod query;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod split;
 pub mod validate;
 
