@@ -3,6 +3,7 @@
 //! against a real local mesh.
 
 mod durability;
+mod kubernetes;
 mod local;
 mod support;
 mod top;
