@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod discovery;
 pub mod http;
 pub mod inject;
+pub mod kubernetes;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
