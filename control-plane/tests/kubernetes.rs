@@ -26,6 +26,7 @@ use tokio::sync::broadcast;
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PODS: &str = "/api/v1/pods";
+const POLICIES: &str = "/apis/serin.io/v1/trafficpolicies";
 
 fn tracing() {
     let _ = tracing_subscriber::fmt()
@@ -44,6 +45,8 @@ struct State {
     log: Vec<(u64, &'static str, Bytes)>,
     /// Every request, `path?query`.
     requests: Vec<String>,
+    /// Every status patch: (namespace/name, body).
+    patches: Vec<(String, Value)>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,7 +82,7 @@ impl FakeApi {
             state: Arc::new(Mutex::new(State::default())),
             live,
         };
-        for path in [SERVICES, SLICES, PODS] {
+        for path in [SERVICES, SLICES, PODS, POLICIES] {
             fake.state
                 .lock()
                 .unwrap()
@@ -94,9 +97,21 @@ impl FakeApi {
                 };
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(&req)) }
+                        async move {
+                            if req.method() == hyper::Method::PATCH {
+                                let path = req.uri().path().to_owned();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                return Ok::<_, Infallible>(server.patch_status(&path, &body));
+                            }
+                            Ok::<_, Infallible>(server.handle(&req))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -196,6 +211,13 @@ impl FakeApi {
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let key = key_of(&object);
         let items = state.items.get_mut(collection).unwrap();
+        // Status is a subresource: writing the object keeps the status it has.
+        if collection == POLICIES
+            && object.get("status").is_none()
+            && let Some(status) = items.get(&key).and_then(|o| o.get("status"))
+        {
+            object["status"] = status.clone();
+        }
         let event_type = match kind {
             "DELETED" => {
                 items.remove(&key);
@@ -212,6 +234,51 @@ impl FakeApi {
         let line = Bytes::from(line);
         state.log.push((rv, collection, line.clone()));
         let _ = self.live.send(Live::Event(rv, collection, line));
+    }
+
+    /// `PATCH .../namespaces/NS/trafficpolicies/NAME/status` with a merge patch: the status is
+    /// merged into the stored object, which is sent to the watches as MODIFIED.
+    fn patch_status(&self, path: &str, body: &[u8]) -> Response<BoxBody<Bytes, Infallible>> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let [
+            "apis",
+            "serin.io",
+            "v1",
+            "namespaces",
+            ns,
+            "trafficpolicies",
+            name,
+            "status",
+        ] = parts[..]
+        else {
+            return json_response(
+                404,
+                &json!({"kind": "Status", "apiVersion": "v1", "code": 404}),
+            );
+        };
+        let patch: Value = serde_json::from_slice(body).unwrap();
+        let key = format!("{ns}/{name}");
+        let mut object = {
+            let mut state = self.state.lock().unwrap();
+            state.patches.push((key.clone(), patch.clone()));
+            state.items[POLICIES]
+                .get(&key)
+                .cloned()
+                .expect("a stored policy")
+        };
+        object["status"] = patch["status"].clone();
+        self.apply(POLICIES, object.clone());
+        json_response(200, &object)
+    }
+
+    fn patches(&self, key: &str) -> Vec<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .patches
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     fn apply(&self, collection: &'static str, object: Value) {
@@ -409,4 +476,116 @@ async fn the_registry_follows_the_api_server_through_watch_restarts() {
         "410 Gone lists again"
     );
     drop(registry);
+}
+
+fn policy(name: &str, generation: i64, weight: i64) -> Value {
+    json!({"apiVersion": "serin.io/v1", "kind": "TrafficPolicy",
+           "metadata": {"name": name, "namespace": "shop", "generation": generation, "uid": format!("uid-{name}")},
+           "spec": {"service": name, "default": {"route": [{"version": "v1", "weight": weight}]}}})
+}
+
+#[tokio::test]
+async fn traffic_policies_are_read_validated_and_given_a_status() {
+    use serin_control::kubernetes::policies::{ClusterPolicies, PolicyWatcher};
+    use serin_control::model::PolicyKey;
+    tracing();
+    let fake = FakeApi::start().await;
+    fake.apply(POLICIES, policy("reviews", 1, 100));
+    fake.apply(POLICIES, policy("ratings", 1, -5));
+    let watcher = PolicyWatcher::start(&fake.client(), Duration::from_millis(5));
+    let mut view = watcher.watch();
+    let state = |v: &ClusterPolicies, name: &str| {
+        v.by_key
+            .get(&PolicyKey::new("shop", name))
+            .map(|p| (p.generation, p.policy.clone().err()))
+    };
+    let wait = |view: &mut tokio::sync::watch::Receiver<Arc<ClusterPolicies>>,
+                what: &'static str,
+                check: Box<dyn Fn(&ClusterPolicies) -> bool + Send + Sync>| {
+        let mut view = view.clone();
+        async move {
+            let reached =
+                tokio::time::timeout(Duration::from_secs(20), view.wait_for(|v| check(v)))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            assert!(
+                reached,
+                "timed out waiting for {what}: {:#?}",
+                *view.borrow()
+            );
+        }
+    };
+    wait(
+        &mut view,
+        "both policies",
+        Box::new(move |v| v.by_key.len() == 2),
+    )
+    .await;
+    assert_eq!(state(&view.borrow(), "reviews"), Some((1, None)));
+    let (generation, error) = state(&view.borrow(), "ratings").unwrap();
+    assert_eq!(generation, 1);
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("weight")),
+        "{error:?}"
+    );
+
+    // The status says what the control plane made of each object.
+    eventually("both statuses written", || {
+        !fake.patches("shop/reviews").is_empty() && !fake.patches("shop/ratings").is_empty()
+    })
+    .await;
+    assert_eq!(
+        fake.patches("shop/reviews")[0],
+        json!({"status": {"observedGeneration": 1, "lastError": ""}})
+    );
+    let ratings_status = &fake.patches("shop/ratings")[0]["status"];
+    assert_eq!(ratings_status["observedGeneration"], 1);
+    assert!(
+        ratings_status["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("weight"),
+        "{ratings_status}"
+    );
+
+    // A fix (generation 2) clears the error; the status follows.
+    fake.apply(POLICIES, policy("ratings", 2, 100));
+    wait(
+        &mut view,
+        "ratings fixed",
+        Box::new(move |v| state(v, "ratings") == Some((2, None))),
+    )
+    .await;
+    eventually("the fixed status", || {
+        fake.patches("shop/ratings").len() == 2
+    })
+    .await;
+    assert_eq!(
+        fake.patches("shop/ratings")[1],
+        json!({"status": {"observedGeneration": 2, "lastError": ""}})
+    );
+
+    // The watch ends and a policy is deleted meanwhile: the resumed watch removes it. A status
+    // already right is never written again (no write loop through our own MODIFIED events).
+    let _ = fake.live.send(Live::End);
+    fake.change(POLICIES, "DELETED", policy("ratings", 2, 100), true);
+    fake.apply(POLICIES, policy("details", 1, 100));
+    wait(
+        &mut view,
+        "ratings gone, details there",
+        Box::new(move |v| {
+            v.by_key.keys().map(|k| k.name.as_str()).collect::<Vec<_>>() == ["details", "reviews"]
+        }),
+    )
+    .await;
+    eventually("the details status", || {
+        fake.patches("shop/details").len() == 1
+    })
+    .await;
+    assert_eq!(
+        fake.patches("shop/reviews").len(),
+        1,
+        "reviews' status was right: not written again"
+    );
+    drop(watcher);
 }
