@@ -125,40 +125,51 @@ fn admission_review(pod: &Value, namespace: &str) -> Value {
 fn through_webhook(text: &str, options: &ManifestOptions) -> Vec<Value> {
     let mut docs = documents(text);
     for doc in &mut docs {
-        let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
-        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-        let Some(pointer) = pod_template_pointer(&api_version, &kind) else {
-            continue;
-        };
-        let namespace = doc
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or(&options.default_namespace)
-            .to_owned();
-        let template = doc.pointer_mut(pointer).expect("pod template");
-        // What a controller creates from a template: a Pod with its metadata and spec.
-        let mut pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
-            "spec": template["spec"].clone(),
-        });
-        let body = serde_json::to_vec(&admission_review(&pod, &namespace)).unwrap();
-        let answer = review(&body, &options.config, options.namespace_injection).unwrap();
-        let response = answer.response.expect("a response");
-        assert!(response.allowed, "refused: {:?}", response.status);
-        assert_eq!(response.uid, "0df28fbd-5f5f-11e8-bc74-36e6bb280816");
-        if response.patch.is_none() {
-            continue;
+        let is_list = doc["kind"].as_str().is_some_and(|k| k.ends_with("List"));
+        match doc.get_mut("items").and_then(Value::as_array_mut) {
+            Some(items) if is_list => items
+                .iter_mut()
+                .for_each(|item| webhook_object(item, options)),
+            _ => webhook_object(doc, options),
         }
-        assert_eq!(response.patch_type.as_deref(), Some("JSONPatch"));
-        json_patch::patch(&mut pod, &decoded_patch(&response).unwrap()).unwrap();
-        let object = template.as_object_mut().unwrap();
-        object.insert("metadata".to_owned(), pod["metadata"].take());
-        object.insert("spec".to_owned(), pod["spec"].take());
     }
     docs
+}
+
+/// One object of [`through_webhook`]: its pod (template), if any, through the webhook.
+fn webhook_object(doc: &mut Value, options: &ManifestOptions) {
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+    let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+    let Some(pointer) = pod_template_pointer(&api_version, &kind) else {
+        return;
+    };
+    let namespace = doc
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(&options.default_namespace)
+        .to_owned();
+    let template = doc.pointer_mut(pointer).expect("pod template");
+    // What a controller creates from a template: a Pod with its metadata and spec.
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
+        "spec": template["spec"].clone(),
+    });
+    let body = serde_json::to_vec(&admission_review(&pod, &namespace)).unwrap();
+    let answer = review(&body, &options.config, options.namespace_injection).unwrap();
+    let response = answer.response.expect("a response");
+    assert!(response.allowed, "refused: {:?}", response.status);
+    assert_eq!(response.uid, "0df28fbd-5f5f-11e8-bc74-36e6bb280816");
+    if response.patch.is_none() {
+        return;
+    }
+    assert_eq!(response.patch_type.as_deref(), Some("JSONPatch"));
+    json_patch::patch(&mut pod, &decoded_patch(&response).unwrap()).unwrap();
+    let object = template.as_object_mut().unwrap();
+    object.insert("metadata".to_owned(), pod["metadata"].take());
+    object.insert("spec".to_owned(), pod["spec"].take());
 }
 
 #[test]

@@ -105,38 +105,69 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
 }
 
 /// `Some(yaml)` when the document changed, `None` to keep its text; errors are `(what, reason)`.
+/// A list (`kind: List`, as `kubectl get -o yaml` prints, or a typed `...List`) has each of its
+/// items injected.
 fn inject_document(
     body: &str,
     options: &ManifestOptions,
 ) -> Result<Option<String>, (String, String)> {
-    let value: Value = match serde_yaml_ng::from_str(body) {
+    let mut value: Value = match serde_yaml_ng::from_str(body) {
         Ok(v) => v,
         // Only comments or nothing: not a document to inject.
         Err(_) if is_blank(body) => return Ok(None),
         Err(e) => return Err((String::new(), format!("not valid YAML: {e}"))),
     };
-    let str_at = |p: &str| value.pointer(p).and_then(Value::as_str).unwrap_or_default();
-    let (api_version, kind) = (str_at("/apiVersion"), str_at("/kind"));
-    let Some(pointer) = pod_template_pointer(api_version, kind) else {
-        return Ok(None);
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"));
+    let changed = match value.get_mut("items").and_then(Value::as_array_mut) {
+        Some(items) if is_list => {
+            let mut changed = false;
+            for item in items {
+                changed |= inject_object(item, options)?;
+            }
+            changed
+        }
+        _ => inject_object(&mut value, options)?,
     };
-    let what = format!(" ({kind} {})", str_at("/metadata/name"));
+    if !changed {
+        return Ok(None);
+    }
+    serde_yaml_ng::to_string(&value)
+        .map(Some)
+        .map_err(|e| (String::new(), format!("cannot write YAML: {e}")))
+}
+
+/// Injects the pod (template) of one object; `true` when it changed.
+fn inject_object(value: &mut Value, options: &ManifestOptions) -> Result<bool, (String, String)> {
+    let str_at = |p: &str| {
+        value
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (api_version, kind, name) = (
+        str_at("/apiVersion"),
+        str_at("/kind"),
+        str_at("/metadata/name"),
+    );
+    let Some(pointer) = pod_template_pointer(&api_version, &kind) else {
+        return Ok(false);
+    };
+    let what = format!(" ({kind} {name})");
     let namespace = Some(str_at("/metadata/namespace"))
         .filter(|ns| !ns.is_empty())
-        .unwrap_or(&options.default_namespace)
-        .to_owned();
-    let mut value = value;
+        .unwrap_or_else(|| options.default_namespace.clone());
     let Some(template) = value.pointer_mut(pointer) else {
         return Err((what, format!("has no pod template at {pointer}")));
     };
     let Some(object) = template.as_object_mut() else {
         return Err((what, format!("{pointer} is not a mapping")));
     };
-    object
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Default::default()));
     let pod_value = serde_json::json!({
-        "metadata": object.get("metadata"),
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
         "spec": object.get("spec"),
     });
     let pod: Pod = serde_json::from_value(pod_value)
@@ -147,13 +178,15 @@ fn inject_document(
         options.namespace_injection,
         &options.config,
     ) {
-        Ok(Outcome::Skip(_)) => Ok(None),
+        Ok(Outcome::Skip(_)) => Ok(false),
         Ok(Outcome::Inject(ops)) => {
+            // The patch adds under /metadata: a template without metadata gets an empty one.
+            object
+                .entry("metadata")
+                .or_insert_with(|| Value::Object(Default::default()));
             json_patch::patch(template, &ops)
-                .map_err(|e| (what.clone(), format!("cannot apply the injection: {e}")))?;
-            serde_yaml_ng::to_string(&value)
-                .map(Some)
-                .map_err(|e| (what, format!("cannot write YAML: {e}")))
+                .map_err(|e| (what, format!("cannot apply the injection: {e}")))?;
+            Ok(true)
         }
         Err(e) => Err((what, e.to_string())),
     }

@@ -287,6 +287,36 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_namespace_everywhere_still_injects() {
+        let mut object = pod();
+        object["metadata"]["namespace"] = "".into();
+        let out = review(
+            &review_of(&object, ""),
+            &InjectConfig::default(),
+            NamespaceInjection::Enabled,
+        )
+        .unwrap()
+        .response
+        .unwrap();
+        assert!(out.allowed && out.patch.is_some(), "{out:?}");
+    }
+
+    #[test]
+    fn updates_are_allowed_unchanged() {
+        let mut body: Value = serde_json::from_slice(&review_of(&pod(), "shop")).unwrap();
+        body["request"]["operation"] = "UPDATE".into();
+        let out = review(
+            &serde_json::to_vec(&body).unwrap(),
+            &InjectConfig::default(),
+            NamespaceInjection::Enabled,
+        )
+        .unwrap()
+        .response
+        .unwrap();
+        assert!(out.allowed && out.patch.is_none());
+    }
+
+    #[test]
     fn kube_system_and_other_kinds_are_allowed_unchanged() {
         let config = InjectConfig::default();
         let out = review(
