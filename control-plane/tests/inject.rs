@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -345,7 +346,7 @@ impl Running {
 
     async fn stop(self) {
         let _ = self.stop.send(true);
-        tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+        tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("the webhook stops")
             .unwrap();
@@ -461,4 +462,91 @@ async fn webhook_answers_bad_requests_with_reasons_and_keeps_serving() {
         .await;
     assert_eq!(status, StatusCode::OK, "{text}");
     webhook.stop().await;
+}
+
+/// A TLS handshake with the webhook, trusting only `ca_pem`.
+async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> std::io::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("serin-control.serin-system.svc").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_from_the_next_handshake() {
+    test_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    // Files as the kubelet updates a mounted Secret; the modification time is set explicitly so
+    // that a renewal within the same clock tick is still seen.
+    let write = |text_cert: &str, text_key: &str, later: u64| {
+        let when = std::time::SystemTime::now() + Duration::from_secs(later);
+        for (path, text) in [(&cert, text_cert), (&key, text_key)] {
+            std::fs::write(path, text).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+    };
+    let generate = || {
+        rcgen::generate_simple_self_signed(vec!["serin-control.serin-system.svc".to_owned()])
+            .unwrap()
+    };
+    let first = generate();
+    write(&first.cert.pem(), &first.signing_key.serialize_pem(), 0);
+    let webhook = Webhook::bind(WebhookConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        inject: InjectConfig::default(),
+        max_body: DEFAULT_MAX_BODY,
+    })
+    .await
+    .unwrap();
+    let addr = webhook.local_addr();
+    assert_eq!(webhook.certificate_pem(), first.cert.pem());
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(webhook.serve(stop_rx));
+    handshake(addr, &first.cert.pem())
+        .await
+        .expect("the first certificate");
+
+    let second = generate();
+    write(&second.cert.pem(), &second.signing_key.serialize_pem(), 10);
+    handshake(addr, &second.cert.pem())
+        .await
+        .expect("the renewed certificate");
+    assert!(
+        handshake(addr, &first.cert.pem()).await.is_err(),
+        "the old certificate is gone"
+    );
+
+    // A broken renewal keeps the last good certificate.
+    write("not a certificate", "not a key", 20);
+    handshake(addr, &second.cert.pem())
+        .await
+        .expect("the last good certificate");
+
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
 }

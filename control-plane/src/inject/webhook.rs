@@ -1,12 +1,14 @@
 //! The mutating admission webhook: HTTPS (rustls) on :15017, `POST /inject` with an
-//! AdmissionReview v1. The certificate comes from files (cert-manager, or a Secret) or, when none
-//! are given, is generated at start (a self-signed certificate for the Service's DNS names, whose
-//! PEM is the `caBundle` to put in the MutatingWebhookConfiguration).
+//! AdmissionReview v1. The certificate comes from files (cert-manager, or a Secret; read again
+//! when they change) or, when none are given, is generated at start (a self-signed certificate
+//! for the Service's DNS names, whose PEM is the `caBundle` to put in the
+//! MutatingWebhookConfiguration).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,6 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -116,12 +120,13 @@ struct State {
 impl Webhook {
     /// Loads or generates the certificate and binds the port.
     pub async fn bind(config: WebhookConfig) -> Result<Webhook, WebhookError> {
-        let (chain, key, certificate_pem) = certificate(&config.tls)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolver = Arc::new(CertificateSource::load(&config.tls, provider.clone())?);
+        let certificate_pem = resolver.pem();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+            .with_cert_resolver(resolver);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let listener =
             TcpListener::bind(config.addr)
@@ -269,44 +274,146 @@ async fn handle(state: &State, req: Request<Incoming>) -> Reply {
     }
 }
 
-type Certificate = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String);
+/// The serving certificate: generated once, or read from files and read again when they change
+/// (cert-manager renews into the Secret, the kubelet swaps the mounted files): each handshake
+/// checks the files' modification times and sizes, and a renewal is served from the next
+/// handshake on. A file that cannot be read or parsed keeps the previous certificate (logged).
+#[derive(Debug)]
+struct CertificateSource {
+    files: Option<(PathBuf, PathBuf)>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: RwLock<Loaded>,
+}
 
-fn certificate(source: &TlsSource) -> Result<Certificate, WebhookError> {
-    match source {
-        TlsSource::Files { cert, key } => {
-            let pem_error = |what, path: &PathBuf| {
-                let path = path.clone();
-                move |e: rustls::pki_types::pem::Error| WebhookError::Pem {
-                    what,
-                    path,
-                    reason: e.to_string(),
-                }
-            };
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(pem_error("certificate", cert))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(pem_error("certificate", cert))?;
-            if chain.is_empty() {
-                return Err(WebhookError::Pem {
-                    what: "certificate",
-                    path: cert.clone(),
-                    reason: "no CERTIFICATE block".to_owned(),
-                });
+#[derive(Debug)]
+struct Loaded {
+    stamp: Option<FileStamp>,
+    key: Arc<CertifiedKey>,
+    pem: String,
+}
+
+/// What tells a changed file: (modified, length) of the certificate and of the key.
+type FileStamp = [(Option<SystemTime>, u64); 2];
+
+fn stamp(cert: &Path, key: &Path) -> Option<FileStamp> {
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+impl CertificateSource {
+    fn load(
+        source: &TlsSource,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<CertificateSource, WebhookError> {
+        let (files, loaded) = match source {
+            TlsSource::Files { cert, key } => {
+                let stamp = stamp(cert, key);
+                let (key_pair, pem) = read_files(cert, key, &provider)?;
+                (
+                    Some((cert.clone(), key.clone())),
+                    Loaded {
+                        stamp,
+                        key: Arc::new(key_pair),
+                        pem,
+                    },
+                )
             }
-            let key = PrivateKeyDer::from_pem_file(key).map_err(pem_error("private key", key))?;
-            let text = std::fs::read_to_string(cert).unwrap_or_default();
-            Ok((chain, key, text))
+            TlsSource::SelfSigned { dns_names } => {
+                let mut names = dns_names.clone();
+                names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+                let generated = rcgen::generate_simple_self_signed(names)?;
+                let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
+                let certified = CertifiedKey::from_der(
+                    vec![generated.cert.der().clone()],
+                    PrivateKeyDer::Pkcs8(key),
+                    &provider,
+                )?;
+                (
+                    None,
+                    Loaded {
+                        stamp: None,
+                        key: Arc::new(certified),
+                        pem: generated.cert.pem(),
+                    },
+                )
+            }
+        };
+        Ok(CertificateSource {
+            files,
+            provider,
+            current: RwLock::new(loaded),
+        })
+    }
+
+    fn pem(&self) -> String {
+        self.current
+            .read()
+            .map(|l| l.pem.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads the files again if they changed since the last read.
+    fn refresh(&self, cert: &Path, key: &Path) {
+        let now = stamp(cert, key);
+        let unchanged = self.current.read().map_or(true, |l| l.stamp == now);
+        if unchanged || now.is_none() {
+            return;
         }
-        TlsSource::SelfSigned { dns_names } => {
-            let mut names = dns_names.clone();
-            names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
-            let generated = rcgen::generate_simple_self_signed(names)?;
-            let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
-            Ok((
-                vec![generated.cert.der().clone()],
-                PrivateKeyDer::Pkcs8(key),
-                generated.cert.pem(),
-            ))
+        match read_files(cert, key, &self.provider) {
+            Ok((key_pair, pem)) => {
+                if let Ok(mut current) = self.current.write() {
+                    *current = Loaded {
+                        stamp: now,
+                        key: Arc::new(key_pair),
+                        pem,
+                    };
+                    tracing::info!(cert = %cert.display(), "webhook certificate reloaded");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "keeping the previous webhook certificate"),
         }
     }
+}
+
+impl ResolvesServerCert for CertificateSource {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some((cert, key)) = &self.files {
+            self.refresh(cert, key);
+        }
+        self.current.read().ok().map(|l| l.key.clone())
+    }
+}
+
+fn read_files(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(CertifiedKey, String), WebhookError> {
+    let pem_error = |what, path: &Path| {
+        let path = path.to_owned();
+        move |e: rustls::pki_types::pem::Error| WebhookError::Pem {
+            what,
+            path,
+            reason: e.to_string(),
+        }
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(pem_error("certificate", cert))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error("certificate", cert))?;
+    if chain.is_empty() {
+        return Err(WebhookError::Pem {
+            what: "certificate",
+            path: cert.to_owned(),
+            reason: "no CERTIFICATE block".to_owned(),
+        });
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(pem_error("private key", key))?;
+    let certified = CertifiedKey::from_der(chain, private_key, provider)?;
+    let text = std::fs::read_to_string(cert).unwrap_or_default();
+    Ok((certified, text))
 }
