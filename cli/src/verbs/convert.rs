@@ -469,6 +469,22 @@ spec:
     }
 
     #[test]
+    fn header_and_weight() {
+        let p = one("    nginx.ingress.kubernetes.io/canary-by-header: x-canary
+    nginx.ingress.kubernetes.io/canary-weight: \"20\"");
+        // The header decides when it says always or never, whatever the weight.
+        assert_eq!(routed(&p, &[("x-canary", "always")], 0), "v2");
+        assert_eq!(routed(&p, &[("x-canary", "never")], u32::MAX), "v1");
+        // Otherwise the 80/20 split: the lowest draw is stable, the highest canary.
+        assert_eq!(routed(&p, &[("x-canary", "other")], 0), "v1");
+        assert_eq!(routed(&p, &[], u32::MAX), "v2");
+        assert_eq!(
+            p.spec.default.route,
+            vec![VersionWeight::new("v1", 80), VersionWeight::new("v2", 20)]
+        );
+    }
+
+    #[test]
     fn header_then_cookie_then_weight() {
         let p = one("    nginx.ingress.kubernetes.io/canary-by-header: x-canary
     nginx.ingress.kubernetes.io/canary-by-cookie: canary
