@@ -22,7 +22,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The verbs. (`inject` comes with its issue.)
+/// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or replace policies from YAML (several documents separated by `---`).
@@ -49,6 +49,10 @@ pub enum Command {
     Top(TopArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
+    /// Add the Serin sidecar to the pods and pod templates of Kubernetes manifests (offline).
+    Inject(InjectArgs),
+    /// Turn ingress-nginx / Higress canary Ingresses into TrafficPolicies.
+    Convert(ConvertArgs),
     /// Bring up the local mesh: a control plane and pods as network namespaces on this host (root).
     Up(UpArgs),
     /// Remove the local mesh: every namespace, link, rule and process it made (root).
@@ -246,6 +250,45 @@ pub struct TopArgs {
     /// Every namespace, not only --namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+}
+
+/// What `inject` assumes about namespaces (offline there is no API server to ask).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum NamespaceInjectionArg {
+    /// Every namespace counts as labelled `serin-injection=enabled`: pods are injected unless
+    /// labelled `sidecar.serin.io/inject: "false"`.
+    #[default]
+    Enabled,
+    /// No namespace is labelled: only pods labelled `sidecar.serin.io/inject: "true"` are.
+    Disabled,
+}
+
+/// `inject`.
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Manifests to read (multi-document YAML), or `-` for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: String,
+    /// Whether the manifests' namespaces have injection on.
+    #[arg(long, value_enum, default_value_t)]
+    pub namespace_injection: NamespaceInjectionArg,
+    /// The cluster's Kubernetes version: 1.29 and later get a native sidecar.
+    #[arg(long, default_value = "1.29")]
+    pub kubernetes_version: serin_control::inject::config::KubernetesVersion,
+    /// Image of the sidecar and the init container.
+    #[arg(long, default_value = serin_control::inject::config::DEFAULT_PROXY_IMAGE)]
+    pub sidecar_image: String,
+    /// Control-plane URL the sidecars follow.
+    #[arg(long, default_value = serin_control::inject::config::DEFAULT_CONTROL_PLANE)]
+    pub sidecar_control_plane: String,
+}
+
+/// `convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Ingress manifests to read (multi-document YAML), or `-` for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: String,
 }
 
 /// `completion`.

@@ -104,6 +104,8 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Pods(args) => return verbs::local::pods(args, out),
         Command::Logs(args) => return verbs::local::logs(args, out),
         Command::Demo(args) => return verbs::demo::demo(ns, args, out).await,
+        Command::Inject(args) => return verbs::inject::inject(ns, args, out),
+        Command::Convert(args) => return verbs::convert::convert(ns, args, out),
         _ => {}
     }
     let mut cp = ControlPlane::connect(&cli.control_plane).await?;
@@ -127,6 +129,8 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         | Command::Exec(_)
         | Command::Pods(_)
         | Command::Logs(_)
+        | Command::Inject(_)
+        | Command::Convert(_)
         | Command::Demo(_) => unreachable!("handled before connecting"),
     }
 }

@@ -7,9 +7,11 @@ use crate::connect::ControlPlane;
 use crate::error::CliError;
 
 pub mod apply;
+pub mod convert;
 pub mod demo;
 pub mod edit;
 pub mod get;
+pub mod inject;
 pub mod inspect;
 pub mod local;
 pub mod top;
@@ -49,6 +51,26 @@ pub async fn service_policy(
         ))
     })?;
     Ok(Some((draft, generation)))
+}
+
+/// The text of `-f FILE`, or of standard input for `-`, and the name to use in messages.
+pub fn read_input(file: &str) -> Result<(String, String), CliError> {
+    use std::io::Read as _;
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::Input(format!("cannot read standard input: {e}")))?;
+        Ok(("<stdin>".to_owned(), text))
+    } else {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            CliError::Input(format!(
+                "cannot read {file}: {}",
+                crate::error::one_line(&e.to_string())
+            ))
+        })?;
+        Ok((file.to_owned(), text))
+    }
 }
 
 /// `K=V` as a pair, or an error naming the flag.

@@ -18,6 +18,7 @@ use crate::admin::{AdminService, Telemetry};
 use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
+use crate::inject::webhook::Webhook;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::snapshot::Publisher;
@@ -25,12 +26,23 @@ use crate::store::Store;
 use crate::telemetry::{Clock, EdgeTable, TelemetryService};
 
 /// A control plane with its store open and its ports bound, not serving yet.
-#[derive(Debug)]
 pub struct App {
     config: Config,
     store: Arc<Store>,
     grpc: TcpListener,
     http: TcpListener,
+    webhook: Option<Webhook>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field("grpc", &self.grpc)
+            .field("http", &self.http)
+            .field("webhook", &self.webhook.as_ref().map(Webhook::local_addr))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Handles a running control plane shares (for in-process tests).
@@ -62,12 +74,31 @@ impl App {
         let http = TcpListener::bind(config.http)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+        // 2b. The admission webhook (Kubernetes): its certificate, then its port.
+        let webhook = match config.webhook.clone() {
+            Some(webhook_config) => {
+                let webhook = Webhook::bind(webhook_config).await?;
+                if let Some(path) = &config.webhook_cert_out {
+                    std::fs::write(path, webhook.certificate_pem()).with_context(|| {
+                        format!("cannot write the webhook certificate to {}", path.display())
+                    })?;
+                }
+                Some(webhook)
+            }
+            None => None,
+        };
         Ok(App {
             config,
             store: Arc::new(store),
             grpc,
             http,
+            webhook,
         })
+    }
+
+    /// The bound webhook address, when the webhook is on.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook.as_ref().map(Webhook::local_addr)
     }
 
     /// The bound gRPC address (useful with port 0).
@@ -95,6 +126,7 @@ impl App {
             store,
             grpc,
             http,
+            webhook,
         } = self;
         let grpc_addr = grpc.local_addr()?;
         let metrics = Arc::new(Metrics::default());
@@ -158,6 +190,7 @@ impl App {
                     crate::http::stopped(&mut grpc_stop).await;
                 }),
         );
+        let webhook_task = webhook.map(|w| tokio::spawn(w.serve(stop_rx.clone())));
         let http_task = tokio::spawn(crate::http::serve(
             http,
             HttpState {
@@ -209,6 +242,9 @@ impl App {
                 .context("the gRPC server task failed")?
                 .context("the gRPC server failed")?;
             http_task.await.context("the HTTP server task failed")?;
+            if let Some(task) = webhook_task {
+                task.await.context("the webhook task failed")?;
+            }
             tracing::info!("stopped");
             Ok(())
         };

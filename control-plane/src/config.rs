@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::inject::config::{
+    DEFAULT_CONTROL_PLANE, DEFAULT_PROXY_IMAGE, InjectConfig, KubernetesVersion,
+};
+use crate::inject::webhook::{DEFAULT_DNS_NAMES, DEFAULT_MAX_BODY, TlsSource, WebhookConfig};
 use crate::mesh::LeaseLimits;
 use crate::telemetry::Clock;
 
@@ -46,6 +50,30 @@ pub struct Args {
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "SERIN_LOG", default_value = "info")]
     pub log: String,
+    /// Serve the sidecar-injection admission webhook (HTTPS) on this address, e.g. 0.0.0.0:15017.
+    #[arg(long, env = "SERIN_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM); without it a self-signed one is generated.
+    #[arg(long, env = "SERIN_WEBHOOK_CERT", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long, env = "SERIN_WEBHOOK_KEY", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    /// DNS names of a generated webhook certificate (comma-separated).
+    #[arg(long, env = "SERIN_WEBHOOK_DNS_NAMES", value_delimiter = ',', default_values = DEFAULT_DNS_NAMES)]
+    pub webhook_dns_names: Vec<String>,
+    /// Write a generated webhook certificate (PEM, the caBundle to trust) to this file.
+    #[arg(long, env = "SERIN_WEBHOOK_CERT_OUT")]
+    pub webhook_cert_out: Option<PathBuf>,
+    /// Image of the injected sidecar and init container.
+    #[arg(long, env = "SERIN_SIDECAR_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
+    pub sidecar_image: String,
+    /// The control-plane URL injected sidecars follow.
+    #[arg(long, env = "SERIN_SIDECAR_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
+    pub sidecar_control_plane: String,
+    /// The cluster's Kubernetes version: 1.29 and later get native sidecars.
+    #[arg(long, env = "SERIN_KUBERNETES_VERSION", default_value = "1.29")]
+    pub kubernetes_version: KubernetesVersion,
 }
 
 /// Why the command line cannot be used.
@@ -71,6 +99,10 @@ pub struct Config {
     pub leases: LeaseLimits,
     /// Where telemetry windows read the time (tests drive a manual clock).
     pub clock: Clock,
+    /// The admission webhook, when it is served.
+    pub webhook: Option<WebhookConfig>,
+    /// Where to write a generated webhook certificate.
+    pub webhook_cert_out: Option<PathBuf>,
 }
 
 impl Config {
@@ -83,6 +115,8 @@ impl Config {
             debounce: DEFAULT_DEBOUNCE,
             leases: LeaseLimits::default(),
             clock: Clock::System,
+            webhook: None,
+            webhook_cert_out: None,
         }
     }
 }
@@ -94,6 +128,26 @@ impl TryFrom<&Args> for Config {
         if a.kubernetes {
             return Err(ConfigError::KubernetesNotSupported);
         }
+        let webhook = a.webhook_addr.map(|addr| WebhookConfig {
+            addr,
+            tls: match (&a.webhook_cert, &a.webhook_key) {
+                (Some(cert), Some(key)) => TlsSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => TlsSource::SelfSigned {
+                    dns_names: a.webhook_dns_names.clone(),
+                },
+            },
+            inject: InjectConfig {
+                proxy_image: a.sidecar_image.clone(),
+                init_image: a.sidecar_image.clone(),
+                control_plane: a.sidecar_control_plane.clone(),
+                kubernetes_version: a.kubernetes_version,
+                ..InjectConfig::default()
+            },
+            max_body: DEFAULT_MAX_BODY,
+        });
         Ok(Config {
             grpc: a.grpc,
             http: a.http,
@@ -101,6 +155,8 @@ impl TryFrom<&Args> for Config {
             debounce: Duration::from_millis(a.push_debounce_ms),
             leases: LeaseLimits::default(),
             clock: Clock::System,
+            webhook,
+            webhook_cert_out: a.webhook_cert_out.clone(),
         })
     }
 }

@@ -9,6 +9,8 @@ pub mod config;
 pub mod dashboard;
 pub mod discovery;
 pub mod http;
+pub mod inject;
+pub mod kubernetes;
 pub mod mesh;
 pub mod metrics;
 pub mod model;

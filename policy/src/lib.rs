@@ -46,6 +46,8 @@ pub mod parse;
 #[cfg(feature = "proto")]
 pub mod proto;
 pub mod query;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod split;
 pub mod validate;
 

@@ -48,6 +48,7 @@ pub struct Metadata {
 /// The routing part of a policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PolicySpec {
     /// The service whose versions this policy routes between.
     pub service: String,
@@ -67,6 +68,7 @@ pub struct PolicySpec {
 /// A named rule: if any of its match blocks matches, its route takes the request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Rule {
     /// Unique within the policy; shown by `explain` and `/routes`. (Defaults to empty only so
     /// that validation, not the parser, reports it with the other problems of the rule.)
@@ -83,6 +85,7 @@ pub struct Rule {
 /// The default route of a policy: `default: {route: [...]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Route {
     /// The weighted versions.
     #[serde(default)]
@@ -92,6 +95,7 @@ pub struct Route {
 /// One entry of a weighted split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VersionWeight {
     /// A version of the service (the pods' `version` label).
     pub version: String,
@@ -112,6 +116,7 @@ impl VersionWeight {
 /// A condition block: every condition given must hold (AND). Absent conditions are not checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MatchBlock {
     /// Request headers by name (names are case-insensitive).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -149,6 +154,7 @@ impl MatchBlock {
 /// `present`, optionally with `ignoreCase`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StringMatch {
     /// The whole value equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,6 +222,7 @@ fn is_false(b: &bool) -> bool {
 /// How the request path is matched: exactly one of `exact`, `prefix`, `regex`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UriMatch {
     /// The path equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +238,7 @@ pub struct UriMatch {
 /// Copy a share of the requests to another version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MirrorPolicy {
     /// The version that receives the copies.
     pub version: String,
@@ -241,6 +249,7 @@ pub struct MirrorPolicy {
 /// The key of sticky weighted choice: exactly one of `cookie` or `header`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Stickiness {
     /// The cookie whose value is the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,5 +364,22 @@ impl<'de> Deserialize<'de> for Weight {
         }
 
         d.deserialize_any(WeightVisitor)
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Weight {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Weight".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "integer",
+            // Floats: the CRD's schema type (k8s JSONSchemaProps) holds bounds as numbers.
+            "minimum": 0.0,
+            "maximum": f64::from(MAX_WEIGHT),
+            "description": "Relative weight: this entry gets weight / sum of weights of the requests.",
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! against a real local mesh; (`walkthrough`, root) a whole gray release through serinctl alone.
 
 mod durability;
+mod kubernetes;
 mod local;
 mod support;
 mod top;

@@ -150,3 +150,157 @@ fn a_store_in_use_by_another_control_plane_is_refused() {
         "{stderr}"
     );
 }
+
+/// Kills the child when the test ends, even on panic.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One `POST /inject` over TLS that trusts only `ca_pem`; the status line and body.
+async fn post_review(addr: std::net::SocketAddr, ca_pem: &str, body: &str) -> (String, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("serin-control.serin-system.svc").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the webhook");
+    let request = format!(
+        "POST /inject HTTP/1.1\r\nHost: serin-control.serin-system.svc\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap_or_default();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"b1d2","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"namespace":"shop","operation":"CREATE","object":{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"web-","labels":{"app":"web"}},"spec":{"containers":[{"name":"web","image":"nginx"}]}}}}"#;
+
+#[tokio::test]
+async fn the_webhook_serves_with_a_generated_or_a_given_certificate() {
+    tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // Generated: the certificate written to --webhook-cert-out is the one to trust.
+    let webhook = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cert_out = dir.path().join("generated.pem");
+    let _child = Killed(
+        bin()
+            .args([
+                "--grpc",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--webhook-addr",
+            ])
+            .arg(webhook.to_string())
+            .arg("--webhook-cert-out")
+            .arg(&cert_out)
+            .arg("--store")
+            .arg(dir.path().join("store1"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = eventually(
+        "the generated certificate",
+        Duration::from_secs(10),
+        || async {
+            let ca = std::fs::read_to_string(&cert_out).ok()?;
+            std::net::TcpStream::connect(webhook).ok().map(|_| ca)
+        },
+    )
+    .await;
+    let (status, body) = post_review(webhook, &ca, REVIEW).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(
+        body.contains(r#""uid":"b1d2""#) && body.contains(r#""patchType":"JSONPatch""#),
+        "{body}"
+    );
+
+    // Given: a certificate and key from files (as cert-manager's Secret mounts them).
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["serin-control.serin-system.svc".to_owned()])
+            .unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let webhook = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _child = Killed(
+        bin()
+            .args([
+                "--grpc",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--webhook-addr",
+            ])
+            .arg(webhook.to_string())
+            .arg("--webhook-cert")
+            .arg(&cert)
+            .arg("--webhook-key")
+            .arg(&key)
+            .arg("--store")
+            .arg(dir.path().join("store2"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the webhook listening", Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(webhook).ok()
+    })
+    .await;
+    let (status, body) = post_review(webhook, &generated.cert.pem(), REVIEW).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+
+    // A key file that is not a key: one line naming the file.
+    let out = bin()
+        .args([
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--webhook-cert")
+        .arg(&cert)
+        .arg("--webhook-key")
+        .arg(&cert)
+        .arg("--store")
+        .arg(dir.path().join("store3"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read the webhook private key from"),
+        "{stderr}"
+    );
+}
