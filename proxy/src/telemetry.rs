@@ -1104,6 +1104,115 @@ policies:
         }
     }
 
+    /// A telemetry server that takes every report and never acknowledges one.
+    #[derive(Debug, Clone, Default)]
+    struct Silent {
+        streams: Arc<std::sync::atomic::AtomicU64>,
+        reports: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    type Acks =
+        Pin<Box<dyn futures::Stream<Item = Result<v1::ReportResponse, tonic::Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl v1::telemetry_server::Telemetry for Silent {
+        type ReportStream = Acks;
+
+        async fn report(
+            &self,
+            request: tonic::Request<Streaming<v1::ReportRequest>>,
+        ) -> Result<tonic::Response<Acks>, tonic::Status> {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.streams.fetch_add(1, Relaxed);
+            let mut inbound = request.into_inner();
+            let reports = Arc::clone(&self.reports);
+            tokio::spawn(async move {
+                while let Ok(Some(_)) = inbound.message().await {
+                    reports.fetch_add(1, Relaxed);
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(futures::stream::pending())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stops_acknowledging_is_reopened_and_counted() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let silent = Silent::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(v1::telemetry_server::TelemetryServer::new(silent.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let em = EdgeMetrics::new(Arc::clone(&metrics), edge("v1"));
+        em.record_request(RequestProtocol::Http1, 200, None, MS);
+        let settings = ControlPlane {
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(2),
+            ..ControlPlane::new(format!("http://{addr}"))
+        };
+        let (_tables_tx, tables) = watch::channel(Arc::new(
+            crate::tables::Builder {
+                identity: crate::config::Identity {
+                    pod_name: "pp".into(),
+                    namespace: "default".into(),
+                    pod_ips: vec![],
+                    service: "productpage".into(),
+                    version: "v1".into(),
+                },
+                metrics: Arc::clone(&metrics),
+                pool: crate::pool::PoolSettings {
+                    connect_timeout: Duration::from_secs(1),
+                    idle_timeout: Duration::from_secs(1),
+                    max_idle: 1,
+                },
+            }
+            .empty(),
+        ));
+        let reporter = Arc::new(Reporter::new(
+            settings,
+            MIN_INTERVAL,
+            v1::ProxyIdentity {
+                pod_name: "pp".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            },
+            Arc::clone(&metrics),
+            tables,
+        ));
+        let run = tokio::spawn({
+            let reporter = Arc::clone(&reporter);
+            async move { match reporter.run().await {} }
+        });
+        // The first report goes out and waits; STALL_INTERVALS later the stream is given up and
+        // a new one opened, where the next traffic is reported again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while metrics.telemetry.streams_stalled.get() == 0 || silent.streams.load(Relaxed) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no reconnect after a stalled stream"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        em.record_request(RequestProtocol::Http1, 200, None, MS);
+        while silent.reports.load(Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "no report on the new stream");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = &metrics.telemetry;
+        assert!(t.connections.get() >= 2);
+        assert!(
+            t.reports_dropped.get() >= 1,
+            "the unacknowledged report counts as lost"
+        );
+        run.abort();
+        server.abort();
+    }
+
     #[test]
     fn the_interval_is_checked() {
         assert!(validate_interval(Duration::from_secs(1)).is_ok());
