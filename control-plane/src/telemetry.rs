@@ -241,6 +241,9 @@ impl TelemetryService {
         hits_dropped += self.rule_hits.record(now, hits).1;
         self.metrics.telemetry_reports.inc();
         self.metrics.telemetry_edges_dropped.inc_by(dropped);
+        self.metrics
+            .telemetry_rule_hits_dropped
+            .inc_by(hits_dropped);
         v1::ReportResponse {
             sequence: req.sequence,
             edges_accepted: accepted,
@@ -406,6 +409,70 @@ mod tests {
         let left = table.window(T0 + 540_000 + LONGEST_WINDOW_MS + 2_000, 600_000);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, key(MAX_EDGES + 1, false));
+    }
+
+    #[test]
+    fn the_report_interval_comes_from_the_report() {
+        crate::test_tracing();
+        let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let req = |start, end| v1::ReportRequest {
+            interval_start: start,
+            interval_end: end,
+            ..Default::default()
+        };
+        assert_eq!(
+            report_interval_ms(&req(at(100, 0), at(100, 250_000_000))),
+            250
+        );
+        assert_eq!(
+            report_interval_ms(&req(at(100, 900_000_000), at(102, 0))),
+            1_100
+        );
+        // Missing, backwards or absurd: the default, or at most a minute.
+        assert_eq!(report_interval_ms(&req(None, at(100, 0))), 1_000);
+        assert_eq!(report_interval_ms(&req(at(100, 0), at(99, 0))), 1_000);
+        assert_eq!(report_interval_ms(&req(at(0, 0), at(10_000, 0))), 60_000);
+    }
+
+    #[test]
+    fn malformed_rule_hits_are_refused_by_field() {
+        crate::test_tracing();
+        let good = v1::RuleHits {
+            policy_namespace: "default".into(),
+            policy_name: "reviews".into(),
+            generation: 3,
+            rule: String::new(),
+            version: "v1".into(),
+            count: 5,
+        };
+        let h = HitReport::try_from(good.clone()).unwrap();
+        assert_eq!((h.key.rule.as_str(), h.count), ("", 5), "the default route");
+        for (bad, field) in [
+            (
+                v1::RuleHits {
+                    count: 0,
+                    ..good.clone()
+                },
+                "count",
+            ),
+            (
+                v1::RuleHits {
+                    version: String::new(),
+                    ..good.clone()
+                },
+                "version",
+            ),
+            (
+                v1::RuleHits {
+                    policy_name: "x".repeat(300),
+                    ..good
+                },
+                "policy_name",
+            ),
+        ] {
+            let e = HitReport::try_from(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //!   (`serin_telemetry_reports_dropped_total`), as are the reports a broken stream lost: memory
 //!   stays bounded and nothing is resent.
 //! - A broken or refused stream is reopened with the Discovery client's backoff (exponential,
-//!   full jitter); serving never waits on telemetry.
+//!   full jitter); so is one that stays open but leaves a report unacknowledged for
+//!   [`STALL_INTERVALS`] intervals (counted). Serving never waits on telemetry.
+//!
+//! Rule hits ([`HitDeltas`]): each interval the reporter also reads the route counters of every
+//! policy in force (the ones `/routes` shows, see `routing.rs`) and sends the non-zero deltas per
+//! (policy, generation, rule or default route, version). Counters replaced by a new spec are read
+//! one last time, so every hit is sent once, under the generation it was counted in.
 //!
 //! Byte counts: the proto's `received_bytes` is the request direction (towards the destination,
 //! the sidecar's `serin_tcp_sent_bytes_total`) and `sent_bytes` the response direction
