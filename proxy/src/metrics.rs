@@ -448,7 +448,6 @@ impl EdgeMetrics {
     /// The metrics of `edge`.
     pub fn new(metrics: Arc<Metrics>, edge: Edge) -> EdgeMetrics {
         let edge = Arc::new(edge);
-        // Mirrored copies are not told apart yet: every request counts as primary traffic.
         let tally = metrics.tally(TallyKey {
             edge: Arc::clone(&edge),
         });
