@@ -476,10 +476,23 @@ function renderPanel(d) {
       <div class="note">Weights are relative; rules, mirror and stickiness are kept. Take over sends 100% to one version and removes rules and mirror. Roll back restores the previous generation.</div></div>`;
   }
 
-  const rules = p && p.rules.length ? p.rules.map((r, i) => `<div class="rule"><span class="name">${i + 1}. ${esc(r.name)}</span> → ${routeText(r.route)}
-      <div class="mono">${matchText(r.match)}</div><div class="barlabel" title="${esc(d.rule_hits.reason)}">hits: unavailable</div></div>`).join("")
+  // Rules and the default route with their hits: what each route's split chose per version,
+  // next to its configured weights (the sidecars' counts for this generation, in the window).
+  const hitsOf = (h, rule) => {
+    if (!h || !h.total) return `<div class="barlabel hits" data-hits="${esc(rule)}" data-total="0">hits: none in the window</div>`;
+    const rows = h.versions.map((v) => `<tr data-hit-version="${esc(v.version)}"><td>${esc(v.version)}</td><td>${v.hits}</td>
+        <td class="bars"><div class="barlabel">configured ${v.configured_percent.toFixed(0)}% · observed ${v.observed_percent == null ? "–" : v.observed_percent.toFixed(1) + "%"}</div>
+        <div class="bar conf"><i style="width:${v.configured_percent}%"></i></div><div class="bar obs"><i style="width:${v.observed_percent || 0}%"></i></div></td></tr>`).join("");
+    return `<div class="barlabel hits" data-hits="${esc(rule)}" data-total="${h.total}">hits: ${h.total}</div>
+      <table class="split"><tr><th>version</th><th>hits</th><th>configured vs observed</th></tr>${rows}</table>`;
+  };
+  const rules = p && p.rules.length ? p.rules.map((r, i) => `<div class="rule" data-rule="${esc(r.name)}"><span class="name">${i + 1}. ${esc(r.name)}</span> → ${routeText(r.route)}
+      <div class="mono">${matchText(r.match)}</div>${hitsOf(r.hits, r.name)}</div>`).join("")
     : `<div class="note">No rules: every request takes the default split.</div>`;
-  const rulesSec = `<h3>Rules</h3>${rules}${p && p.rules.length ? `<div class="note">${esc(d.rule_hits.reason)}.</div>` : ""}`;
+  const defaultRoute = p ? `<div class="rule" data-rule=""><span class="name">default</span> → ${routeText(p.default)}
+      <div class="mono">requests no rule takes</div>${hitsOf(p.default_hits, "")}</div>` : "";
+  const rulesSec = p ? `<h3>Rules and hits · generation ${p.generation}</h3>${rules}${defaultRoute}
+      <div class="note">Hits: requests each route's split chose a version for (before any fallback), counted by the callers' sidecars over the window, this generation only.</div>` : "";
   const mirror = p && p.mirror
     ? `<div>${esc(p.mirror.version)} gets a copy of ${p.mirror.percent}% of requests · observed ${fmtRate(d.mirror_observed_rps)} rps</div>`
     : `<div class="note">No mirroring configured${d.mirror_observed_rps > 0 ? ` (observed ${fmtRate(d.mirror_observed_rps)} rps of mirror traffic)` : ""}.</div>`;

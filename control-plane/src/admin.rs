@@ -17,7 +17,7 @@ use crate::mesh::{Mesh, MeshError, Outcome, PolicyWarning};
 use crate::metrics::Metrics;
 use crate::model::{MeshView, PolicyDraft, PolicyKey, Workload, namespace_or_default};
 use crate::proto::{duration, timestamp, to_duration, weights_from_proto, weights_to_proto};
-use crate::telemetry::{Clock, EdgeTable};
+use crate::telemetry::{Clock, EdgeTable, RuleHitTable};
 use crate::topology;
 
 pub mod explain;
@@ -43,6 +43,8 @@ pub struct AdminService {
 pub struct Telemetry {
     /// The edges' windows.
     pub edges: Arc<EdgeTable>,
+    /// The rule hits' windows.
+    pub rule_hits: Arc<RuleHitTable>,
     /// The clock.
     pub clock: Clock,
 }
@@ -78,6 +80,22 @@ impl AdminService {
             now,
             window_ms / 1000,
         )
+    }
+
+    /// The hits of policy `namespace/policy` at `generation` over `window`, now, per rule (""
+    /// for the default route) and version.
+    pub fn rule_hits(
+        &self,
+        namespace: &str,
+        policy: &str,
+        generation: u64,
+        window: Duration,
+    ) -> Vec<crate::telemetry::hits::RouteHits> {
+        let now = self.telemetry.clock.now_ms();
+        let window_ms = (window.as_millis() as u64).min(crate::telemetry::LONGEST_WINDOW_MS);
+        self.telemetry
+            .rule_hits
+            .policy(now, window_ms, namespace, policy, generation)
     }
 
     /// The mesh writer.

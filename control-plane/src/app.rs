@@ -23,7 +23,7 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::snapshot::Publisher;
 use crate::store::Store;
-use crate::telemetry::{Clock, EdgeTable, TelemetryService};
+use crate::telemetry::{Clock, EdgeTable, RuleHitTable, TelemetryService};
 
 /// A control plane with its store open and its ports bound, not serving yet.
 pub struct App {
@@ -54,6 +54,8 @@ pub struct Handles {
     pub proxies: Arc<ProxyTable>,
     /// Telemetry windows.
     pub edges: Arc<EdgeTable>,
+    /// Rule-hit windows.
+    pub rule_hits: Arc<RuleHitTable>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The clock the telemetry windows read.
@@ -142,6 +144,7 @@ impl App {
         // 4. The gRPC services.
         let proxies = Arc::new(ProxyTable::default());
         let edges = Arc::new(EdgeTable::default());
+        let rule_hits = Arc::new(RuleHitTable::default());
         let discovery = DiscoveryServer::new(Discovery::new(
             snapshots,
             proxies.clone(),
@@ -154,6 +157,7 @@ impl App {
             metrics.clone(),
             Telemetry {
                 edges: edges.clone(),
+                rule_hits: rule_hits.clone(),
                 clock: config.clock.clone(),
             },
             stop_rx.clone(),
@@ -161,6 +165,7 @@ impl App {
         let admin = AdminServer::new(admin_service.clone());
         let telemetry = TelemetryServer::new(TelemetryService::new(
             edges.clone(),
+            rule_hits.clone(),
             metrics.clone(),
             config.clock.clone(),
             stop_rx.clone(),
@@ -206,6 +211,7 @@ impl App {
             mesh,
             proxies,
             edges,
+            rule_hits,
             metrics,
             clock: config.clock,
         };

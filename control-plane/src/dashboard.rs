@@ -24,6 +24,8 @@ use crate::admin::AdminService;
 use crate::http::{Body, HttpState};
 use crate::model::{ChangeCause, PolicyDraft, PolicyKey, ServiceKey, namespace_or_default};
 use crate::telemetry::LONGEST_WINDOW_MS;
+use crate::telemetry::hits::RouteHits;
+use serin_policy::VersionWeight;
 
 /// How often the live stream sends the graph.
 pub const STREAM_INTERVAL: Duration = Duration::from_secs(1);
@@ -249,6 +251,43 @@ fn percent(part: f64, total: f64) -> Option<f64> {
     (total > 0.0).then(|| 100.0 * part / total)
 }
 
+/// One route's configured split next to what it did: per version its weight and configured
+/// share, and the requests the route's split chose it for in the window (the sidecars' rule-hit
+/// counts of the policy's current generation, before any fallback) with their share. `rule` is
+/// the rule's name, "" for the default route. Versions that hits name but the route does not
+/// (none, unless the counts are of another spec) are listed after the route's.
+fn route_hits(route: &[VersionWeight], rule: &str, hits: &[RouteHits]) -> Value {
+    let mine: Vec<&RouteHits> = hits.iter().filter(|h| h.rule == rule).collect();
+    let total: u64 = mine.iter().map(|h| h.hits).sum();
+    let total_weight: u32 = route.iter().map(|w| w.weight.get().unwrap_or(0)).sum();
+    let mut versions: Vec<&str> = route.iter().map(|w| w.version.as_str()).collect();
+    for h in &mine {
+        if !versions.contains(&h.version.as_str()) {
+            versions.push(&h.version);
+        }
+    }
+    versions.dedup();
+    let list: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let weight: u32 = route
+                .iter()
+                .filter(|w| w.version == *v)
+                .map(|w| w.weight.get().unwrap_or(0))
+                .sum();
+            let n: u64 = mine.iter().filter(|h| h.version == *v).map(|h| h.hits).sum();
+            json!({
+                "version": v,
+                "weight": weight,
+                "configured_percent": percent(f64::from(weight), f64::from(total_weight)).unwrap_or(0.0),
+                "hits": n,
+                "observed_percent": percent(n as f64, total as f64),
+            })
+        })
+        .collect();
+    json!({"total": total, "versions": list})
+}
+
 /// The release state of one service: versions with configured and observed split, the policy
 /// (rules, mirror, stickiness), proxies in sync, recent generations.
 async fn service(
@@ -366,10 +405,14 @@ async fn service(
         .collect();
     let in_sync = proxies.iter().filter(|p| p.in_sync()).count();
 
+    let hits = policy
+        .as_ref()
+        .map(|p| admin.rule_hits(namespace, &p.policy.metadata.name, p.generation(), window));
     let policy_json = match &policy {
         None => Value::Null,
         Some(p) => {
             let spec = &p.policy.spec;
+            let hits = hits.as_deref().unwrap_or_default();
             let history = admin
                 .mesh()
                 .history(PolicyKey::new(namespace, &p.policy.metadata.name), 8)
@@ -379,13 +422,12 @@ async fn service(
                 "name": p.policy.metadata.name,
                 "generation": p.generation(),
                 "default": spec.default.route,
+                "default_hits": route_hits(&spec.default.route, "", hits),
                 "rules": spec.rules.iter().map(|r| json!({
                     "name": r.name,
                     "match": r.matches,
                     "route": r.route,
-                    // Per-rule hit counts come from the sidecars' `/routes` counters, which
-                    // telemetry does not carry yet: say so instead of guessing.
-                    "hits": Value::Null,
+                    "hits": route_hits(&r.route, &r.name, hits),
                 })).collect::<Vec<_>>(),
                 "mirror": spec.mirror,
                 "stickiness": spec.stickiness,
@@ -399,6 +441,18 @@ async fn service(
             })
         }
     };
+    let rule_hits = match (&policy, &hits) {
+        (Some(p), Some(hits)) => json!({
+            "available": true,
+            "generation": p.generation(),
+            "total": hits.iter().map(|h| h.hits).sum::<u64>(),
+        }),
+        _ => json!({
+            "available": false,
+            "reason": "no traffic policy: requests are balanced over the ready versions, no rule \
+                       or split chooses",
+        }),
+    };
     Ok(json!({
         "namespace": namespace,
         "service": name,
@@ -406,12 +460,7 @@ async fn service(
         "registered": record.is_some(),
         "vip": record.as_ref().map(|r| r.vip.to_string()),
         "policy": policy_json,
-        "rule_hits": {
-            "available": false,
-            "reason": "per-rule hit counts come from the sidecars' /routes counters, which the \
-                       telemetry reports do not carry yet; the observed split per version below \
-                       is measured",
-        },
+        "rule_hits": rule_hits,
         "observed_rps": primary_rps,
         "mirror_observed_rps": mirror_rps,
         "versions": version_list,

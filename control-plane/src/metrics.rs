@@ -35,6 +35,8 @@ pub struct Metrics {
     pub telemetry_edges_dropped: Counter,
     /// Edges held in the telemetry windows (set when `/metrics` is read).
     pub telemetry_edges: Gauge,
+    /// Rule-hit entries dropped (malformed or over the limits).
+    pub telemetry_rule_hits_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
             telemetry_reports: Counter::default(),
             telemetry_edges_dropped: Counter::default(),
             telemetry_edges: Gauge::default(),
+            telemetry_rule_hits_dropped: Counter::default(),
         };
         registry.register(
             "proxies_connected",
@@ -98,6 +101,11 @@ impl Default for Metrics {
             "telemetry_edges",
             "Edges held in the telemetry windows",
             m.telemetry_edges.clone(),
+        );
+        registry.register(
+            "telemetry_rule_hits_dropped",
+            "Rule-hit entries of telemetry reports dropped as malformed or over the limits",
+            m.telemetry_rule_hits_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -13,7 +13,7 @@ use crate::model::{
     ChangeCause, PolicyDraft, Protocol, Revision, ServiceRecord, StoredPolicy, Workload,
     WorkloadPort, namespace_or_default,
 };
-use crate::telemetry::{Direction, EdgeDelta, EdgeKey, EdgeReport, Histogram};
+use crate::telemetry::{Direction, EdgeDelta, EdgeKey, EdgeReport, Histogram, HitKey, HitReport};
 use crate::topology::{Graph, protocol_from_name};
 
 /// A wire message field that cannot be turned into a domain value.
@@ -545,6 +545,48 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
             mirror_outcomes: e.mirror_outcomes.into_iter().collect(),
         };
         Ok(EdgeReport { key, delta })
+    }
+}
+
+/// Longest name a rule-hit entry may carry (policy, rule, version: DNS-label sized names).
+const MAX_HIT_NAME: usize = 253;
+
+impl TryFrom<v1::RuleHits> for HitReport {
+    type Error = InvalidField;
+
+    fn try_from(h: v1::RuleHits) -> Result<Self, InvalidField> {
+        for (field, value, may_be_empty) in [
+            ("rule_hits[].policy_namespace", &h.policy_namespace, false),
+            ("rule_hits[].policy_name", &h.policy_name, false),
+            ("rule_hits[].rule", &h.rule, true),
+            ("rule_hits[].version", &h.version, false),
+        ] {
+            if value.is_empty() && !may_be_empty {
+                return Err(InvalidField::new(field, "must not be empty"));
+            }
+            if value.len() > MAX_HIT_NAME {
+                return Err(InvalidField::new(
+                    field,
+                    format!("must be at most {MAX_HIT_NAME} bytes"),
+                ));
+            }
+        }
+        if h.count == 0 {
+            return Err(InvalidField::new(
+                "rule_hits[].count",
+                "must not be 0 (only non-zero deltas are sent)",
+            ));
+        }
+        Ok(HitReport {
+            key: HitKey {
+                namespace: h.policy_namespace,
+                policy: h.policy_name,
+                generation: h.generation,
+                rule: h.rule,
+                version: h.version,
+            },
+            count: h.count,
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! `serin.v1.Telemetry.Report`: accepts each proxy's per-edge deltas into sliding windows per
 //! edge (see [`window`]), in a bounded table (at most [`MAX_EDGES`] edges; reports over
 //! [`MAX_EDGES_PER_REPORT`] edges are cut; edges silent for the longest window age out). The
-//! dashboard, `/api/topology` and `Admin.WatchTopology` all read these windows.
+//! dashboard, `/api/topology` and `Admin.WatchTopology` all read these windows. The reports'
+//! rule hits go to their own bounded windows ([`hits`]), which `/api/services/NAME` reads.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -19,8 +20,10 @@ use crate::discovery::ProxyIdentity;
 use crate::metrics::Metrics;
 use crate::model::Protocol;
 
+pub mod hits;
 pub mod window;
 
+pub use hits::{HitKey, HitReport, RuleHitTable};
 pub use window::{EdgeWindows, Histogram, LONGEST_WINDOW_MS, WindowStats};
 
 /// Most distinct edges kept (each at most a few tens of KiB, see `window`); new edges beyond it
@@ -110,8 +113,10 @@ impl EdgeTable {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds deltas received at `now_ms`; returns (accepted, dropped).
-    pub fn record(&self, now_ms: u64, deltas: Vec<EdgeReport>) -> (u64, u64) {
+    /// Adds deltas received at `now_ms` that cover the `interval_ms` before it (the report's
+    /// interval: a new edge's first report stands for that much time); returns (accepted,
+    /// dropped).
+    pub fn record(&self, now_ms: u64, interval_ms: u64, deltas: Vec<EdgeReport>) -> (u64, u64) {
         let mut edges = self.lock();
         let (mut accepted, mut dropped) = (0, 0);
         let mut swept = false;
@@ -128,7 +133,7 @@ impl EdgeTable {
             } else if edges.len() < MAX_EDGES {
                 edges
                     .entry(key)
-                    .or_insert_with(|| EdgeWindows::new(now_ms))
+                    .or_insert_with(|| EdgeWindows::new(now_ms, interval_ms))
                     .record(now_ms, &delta);
                 accepted += 1;
             } else {
@@ -189,23 +194,26 @@ fn expire(edges: &mut HashMap<EdgeKey, EdgeWindows>, now_ms: u64) {
 #[derive(Debug, Clone)]
 pub struct TelemetryService {
     edges: Arc<EdgeTable>,
+    rule_hits: Arc<RuleHitTable>,
     metrics: Arc<Metrics>,
     clock: Clock,
     shutdown: watch::Receiver<bool>,
 }
 
 impl TelemetryService {
-    /// Records into `edges`, reading the time from `clock`; every stream ends when `shutdown`
-    /// turns true (proxies keep their streams open for ever, and a graceful stop waits for
-    /// open streams).
+    /// Records into `edges` and `rule_hits`, reading the time from `clock`; every stream ends
+    /// when `shutdown` turns true (proxies keep their streams open for ever, and a graceful stop
+    /// waits for open streams).
     pub fn new(
         edges: Arc<EdgeTable>,
+        rule_hits: Arc<RuleHitTable>,
         metrics: Arc<Metrics>,
         clock: Clock,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             edges,
+            rule_hits,
             metrics,
             clock,
             shutdown,
@@ -213,6 +221,7 @@ impl TelemetryService {
     }
 
     fn handle(&self, reporter: &ProxyIdentity, req: v1::ReportRequest) -> v1::ReportResponse {
+        let interval_ms = report_interval_ms(&req);
         let total = req.edges.len();
         let mut dropped = total.saturating_sub(MAX_EDGES_PER_REPORT) as u64;
         let mut deltas = Vec::with_capacity(total.min(MAX_EDGES_PER_REPORT));
@@ -225,16 +234,59 @@ impl TelemetryService {
                 }
             }
         }
-        let (accepted, over) = self.edges.record(self.clock.now_ms(), deltas);
+        let now = self.clock.now_ms();
+        let (accepted, over) = self.edges.record(now, interval_ms, deltas);
         dropped += over;
+        let (hits, mut hits_dropped) = self.rule_hits(reporter, req.rule_hits);
+        hits_dropped += self.rule_hits.record(now, hits).1;
         self.metrics.telemetry_reports.inc();
         self.metrics.telemetry_edges_dropped.inc_by(dropped);
+        self.metrics
+            .telemetry_rule_hits_dropped
+            .inc_by(hits_dropped);
         v1::ReportResponse {
             sequence: req.sequence,
             edges_accepted: accepted,
             edges_dropped: dropped,
             report_interval: None,
+            rule_hits_dropped: hits_dropped,
         }
+    }
+
+    /// The well-formed rule hits of one report (at most [`hits::MAX_RULE_HITS_PER_REPORT`]),
+    /// and how many were not.
+    fn rule_hits(
+        &self,
+        reporter: &ProxyIdentity,
+        wire: Vec<v1::RuleHits>,
+    ) -> (Vec<HitReport>, u64) {
+        let total = wire.len();
+        let mut dropped = total.saturating_sub(hits::MAX_RULE_HITS_PER_REPORT) as u64;
+        let mut out = Vec::with_capacity(total.min(hits::MAX_RULE_HITS_PER_REPORT));
+        for h in wire.into_iter().take(hits::MAX_RULE_HITS_PER_REPORT) {
+            match HitReport::try_from(h) {
+                Ok(h) => out.push(h),
+                Err(e) => {
+                    tracing::debug!(proxy = %format_args!("{}/{}", reporter.namespace, reporter.pod_name), error = %e, "malformed rule hits dropped");
+                    dropped += 1;
+                }
+            }
+        }
+        (out, dropped)
+    }
+}
+
+/// How long the report's interval was, ms: `interval_end - interval_start` by the proxy's clock
+/// (only the difference is used, so skew does not matter), within 1 ms ..= 60 s;
+/// [`window::REPORT_INTERVAL_MS`] when the report does not say.
+pub fn report_interval_ms(req: &v1::ReportRequest) -> u64 {
+    let ms =
+        |t: &prost_types::Timestamp| i128::from(t.seconds) * 1000 + i128::from(t.nanos) / 1_000_000;
+    match (&req.interval_start, &req.interval_end) {
+        (Some(start), Some(end)) if ms(end) > ms(start) => {
+            u64::try_from((ms(end) - ms(start)).min(60_000)).unwrap_or(window::REPORT_INTERVAL_MS)
+        }
+        _ => window::REPORT_INTERVAL_MS,
     }
 }
 
@@ -322,10 +374,10 @@ mod tests {
         crate::test_tracing();
         let table = EdgeTable::default();
         let all = (0..MAX_EDGES + 5).map(|i| report(i, false, 1)).collect();
-        assert_eq!(table.record(T0, all), (MAX_EDGES as u64, 5));
+        assert_eq!(table.record(T0, 1_000, all), (MAX_EDGES as u64, 5));
         // A known edge still adds up once the table is full; a new one is still dropped.
         let more = vec![report(0, false, 2), report(MAX_EDGES + 10, false, 1)];
-        assert_eq!(table.record(T0 + 500, more), (1, 1));
+        assert_eq!(table.record(T0 + 500, 1_000, more), (1, 1));
         let edges = table.window(T0 + 900, 10_000);
         assert_eq!(edges.len(), MAX_EDGES);
         let first = edges.iter().find(|(k, _)| *k == key(0, false)).unwrap();
@@ -340,17 +392,17 @@ mod tests {
         crate::test_tracing();
         let table = EdgeTable::default();
         let all = (0..MAX_EDGES).map(|i| report(i, false, 1)).collect();
-        table.record(T0, all);
+        table.record(T0, 1_000, all);
         // Still there (and in the 10 min window) nine minutes later, gone after ten.
         assert_eq!(table.window(T0 + 540_000, 600_000).len(), MAX_EDGES);
         assert_eq!(
-            table.record(T0 + 540_000, vec![report(0, false, 1)]),
+            table.record(T0 + 540_000, 1_000, vec![report(0, false, 1)]),
             (1, 0)
         );
         // A new edge arriving when the old ones have aged out takes their room.
         let late = T0 + LONGEST_WINDOW_MS + 2_000;
         assert_eq!(
-            table.record(late, vec![report(MAX_EDGES + 1, false, 1)]),
+            table.record(late, 1_000, vec![report(MAX_EDGES + 1, false, 1)]),
             (1, 0)
         );
         assert_eq!(table.len(), 2, "edge 0 reported later and is kept");
@@ -360,10 +412,74 @@ mod tests {
     }
 
     #[test]
+    fn the_report_interval_comes_from_the_report() {
+        crate::test_tracing();
+        let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let req = |start, end| v1::ReportRequest {
+            interval_start: start,
+            interval_end: end,
+            ..Default::default()
+        };
+        assert_eq!(
+            report_interval_ms(&req(at(100, 0), at(100, 250_000_000))),
+            250
+        );
+        assert_eq!(
+            report_interval_ms(&req(at(100, 900_000_000), at(102, 0))),
+            1_100
+        );
+        // Missing, backwards or absurd: the default, or at most a minute.
+        assert_eq!(report_interval_ms(&req(None, at(100, 0))), 1_000);
+        assert_eq!(report_interval_ms(&req(at(100, 0), at(99, 0))), 1_000);
+        assert_eq!(report_interval_ms(&req(at(0, 0), at(10_000, 0))), 60_000);
+    }
+
+    #[test]
+    fn malformed_rule_hits_are_refused_by_field() {
+        crate::test_tracing();
+        let good = v1::RuleHits {
+            policy_namespace: "default".into(),
+            policy_name: "reviews".into(),
+            generation: 3,
+            rule: String::new(),
+            version: "v1".into(),
+            count: 5,
+        };
+        let h = HitReport::try_from(good.clone()).unwrap();
+        assert_eq!((h.key.rule.as_str(), h.count), ("", 5), "the default route");
+        for (bad, field) in [
+            (
+                v1::RuleHits {
+                    count: 0,
+                    ..good.clone()
+                },
+                "count",
+            ),
+            (
+                v1::RuleHits {
+                    version: String::new(),
+                    ..good.clone()
+                },
+                "version",
+            ),
+            (
+                v1::RuleHits {
+                    policy_name: "x".repeat(300),
+                    ..good
+                },
+                "policy_name",
+            ),
+        ] {
+            let e = HitReport::try_from(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
     fn mirror_traffic_is_kept_apart() {
         crate::test_tracing();
         let table = EdgeTable::default();
-        table.record(T0, vec![report(0, false, 100), report(0, true, 10)]);
+        table.record(T0, 1_000, vec![report(0, false, 100), report(0, true, 10)]);
         let edges = table.window(T0 + 500, 10_000);
         assert_eq!(edges.len(), 2);
         let primary = edges.iter().find(|(k, _)| !k.mirror).unwrap();

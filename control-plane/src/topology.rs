@@ -58,19 +58,21 @@ pub struct Edge {
     pub p95_ms: Option<f64>,
     /// 99th percentile, ms.
     pub p99_ms: Option<f64>,
-    /// Bytes per second, request direction.
+    /// TCP bytes per second from source to destination (request direction).
     pub received_bytes_per_second: f64,
-    /// Bytes per second, response direction.
+    /// TCP bytes per second from destination to source (response direction).
     pub sent_bytes_per_second: f64,
     /// Requests by HTTP status ("0" = no response).
     pub response_codes: BTreeMap<u32, u64>,
     /// gRPC requests by gRPC status.
     pub grpc_statuses: BTreeMap<u32, u64>,
-    /// Requests that fell back to another version.
+    /// Requests (or TCP connections) a policy sent to this version because the version its split
+    /// chose had no ready endpoint; from the caller's outbound reports (only the router knows).
     pub version_fallbacks: u64,
     /// TCP connections open now.
     pub active_connections: u64,
-    /// Mirror outcomes ("sent", "queue_full", ...), for mirror edges.
+    /// Mirror outcomes ("sent", "failed", "dropped", "too_large", "aborted", "no_endpoint"),
+    /// for mirror edges; from the caller's outbound reports.
     pub mirror_outcomes: BTreeMap<String, u64>,
 }
 
@@ -215,11 +217,25 @@ pub fn build(
     let edges = logical
         .into_iter()
         .filter_map(|((source, destination, mirror, protocol), (inb, outb))| {
+            // What only the router knows (fallbacks, mirror outcomes) comes from the caller's
+            // outbound reports whichever side the rest comes from.
+            let routed = outb.as_ref().map(|o| {
+                (
+                    o.counts.version_fallbacks,
+                    o.counts.mirror_outcomes.iter().cloned().collect(),
+                )
+            });
             let (s, reported_by) = match (inb, outb) {
                 (Some(s), _) => (s, "inbound"),
                 (None, Some(s)) => (s, "outbound"),
                 (None, None) => return None,
             };
+            let (version_fallbacks, mirror_outcomes) = routed.unwrap_or_else(|| {
+                (
+                    s.counts.version_fallbacks,
+                    s.counts.mirror_outcomes.iter().cloned().collect(),
+                )
+            });
             let mut response_codes = BTreeMap::new();
             let mut grpc_statuses = BTreeMap::new();
             for ((code, grpc), n) in &s.counts.responses {
@@ -244,9 +260,9 @@ pub fn build(
                 sent_bytes_per_second: s.sent_bytes_per_second,
                 response_codes,
                 grpc_statuses,
-                version_fallbacks: s.counts.version_fallbacks,
+                version_fallbacks,
                 active_connections: s.active_connections,
-                mirror_outcomes: s.counts.mirror_outcomes.iter().cloned().collect(),
+                mirror_outcomes,
             })
         })
         .collect();
@@ -278,15 +294,34 @@ mod tests {
     }
 
     fn stats(requests: u64) -> WindowStats {
-        let mut w = EdgeWindows::new(10_000);
+        stats_with(requests, 0)
+    }
+
+    fn stats_with(requests: u64, version_fallbacks: u64) -> WindowStats {
+        let mut w = EdgeWindows::new(10_000, 1_000);
         w.record(
             10_000,
             &Delta {
                 responses: [((200, None), requests)].into(),
+                version_fallbacks,
                 ..Delta::default()
             },
         );
         w.window(10_500, 10_000).unwrap()
+    }
+
+    #[test]
+    fn fallbacks_come_from_the_router_side() {
+        crate::test_tracing();
+        let windows = vec![
+            (key(Direction::Inbound, false), stats(90)),
+            (key(Direction::Outbound, false), stats_with(100, 7)),
+        ];
+        let g = build(&MeshView::default(), &[], windows, "", 10_500, 10);
+        assert_eq!(g.edges.len(), 1);
+        assert_eq!(g.edges[0].reported_by, "inbound");
+        assert_eq!(g.edges[0].requests, 90);
+        assert_eq!(g.edges[0].version_fallbacks, 7);
     }
 
     #[test]

@@ -266,6 +266,7 @@ impl Bound {
                         interval,
                         client.identity().clone(),
                         Arc::clone(&metrics),
+                        writer.subscribe(),
                     ))
                 })
             }

@@ -261,6 +261,12 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
                 );
                 return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint", meter);
             };
+            if routed.fell_back {
+                routed
+                    .backend
+                    .metrics
+                    .record_fallback(Some(request_protocol(&req)));
+            }
             // Tunnels (WebSocket, CONNECT) are not mirrored: a copy could only be a plain request.
             let tunnel = req.method() == Method::CONNECT
                 || headers::upgrade_requested(req.headers()).is_some();

@@ -448,7 +448,6 @@ impl EdgeMetrics {
     /// The metrics of `edge`.
     pub fn new(metrics: Arc<Metrics>, edge: Edge) -> EdgeMetrics {
         let edge = Arc::new(edge);
-        // Mirrored copies are not told apart yet: every request counts as primary traffic.
         let tally = metrics.tally(TallyKey {
             edge: Arc::clone(&edge),
         });
@@ -502,8 +501,11 @@ impl EdgeMetrics {
         self.tally.observe(outcome, elapsed);
     }
 
-    /// Counts a mirrored copy's `outcome` on this (mirror) edge.
-    pub fn record_mirror(&self, outcome: MirrorOutcome) {
+    /// Counts a mirrored copy's `outcome` on this (mirror) edge; `protocol` is the copied
+    /// request's.
+    pub fn record_mirror(&self, protocol: RequestProtocol, outcome: MirrorOutcome) {
+        self.tally.mirror_outcomes[protocol.index()][outcome as usize]
+            .fetch_add(1, Ordering::Relaxed);
         self.metrics
             .mirror_requests
             .get_or_create(&MirrorLabels {
@@ -511,6 +513,14 @@ impl EdgeMetrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts a request carried over `protocol` (`None`: an opaque TCP connection) that a traffic
+    /// policy sent to this edge's version because the version its split chose had no ready
+    /// endpoint (telemetry only: `serin_route_fallbacks_total` is counted by the router).
+    pub fn record_fallback(&self, protocol: Option<RequestProtocol>) {
+        let i = protocol.map_or(TCP_INDEX, RequestProtocol::index);
+        self.tally.fallbacks[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The registry these metrics belong to.
@@ -547,6 +557,23 @@ pub enum RequestProtocol {
     /// gRPC (`content-type: application/grpc...`).
     Grpc,
 }
+
+impl RequestProtocol {
+    /// Every protocol, in the order of [`RequestProtocol::index`].
+    pub const ALL: [RequestProtocol; 3] = [
+        RequestProtocol::Http1,
+        RequestProtocol::Http2,
+        RequestProtocol::Grpc,
+    ];
+
+    /// Its index in per-protocol counters (opaque TCP, when counted too, is [`TCP_INDEX`]).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Index of opaque TCP in per-protocol counters, after the [`RequestProtocol`]s.
+pub const TCP_INDEX: usize = RequestProtocol::ALL.len();
 
 /// What telemetry counts apart: an edge, and whether its traffic is mirrored copies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -626,6 +653,10 @@ pub struct EdgeTally {
     ok: [OnceLock<Arc<OutcomeTally>>; 3],
     tcp: OnceLock<TcpHandles>,
     tcp_closed: AtomicU64,
+    /// Policy fallbacks that this edge's version served, per protocol (then TCP).
+    fallbacks: [AtomicU64; TCP_INDEX + 1],
+    /// Mirror outcomes (mirror edges), per request protocol and [`MirrorOutcome`].
+    mirror_outcomes: [[AtomicU64; MirrorOutcome::ALL.len()]; TCP_INDEX],
 }
 
 impl EdgeTally {
@@ -636,6 +667,8 @@ impl EdgeTally {
             ok: Default::default(),
             tcp: OnceLock::new(),
             tcp_closed: AtomicU64::new(0),
+            fallbacks: Default::default(),
+            mirror_outcomes: Default::default(),
         }
     }
 
@@ -697,6 +730,10 @@ impl EdgeTally {
             tcp_closed: self.tcp_closed.load(Ordering::Relaxed),
             tcp_sent,
             tcp_received,
+            fallbacks: std::array::from_fn(|i| self.fallbacks[i].load(Ordering::Relaxed)),
+            mirror_outcomes: std::array::from_fn(|p| {
+                std::array::from_fn(|o| self.mirror_outcomes[p][o].load(Ordering::Relaxed))
+            }),
         }
     }
 }
@@ -714,6 +751,10 @@ pub struct EdgeTotals {
     pub tcp_sent: u64,
     /// Bytes received from the destination (response direction).
     pub tcp_received: u64,
+    /// Policy fallbacks served, per [`RequestProtocol::index`], then opaque TCP ([`TCP_INDEX`]).
+    pub fallbacks: [u64; TCP_INDEX + 1],
+    /// Mirror outcomes per [`RequestProtocol::index`] and `MirrorOutcome as usize`.
+    pub mirror_outcomes: [[u64; MirrorOutcome::ALL.len()]; TCP_INDEX],
 }
 
 #[cfg(test)]
@@ -789,9 +830,9 @@ mod tests {
             },
         );
         mirror.record_request(RequestProtocol::Http1, 200, None, Duration::from_millis(1));
-        mirror.record_mirror(MirrorOutcome::Sent);
-        mirror.record_mirror(MirrorOutcome::Dropped);
-        mirror.record_mirror(MirrorOutcome::Dropped);
+        mirror.record_mirror(RequestProtocol::Http1, MirrorOutcome::Sent);
+        mirror.record_mirror(RequestProtocol::Http1, MirrorOutcome::Dropped);
+        mirror.record_mirror(RequestProtocol::Http1, MirrorOutcome::Dropped);
         metrics.route_fallback("reviews", "default", "v3", "v1");
         metrics.retry("reviews", "default", RetryOutcome::BudgetExhausted);
         let text = metrics.render();

@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::http::body::Meter;
 use crate::http::headers;
 use crate::http::tee::{RequestBody, Tee, Teed};
-use crate::metrics::{EdgeMetrics, MirrorOutcome};
+use crate::metrics::{EdgeMetrics, MirrorOutcome, RequestProtocol};
 use crate::routing::PolicyRouting;
 use crate::tables::{EndpointState, MirrorTo};
 
@@ -37,11 +37,13 @@ pub struct Mirrors {
 struct Counting {
     metrics: Arc<EdgeMetrics>,
     policy: Arc<PolicyRouting>,
+    /// The copied request's protocol (the copy's edge in telemetry is keyed by it).
+    protocol: RequestProtocol,
 }
 
 impl Counting {
     fn count(&self, outcome: MirrorOutcome) {
-        self.metrics.record_mirror(outcome);
+        self.metrics.record_mirror(self.protocol, outcome);
         self.policy.count_mirror(outcome);
     }
 }
@@ -67,6 +69,7 @@ impl Mirrors {
         let counting = Counting {
             metrics: Arc::clone(to.metrics),
             policy: Arc::clone(to.policy),
+            protocol: crate::http::request_protocol(req),
         };
         let Some(backend) = to.backend else {
             counting.count(MirrorOutcome::NoEndpoint);
@@ -168,8 +171,7 @@ async fn send(
     _permit: OwnedSemaphorePermit,
 ) {
     let start = Instant::now();
-    let protocol = crate::http::request_protocol(&head);
-    let mut meter = Meter::new(Arc::clone(&counting.metrics), start, protocol);
+    let mut meter = Meter::new(Arc::clone(&counting.metrics), start, counting.protocol);
     meter.hold(Arc::clone(&endpoint));
     let req = head.map(|()| body);
     let exchange = async {

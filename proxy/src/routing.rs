@@ -120,6 +120,36 @@ impl PolicyRouting {
         self.counters.mirror[outcome as usize].inc();
     }
 
+    /// Whether `other` counts into the same counters as this state (the same spec, carried
+    /// over): readings of both can then be subtracted entry by entry.
+    pub fn shares_counters(&self, other: &PolicyRouting) -> bool {
+        Arc::ptr_eq(&self.counters, &other.counters)
+    }
+
+    /// The hits of every route entry now, in a fixed order (each rule's split, then the default
+    /// route's) that is the same for every state sharing these counters.
+    pub fn entry_hits(&self) -> Vec<EntryHits<'_>> {
+        let c = &self.policy.compiled;
+        let mut out = Vec::new();
+        let routes = (0..c.rule_count())
+            .map(|i| {
+                (
+                    Some(c.rule_name(i)),
+                    c.rule_split(i),
+                    &self.counters.rules[i],
+                )
+            })
+            .chain([(None, c.default_split(), &self.counters.default)]);
+        for (rule, split, hits) in routes {
+            out.extend((0..split.len()).map(|i| EntryHits {
+                rule,
+                version: split.version(i),
+                hits: hits.0[i].get(),
+            }));
+        }
+        out
+    }
+
     /// The `/routes` view of this policy.
     pub fn view(&self) -> PolicyView {
         let p = &self.policy.policy;
@@ -175,6 +205,17 @@ impl PolicyRouting {
             }),
         }
     }
+}
+
+/// The hit total of one route entry (see [`PolicyRouting::entry_hits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHits<'a> {
+    /// The rule's name; `None` for the default route.
+    pub rule: Option<&'a str>,
+    /// The entry's version.
+    pub version: &'a str,
+    /// Requests (and opaque connections) its split chose it for, since the counters started.
+    pub hits: u64,
 }
 
 /// One line per match block: its conditions joined by ` && `, e.g.

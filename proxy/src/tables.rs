@@ -166,6 +166,10 @@ pub struct Routed<'a> {
     pub candidates: Candidates<'a>,
     /// A mirror copy's endpoint, when the policy mirrors this request.
     pub mirror: Option<MirrorTo<'a>>,
+    /// The policy chose a version without ready endpoints and `backend` is of the fallback
+    /// version (the caller counts it on the backend's edge, where the request's protocol is
+    /// known).
+    pub fell_back: bool,
 }
 
 /// Where a mirrored copy goes.
@@ -195,6 +199,7 @@ impl Destination {
                 backend,
                 candidates: Candidates::All(&self.backends),
                 mirror: None,
+                fell_back: false,
             });
         };
         let random: u64 = rand::random();
@@ -231,6 +236,7 @@ impl Destination {
             backend,
             candidates,
             mirror,
+            fell_back: matches!(decision.target, Target::FellBack(_)),
         })
     }
 
@@ -261,7 +267,11 @@ impl Destination {
                 version,
             );
         }
-        Candidates::Group(&self.backends, routing.group(version)?).pick()
+        let backend = Candidates::Group(&self.backends, routing.group(version)?).pick()?;
+        if fell_back {
+            backend.metrics.record_fallback(None);
+        }
+        Some(backend)
     }
 }
 

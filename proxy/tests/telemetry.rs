@@ -1,7 +1,9 @@
 //! In-process loopback test of the telemetry reporter: a real proxy (`Bound`, following the
 //! control plane and reporting to it) forwards real HTTP/1.1 requests to two versions of a
 //! service on 127.0.0.1 and 127.0.0.2, and the real control plane (the serin-control library) must
-//! hold exactly those requests in its telemetry windows, edge by edge; with the control plane
+//! hold exactly those requests in its telemetry windows, edge by edge; with a traffic policy
+//! applied it must hold exactly the hits of each rule and of the default route per version, and
+//! the fallbacks on the edge of the version that served them; with the control plane
 //! stopped the proxy keeps serving and counts the reports it drops, and reports again once it is
 //! back. No root: the original destination is injected.
 
@@ -158,11 +160,15 @@ async fn start_app(ip: Ipv4Addr, port: u16, body: &'static str) -> tokio::task::
 
 /// One `GET /` through the proxy's outbound listener: the body of a 200.
 async fn call(outbound: SocketAddr) -> String {
+    call_with(outbound, "").await
+}
+
+/// One `GET /` with `headers` (each line ending in CRLF) through the proxy's outbound listener:
+/// the body of a 200.
+async fn call_with(outbound: SocketAddr, headers: &str) -> String {
     let mut stream = TcpStream::connect(outbound).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let request = format!("GET / HTTP/1.1\r\nHost: reviews\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     tokio::time::timeout(LONG, stream.read_to_string(&mut out))
         .await
@@ -204,6 +210,38 @@ fn edge(version: &str) -> EdgeKey {
         protocol: serin_control::model::Protocol::Http1,
         mirror: false,
     }
+}
+
+/// reviews: `x-canary` → v2, `end-user: jason` → v3 (which has no endpoint), the rest 50/50.
+const POLICY: &str = r#"
+apiVersion: serin.io/v1
+kind: TrafficPolicy
+metadata: {name: reviews-release, namespace: default}
+spec:
+  service: reviews
+  rules:
+    - name: canary
+      match: [{headers: {x-canary: {present: true}}}]
+      route: [{version: v2, weight: 100}]
+    - name: jason
+      match: [{headers: {end-user: {exact: jason}}}]
+      route: [{version: v3, weight: 100}]
+  default:
+    route: [{version: v1, weight: 50}, {version: v2, weight: 50}]
+"#;
+
+/// `before` (requests per edge) plus `more` requests on the v1 and v2 edges.
+fn want_sum(before: &[(EdgeKey, u64)], more: [u64; 2]) -> Vec<(EdgeKey, u64)> {
+    let mut want: Vec<(EdgeKey, u64)> = before.to_vec();
+    for (version, n) in [("v1", more[0]), ("v2", more[1])] {
+        match want.iter_mut().find(|(k, _)| *k == edge(version)) {
+            Some((_, total)) => *total += n,
+            None if n > 0 => want.push((edge(version), n)),
+            None => {}
+        }
+    }
+    want.sort();
+    want
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -338,6 +376,95 @@ async fn the_control_plane_receives_exactly_the_requests_the_proxy_forwarded() {
         assert!(stats.p99_ms.is_some(), "{key:?}: {stats:?}");
         assert_eq!(stats.error_rate, 0.0);
     }
+
+    // A policy: `x-canary` → v2, `end-user: jason` → v3 (no endpoint: falls back to v1), the
+    // rest 50/50. Every request's rule hit arrives, per rule and version, exactly once; the
+    // fallbacks arrive on the edge of the version that served them.
+    let policy = serin_policy::parse_policy(POLICY).unwrap();
+    let applied = admin
+        .apply_policy(v1::ApplyPolicyRequest {
+            policy: Some(v1::TrafficPolicy::from(&policy)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let generation = applied.policy.unwrap().metadata.unwrap().generation;
+    eventually("the policy in the proxy's tables", || {
+        let t = tables.borrow().clone();
+        async move {
+            let p = t
+                .policies()
+                .first()
+                .map(|p| p.policy.policy.metadata.generation)?;
+            (p == Some(generation)).then_some(())
+        }
+    })
+    .await;
+    let before = cp.requests();
+    const CANARY: u64 = 7;
+    const JASON: u64 = 3;
+    const SPLIT: u64 = 30;
+    for _ in 0..CANARY {
+        assert_eq!(
+            call_with(bound.outbound_addr, "x-canary: 1\r\n").await,
+            "v2"
+        );
+    }
+    for _ in 0..JASON {
+        assert_eq!(
+            call_with(bound.outbound_addr, "end-user: jason\r\n").await,
+            "v1"
+        );
+    }
+    let mut split = [0u64; 2];
+    for _ in 0..SPLIT {
+        match call(bound.outbound_addr).await.as_str() {
+            "v1" => split[0] += 1,
+            _ => split[1] += 1,
+        }
+    }
+    let mut want_hits = vec![
+        ("canary".to_owned(), "v2".to_owned(), CANARY),
+        ("jason".to_owned(), "v3".to_owned(), JASON),
+    ];
+    for (version, n) in [("v1", split[0]), ("v2", split[1])] {
+        if n > 0 {
+            want_hits.push((String::new(), version.to_owned(), n));
+        }
+    }
+    want_hits.sort();
+    eventually("the control plane holds every rule hit", || {
+        let now = serin_control::telemetry::Clock::System.now_ms();
+        let mut got: Vec<_> = cp
+            .handles
+            .rule_hits
+            .policy(now, 60_000, "default", "reviews-release", generation)
+            .into_iter()
+            .map(|h| (h.rule, h.version, h.hits))
+            .collect();
+        got.sort();
+        let matches = got == want_hits;
+        async move { matches.then_some(()) }
+    })
+    .await;
+    let fallbacks = |edges: &[(EdgeKey, serin_control::telemetry::WindowStats)], v: &str| {
+        edges
+            .iter()
+            .find(|(k, _)| *k == edge(v))
+            .map_or(0, |(_, s)| s.counts.version_fallbacks)
+    };
+    eventually("the fallbacks on the v1 edge, and every request", || {
+        let now = serin_control::telemetry::Clock::System.now_ms();
+        let edges = cp.handles.edges.window(now, 60_000);
+        let want = want_sum(&before, [JASON + split[0], CANARY + split[1]]);
+        let ok = fallbacks(&edges, "v1") == JASON
+            && fallbacks(&edges, "v2") == 0
+            && cp.requests() == want;
+        async move { ok.then_some(()) }
+    })
+    .await;
+
     let metrics = admin_get(bound.admin_addr, "/metrics").await;
     assert!(metric(&metrics, "serin_telemetry_reports_sent_total") >= 1);
     assert_eq!(metric(&metrics, "serin_telemetry_connections_total"), 1);

@@ -3,7 +3,9 @@
 //! sidecars reporting telemetry) in Bookinfo's shape — loadgen → productpage v1 → reviews v1 and
 //! v2, every app a `serin-demo-app` — with traffic at a known rate for a bounded time. The
 //! control plane's `/api/topology` (10 s window), fed only by the sidecars' reports, must show
-//! the edges between version-level nodes at rates within ±20 % of the generated rate.
+//! the edges between version-level nodes at rates within ±20 % of the generated rate. With a
+//! 70/30 split of reviews applied through the dashboard API first, `/api/services/reviews` must
+//! show the default route's hits per version exactly as the versions answered.
 //! Skipped, with a printed reason, without root.
 //!
 //! Needs the binaries first: `cargo build --bins -p serin-control -p serin-proxy -p
@@ -127,6 +129,29 @@ fn api_get(path: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
+/// `METHOD path` with a JSON `body` on the control plane's HTTP port: the JSON answer of a 200.
+fn api_send(method: &str, path: &str, body: &str) -> Value {
+    let addr = SocketAddr::from(([127, 0, 0, 1], HTTP_PORT));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: dashboard\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{method} {path}: {out}");
+    let answer = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(answer).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"))
+}
+
 /// The primary (not mirrored) edge from node `source` to node `destination`, if shown.
 fn edge<'a>(graph: &'a Value, source: &str, destination: &str) -> Option<&'a Value> {
     graph["edges"]
@@ -163,6 +188,25 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
             loadgen,
         ])
         .expect("deploy");
+
+    // A 70/30 split of reviews, through the dashboard's API, in productpage's sidecar (the one
+    // that routes reviews and counts the hits) before any traffic.
+    let changed = api_send(
+        "POST",
+        &format!("/api/services/reviews/weights?namespace={NAMESPACE}"),
+        r#"{"weights":[{"version":"v1","weight":70},{"version":"v2","weight":30}]}"#,
+    );
+    let generation = changed["generation"].as_u64().expect("a generation");
+    eventually(
+        "the reviews policy in productpage's sidecar",
+        Duration::from_secs(10),
+        || {
+            let routes = sidecar_get(cluster, "productpage-v1", "/routes");
+            routes
+                .contains(&format!("\"generation\": {generation}"))
+                .then_some(())
+        },
+    );
 
     // Bounded traffic at a known rate from inside the mesh (through loadgen's own sidecar).
     let mut traffic = TrafficOptions::new(format!("http://productpage:{PORT}/productpage"));
@@ -239,6 +283,27 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
         },
     );
 
+    // The default route's hits: every request productpage sent to reviews, on the version the
+    // split chose (both versions ready: the one that answered), exactly once.
+    let want_hits = [report.count("reviews", "v1"), report.count("reviews", "v2")];
+    let service = eventually(
+        "the default route's hits in /api/services/reviews",
+        Duration::from_secs(4),
+        || {
+            let s = api_get(&format!(
+                "/api/services/reviews?namespace={NAMESPACE}&window=1m"
+            ));
+            let hits = &s["policy"]["default_hits"];
+            let got = [0, 1].map(|i| hits["versions"][i]["hits"].as_u64().unwrap_or(0));
+            tracing::info!(?got, ?want_hits, "default route hits over the minute");
+            (got == want_hits && s["rule_hits"]["generation"] == generation).then_some(s)
+        },
+    );
+    let hits = &service["policy"]["default_hits"];
+    assert_eq!(hits["versions"][0]["version"], "v1", "{service}");
+    assert_eq!(hits["versions"][0]["configured_percent"], 70.0, "{service}");
+    assert_eq!(hits["total"], want_hits[0] + want_hits[1], "{service}");
+
     // Version-level nodes, and the numbers beside the rates.
     let nodes: Vec<&str> = graph["nodes"]
         .as_array()
@@ -280,13 +345,18 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
 
 /// The `/metrics` text of `pod`'s sidecar (fetched from inside the pod by the demo app).
 fn sidecar_metrics(cluster: &Cluster, pod: &str) -> String {
+    sidecar_get(cluster, pod, "/metrics")
+}
+
+/// `path` on the admin port of `pod`'s sidecar (fetched from inside the pod by the demo app).
+fn sidecar_get(cluster: &Cluster, pod: &str, path: &str) -> String {
     let out = cluster
         .exec(
             pod,
             [
                 demo_app().display().to_string(),
                 "get".into(),
-                "http://127.0.0.1:15000/metrics".into(),
+                format!("http://127.0.0.1:15000{path}"),
             ],
         )
         .expect("exec in the pod")

@@ -15,8 +15,8 @@ pub const MAX_BUCKETS: usize = 64;
 pub const MAX_OUTCOMES: usize = 16;
 /// Most distinct mirror outcome names per slot.
 pub const MAX_MIRROR_OUTCOMES: usize = 8;
-/// How much traffic one report covers (the sidecars' interval): an edge's first report stands for
-/// the second before it arrived.
+/// How much traffic one report covers when it does not say (the sidecars' default interval); a
+/// report's own `interval_end - interval_start` is used when present.
 pub const REPORT_INTERVAL_MS: u64 = 1_000;
 
 const FINE: Tier = Tier {
@@ -77,11 +77,11 @@ pub struct Counts {
     pub tcp_opened: u64,
     /// TCP connections closed.
     pub tcp_closed: u64,
-    /// Bytes toward the source.
+    /// TCP bytes from the destination to the source (response direction).
     pub sent_bytes: u64,
-    /// Bytes from the source.
+    /// TCP bytes from the source to the destination (request direction).
     pub received_bytes: u64,
-    /// Requests that fell back to another version.
+    /// Requests that a policy sent to this version as a fallback.
     pub version_fallbacks: u64,
     /// Mirror outcomes, at most [`MAX_MIRROR_OUTCOMES`] names.
     pub mirror_outcomes: Vec<(String, u64)>,
@@ -143,6 +143,8 @@ impl Counts {
             && self.tcp_closed == 0
             && self.sent_bytes == 0
             && self.received_bytes == 0
+            && self.version_fallbacks == 0
+            && self.mirror_outcomes.is_empty()
     }
 
     fn heap_bytes(&self) -> usize {
@@ -241,9 +243,9 @@ pub struct WindowStats {
     pub p95_ms: Option<f64>,
     /// 99th percentile, ms.
     pub p99_ms: Option<f64>,
-    /// Bytes per second from the source.
+    /// TCP bytes per second from the source to the destination (request direction).
     pub received_bytes_per_second: f64,
-    /// Bytes per second toward the source.
+    /// TCP bytes per second from the destination to the source (response direction).
     pub sent_bytes_per_second: f64,
     /// Connections open now (opened minus closed since the edge was first seen).
     pub active_connections: u64,
@@ -291,7 +293,10 @@ pub struct EdgeWindows {
     bounds: Vec<f64>,
     fine: Ring,
     coarse: Ring,
-    first_ms: u64,
+    /// When the traffic of the edge's first report started: its arrival minus its interval.
+    since_ms: u64,
+    /// The first report's interval, ms (the shortest span a rate is averaged over).
+    first_interval_ms: u64,
     last_ms: u64,
     opened: u64,
     closed: u64,
@@ -312,24 +317,28 @@ pub struct Delta {
     pub tcp_opened: u64,
     /// Connections closed.
     pub tcp_closed: u64,
-    /// Bytes toward the source.
+    /// TCP bytes from the destination to the source (response direction; telemetry.proto
+    /// `sent_bytes`, the sidecar's `serin_tcp_received_bytes_total`).
     pub sent_bytes: u64,
-    /// Bytes from the source.
+    /// TCP bytes from the source to the destination (request direction; telemetry.proto
+    /// `received_bytes`, the sidecar's `serin_tcp_sent_bytes_total`).
     pub received_bytes: u64,
-    /// Requests that fell back to another version.
+    /// Requests that a policy sent to this version as a fallback.
     pub version_fallbacks: u64,
     /// Mirror outcomes.
     pub mirror_outcomes: BTreeMap<String, u64>,
 }
 
 impl EdgeWindows {
-    /// An edge first seen at `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
+    /// An edge first seen at `now_ms`, in a report covering the `interval_ms` before it.
+    pub fn new(now_ms: u64, interval_ms: u64) -> Self {
+        let interval_ms = interval_ms.max(1);
         EdgeWindows {
             bounds: Vec::new(),
             fine: Ring::new(FINE),
             coarse: Ring::new(COARSE),
-            first_ms: now_ms,
+            since_ms: now_ms.saturating_sub(interval_ms),
+            first_interval_ms: interval_ms,
             last_ms: now_ms,
             opened: 0,
             closed: 0,
@@ -395,10 +404,10 @@ impl EdgeWindows {
         if counts.is_empty() {
             return None;
         }
-        // A young edge is averaged over its own life (its first report covers the second before
-        // it), not over a window it was not there for.
-        let start = span_start.max(self.first_ms.saturating_sub(REPORT_INTERVAL_MS));
-        let covered_ms = now_ms.saturating_sub(start).max(REPORT_INTERVAL_MS);
+        // A young edge is averaged over its own life (its first report covers its interval
+        // before it arrived), not over a window it was not there for.
+        let start = span_start.max(self.since_ms);
+        let covered_ms = now_ms.saturating_sub(start).max(self.first_interval_ms);
         let secs = covered_ms as f64 / 1000.0;
         let rps = if counts.requests > 0 {
             counts.requests as f64 / secs
@@ -486,7 +495,7 @@ mod tests {
     fn windows_slide_with_the_clock() {
         crate::test_tracing();
         let t0 = 1_000_000_000;
-        let mut e = EdgeWindows::new(t0);
+        let mut e = EdgeWindows::new(t0, 1_000);
         // 20 seconds at 50 requests per second (one report a second, 10 % failing), then 30
         // seconds at 10 per second without failures.
         for s in 0..20 {
@@ -518,7 +527,7 @@ mod tests {
     fn young_edges_are_averaged_over_their_life() {
         crate::test_tracing();
         let t0 = 5_000_000;
-        let mut e = EdgeWindows::new(t0);
+        let mut e = EdgeWindows::new(t0, 1_000);
         for s in 0..3 {
             e.record(t0 + s * 1000, &delta(100, 0, [100, 0, 0, 0, 0, 0]));
         }
@@ -528,9 +537,49 @@ mod tests {
     }
 
     #[test]
+    fn a_new_edge_covers_its_first_report_interval_not_a_guess() {
+        crate::test_tracing();
+        // A proxy reporting every 200 ms: 20 requests in its first report are 100 rps, not 20.
+        let t0 = 7_000_000;
+        let mut e = EdgeWindows::new(t0, 200);
+        e.record(t0, &delta(20, 0, [20, 0, 0, 0, 0, 0]));
+        let w = e.window(t0, 10_000).unwrap();
+        assert_eq!(w.covered_ms, 200);
+        assert!((w.rps - 100.0).abs() < 1e-9, "{}", w.rps);
+        // And one reporting every 5 s: 50 requests over its first 5 s are 10 rps.
+        let mut slow = EdgeWindows::new(t0, 5_000);
+        slow.record(t0, &delta(50, 0, [50, 0, 0, 0, 0, 0]));
+        let w = slow.window(t0 + 100, 60_000).unwrap();
+        assert!((w.rps - 50.0 / 5.1).abs() < 1e-9, "{}", w.rps);
+    }
+
+    #[test]
+    fn fallbacks_and_mirror_outcomes_alone_keep_an_edge_visible() {
+        crate::test_tracing();
+        let mut e = EdgeWindows::new(0, 1_000);
+        let d = Delta {
+            version_fallbacks: 0,
+            mirror_outcomes: [("dropped".to_owned(), 3)].into(),
+            ..Delta::default()
+        };
+        e.record(1_000, &d);
+        let w = e.window(1_500, 10_000).unwrap();
+        assert_eq!(w.counts.mirror_outcomes, [("dropped".to_owned(), 3)]);
+        let mut f = EdgeWindows::new(0, 1_000);
+        f.record(
+            1_000,
+            &Delta {
+                version_fallbacks: 2,
+                ..Delta::default()
+            },
+        );
+        assert_eq!(f.window(1_500, 10_000).unwrap().counts.version_fallbacks, 2);
+    }
+
+    #[test]
     fn other_bounds_are_rebinned_into_the_edge_bounds() {
         crate::test_tracing();
-        let mut e = EdgeWindows::new(0);
+        let mut e = EdgeWindows::new(0, 1_000);
         e.record(1000, &delta(10, 0, [10, 0, 0, 0, 0, 0]));
         let other = Delta {
             responses: [((200, None), 10)].into(),
@@ -549,7 +598,7 @@ mod tests {
     #[test]
     fn memory_per_edge_is_fixed_however_long_it_reports() {
         crate::test_tracing();
-        let mut e = EdgeWindows::new(0);
+        let mut e = EdgeWindows::new(0, 1_000);
         let mut d = delta(1, 1, [1, 1, 1, 1, 1, 1]);
         d.mirror_outcomes = [("sent".to_owned(), 1)].into();
         for s in 0..2_000 {

@@ -397,7 +397,21 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
                         .filter(|(_, t)| t.destination == (service, version))
                         .map(|(_, t)| t.clone())
                         .collect();
-                    if !mine.is_empty() {
+                    if pod_index == 1 {
+                        // productpage routes reviews: the default route's hits, under both
+                        // generations the test goes through (the page shows the current one's).
+                        let v2 = v2_rate.load(Ordering::Acquire);
+                        let hits = [1, 2]
+                            .into_iter()
+                            .flat_map(|g| {
+                                [
+                                    crate::dashboard::reviews_hits(g, "", "v1", 200 - v2),
+                                    crate::dashboard::reviews_hits(g, "", "v2", v2),
+                                ]
+                            })
+                            .collect();
+                        car.report_with_hits(&mine, hits).await;
+                    } else if !mine.is_empty() {
                         car.report(&mine).await;
                     }
                 }
@@ -524,6 +538,19 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
         .await;
     page.until("the release panel", "document.getElementById('apply-weights') && document.querySelector('tr[data-version=\"v2\"]') && true")
         .await;
+    // The default route's hits next to its configured split (90/10; the traffic now sends half
+    // of it to v2, so the observed share is above the configured one).
+    let hits = page
+        .until(
+            "the default route's hits in the panel",
+            "(() => { const h = document.querySelector('[data-hits=\"\"]'); return h && Number(h.dataset.total) > 0 && h.parentElement.textContent; })()",
+        )
+        .await;
+    let hits = hits.as_str().unwrap_or_default().to_owned();
+    assert!(
+        hits.contains("configured 90%") && hits.contains("configured 10% · observed"),
+        "{hits}"
+    );
     page.eval(
         "for (const [v, w] of [['v1', 50], ['v2', 50], ['v3', 0]]) { const el = document.querySelector(`input[data-weight=\"${v}\"]`); el.value = w; el.dispatchEvent(new Event('input', {bubbles: true})); } document.getElementById('apply-weights').click(); true",
     )

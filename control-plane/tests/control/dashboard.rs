@@ -144,12 +144,18 @@ impl Sidecar {
 
     /// Sends one interval's edges and waits for the answer.
     pub async fn report(&mut self, edges: &[Traffic]) {
+        self.report_with_hits(edges, Vec::new()).await;
+    }
+
+    /// Sends one interval's edges and rule hits and waits for the answer.
+    pub async fn report_with_hits(&mut self, edges: &[Traffic], rule_hits: Vec<v1::RuleHits>) {
         self.sequence += 1;
         self.tx
             .send(v1::ReportRequest {
                 reporter: self.identity.clone(),
                 sequence: self.sequence,
                 edges: edges.iter().map(Traffic::stats).collect(),
+                rule_hits,
                 ..Default::default()
             })
             .await
@@ -161,6 +167,20 @@ impl Sidecar {
             .unwrap();
         assert_eq!(answer.sequence, self.sequence);
         assert_eq!(answer.edges_dropped, 0, "no edge dropped");
+        assert_eq!(answer.rule_hits_dropped, 0, "no rule hit dropped");
+    }
+}
+
+/// `count` hits of route `rule` ("" = default) to `version` under generation `generation` of
+/// the policy `default/reviews` (the one the weight changes make).
+pub fn reviews_hits(generation: u64, rule: &str, version: &str, count: u64) -> v1::RuleHits {
+    v1::RuleHits {
+        policy_namespace: "default".into(),
+        policy_name: "reviews".into(),
+        generation,
+        rule: rule.into(),
+        version: version.into(),
+        count,
     }
 }
 
@@ -237,7 +257,8 @@ fn assert_close(what: &str, got: f64, want: f64) {
 
 /// Reports `seconds` seconds of traffic: productpage v1 calls reviews v1 at `v1` and v2 at `v2`
 /// requests per second (inbound reports from each reviews sidecar, outbound ones from
-/// productpage's), plus 5 rps of mirror traffic to v2; one report per simulated second.
+/// productpage's, with the default route's hits under generation 1 of the reviews policy), plus
+/// 5 rps of mirror traffic to v2; one report per simulated second.
 pub async fn drive(clock: &AtomicU64, sidecars: &mut [Sidecar; 3], seconds: u64, v1: u64, v2: u64) {
     let pp = ("productpage", "v1");
     for _ in 0..seconds {
@@ -258,10 +279,18 @@ pub async fn drive(clock: &AtomicU64, sidecars: &mut [Sidecar; 3], seconds: u64,
             .await;
         r2.report(&[failing, mirror]).await;
         // The caller's side of the same requests: shown only where the callee does not report.
-        page.report(&[
-            outbound(("reviews", "v1"), v1),
-            outbound(("reviews", "v2"), v2),
-        ])
+        let hits = [("v1", v1), ("v2", v2)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(version, n)| reviews_hits(1, "", version, n))
+            .collect();
+        page.report_with_hits(
+            &[
+                outbound(("reviews", "v1"), v1),
+                outbound(("reviews", "v2"), v2),
+            ],
+            hits,
+        )
         .await;
     }
 }
@@ -372,7 +401,18 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
 
     let s = get_json(h.http, "/api/services/reviews?window=10s").await;
     assert_eq!(s["policy"]["generation"], 1);
-    assert_eq!(s["rule_hits"]["available"], false);
+    // The default route's hits (generation 1): 90 % of 1000 requests chose v1, as configured.
+    assert_eq!(s["rule_hits"]["available"], true, "{s}");
+    assert_eq!(s["rule_hits"]["generation"], 1);
+    assert_eq!(s["rule_hits"]["total"], 1000);
+    let hits = &s["policy"]["default_hits"];
+    assert_eq!(hits["total"], 1000, "{s}");
+    assert_eq!(hits["versions"][0]["version"], "v1");
+    assert_eq!(hits["versions"][0]["hits"], 900);
+    assert_eq!(hits["versions"][0]["configured_percent"], 90.0);
+    assert_eq!(hits["versions"][0]["observed_percent"], 90.0);
+    assert_eq!(hits["versions"][1]["hits"], 100);
+    assert_eq!(s["policy"]["rules"], serde_json::json!([]));
     let v = s["versions"].as_array().unwrap();
     assert_eq!(v[0]["version"], "v1");
     assert_eq!(v[0]["configured_percent"], 90.0);
@@ -398,6 +438,11 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // A new generation: the hits of the previous one are not shown as its own.
+    let s = get_json(h.http, "/api/services/reviews?window=10s").await;
+    assert_eq!(s["rule_hits"]["generation"], 2, "{s}");
+    assert_eq!(s["rule_hits"]["total"], 0, "{s}");
+    assert_eq!(s["policy"]["default_hits"]["versions"][0]["hits"], 0, "{s}");
     let mut admin = h.admin().await;
     let p = admin
         .get_policy(v1::GetPolicyRequest {
