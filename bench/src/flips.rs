@@ -51,6 +51,11 @@ const LOAD_CAP: Duration = Duration::from_secs(600);
 /// answer in that window are that split's (the window starts after the sidecar switched and
 /// ends before the next flip, so no request of another split falls in it but a straggler).
 const DWELL: Duration = Duration::from_millis(10);
+/// Flips not applied or not ACKed in a row after which the run stops flipping (a control plane
+/// or sidecar that stopped answering would otherwise take `ACK_TIMEOUT` per remaining flip).
+const GIVE_UP_AFTER: usize = 3;
+/// Longest time the flips may take; half the load's cap, so the load always outlasts them.
+const FLIP_BUDGET: Duration = Duration::from_secs(300);
 /// Load after the last flip, so that requests routed by it complete within the run.
 const COOL_DOWN: Duration = Duration::from_millis(300);
 
@@ -149,6 +154,8 @@ pub struct Flipped {
     pub acked: usize,
     /// The first `ApplyPolicy` failure.
     pub apply_error: Option<String>,
+    /// Why the flips stopped before the planned count, if they did.
+    pub stopped: Option<String>,
     /// From each `ApplyPolicy` call to the client sidecar's ACK, as polled.
     pub ack_latency: Latencies,
     /// Traffic while 90/10 (v1/v2) was in force.
@@ -178,11 +185,16 @@ impl Flipped {
             .map(|e| format!(" (first ApplyPolicy failure: {e})"))
             .unwrap_or_default();
         let ack = self.ack_latency.summary();
+        let stopped = self
+            .stopped
+            .as_ref()
+            .map(|why| format!(" (then stopped: {why})"))
+            .unwrap_or_default();
         format!(
-            "{} failed of {} requests{first}: {verdict}; {} flips applied{apply_error}, {} acked \
-             by the client sidecar (ApplyPolicy call → its ACK: p50 {} ms, p99 {} ms); shares \
-             counted at the upstreams in the {DWELL:?} after each ACK: {}; {}; {:.1} s of load at the fixed rate, \
-             {} requests not sent on time",
+            "{} failed of {} requests{first}: {verdict}; {} flips applied{apply_error}, {} \
+             acked{stopped} by the client sidecar (ApplyPolicy call → its ACK: p50 {} ms, p99 \
+             {} ms); shares counted at the upstreams in the {DWELL:?} after each ACK: {}; {}; \
+             {:.1} s of load at the fixed rate, {} requests not sent on time",
             self.failed,
             self.requests,
             self.applied,
@@ -384,7 +396,20 @@ async fn flips(
     tokio::time::sleep(plan.warmup).await;
     let mut out = Flipped::default();
     let mut acked_version = client_ack(admin).await?.0;
+    let began = Instant::now();
+    let mut failed_in_a_row = 0;
     for generation in 1..=plan.flips as u32 {
+        if failed_in_a_row >= GIVE_UP_AFTER {
+            out.stopped = Some(format!(
+                "{GIVE_UP_AFTER} flips in a row were not applied or not ACKed within \
+                 {ACK_TIMEOUT:?}"
+            ));
+            break;
+        }
+        if began.elapsed() > FLIP_BUDGET {
+            out.stopped = Some(format!("the flips took longer than {FLIP_BUDGET:?}"));
+            break;
+        }
         let start = Instant::now();
         let applied = admin
             .apply_policy(v1::ApplyPolicyRequest {
@@ -395,6 +420,7 @@ async fn flips(
             .await;
         if let Err(e) = applied {
             out.apply_error.get_or_insert_with(|| e.to_string());
+            failed_in_a_row += 1;
             continue;
         }
         out.applied += 1;
@@ -411,8 +437,10 @@ async fn flips(
             tokio::time::sleep(POLL).await;
         };
         if !acked {
+            failed_in_a_row += 1;
             continue;
         }
+        failed_in_a_row = 0;
         out.acked += 1;
         out.ack_latency.record(start.elapsed());
         let counts = || [upstreams[0].http_requests(), upstreams[1].http_requests()];
@@ -630,6 +658,12 @@ mod tests {
                 .starts_with("3 failed of 30000 requests (first: status 503): **missed**")
         );
         assert_eq!(Half::default().v1_percent(), 0.0);
+        flipped.stopped = Some("3 flips in a row were not ACKed".into());
+        assert!(
+            flipped
+                .describe()
+                .contains("1000 acked (then stopped: 3 flips in a row were not ACKed) by")
+        );
     }
 
     #[test]
