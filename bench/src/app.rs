@@ -52,8 +52,9 @@ pub struct Cli {
     /// then describe the profiler, not the proxies.
     #[arg(long, value_name = "COMMAND")]
     pub wrapper: Option<String>,
-    /// Measure only the control plane (propagation and memory; no proxies, no peers). With
-    /// `--write`, only the "Control plane" table of that file is replaced.
+    /// Measure only the control plane (propagation, memory, and weight flips under load through
+    /// real serin-proxy sidecars; no peers). With `--write`, only the "Control plane" table of
+    /// that file is replaced.
     #[arg(long, conflicts_with_all = ["shapes", "workloads", "wrapper"])]
     pub control_plane_only: bool,
 }
@@ -112,12 +113,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 
     // 3. serin-proxy, copied where uid 1337 may run it (a build directory may be closed to it).
     let bin_dir = Scratch::new("bin")?;
-    let serin_proxy = match find_serin_proxy(cli.serin_proxy.as_deref()) {
-        Some(found) => {
-            let copy = bin_dir.path().join("serin-proxy");
-            fs::copy(&found, &copy).with_context(|| format!("copy {}", found.display()))?;
-            Some((found, copy))
-        }
+    let serin_proxy = copy_serin_proxy(cli, &bin_dir)?;
+    match &serin_proxy {
+        Some(_) => {}
         None => {
             unavailable.push((
                 Proxy::Serin,
@@ -125,9 +123,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                  --bins -p serin-proxy, or pass --serin-proxy FILE)"
                     .to_owned(),
             ));
-            None
         }
-    };
+    }
     let pinning = Pinning::detect()?;
     let env = Env {
         programs: Programs {
@@ -171,17 +168,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let stop = stop_on_signals()?;
     let measured = run::run(&plan, &env, &shapes, &workloads, &stop);
     let control = find_sibling("serin-control");
+    let control_plan = if plan.quick {
+        ControlPlan::quick()
+    } else {
+        ControlPlan::full()
+    };
     let control_plane = match &control {
         Some(binary) if !stop.load(Ordering::SeqCst) => {
             eprintln!("serin-bench: control plane: {}", binary.display());
-            let control_plan = if plan.quick {
-                ControlPlan::quick()
-            } else {
-                ControlPlan::full()
-            };
-            control::run(binary, &control_plan, pinning.client, pinning.server)
+            let proxy = serin_proxy.as_ref().map(|(_, copy)| copy.as_path());
+            control::run(binary, proxy, &control_plan, pinning)
         }
-        _ => control::skipped(control.as_deref(), None),
+        _ => control::skipped(control.as_deref(), None, &control_plan),
     };
     let load_after = machine::load_average();
 
@@ -270,8 +268,11 @@ fn control_plane_only(cli: &Cli, plan: &Plan) -> anyhow::Result<ExitCode> {
         ControlPlan::full()
     };
     eprintln!("serin-bench: control plane only: {}", binary.display());
+    let bin_dir = Scratch::new("bin")?;
+    let serin_proxy = copy_serin_proxy(cli, &bin_dir)?;
     let load_before = machine::load_average();
-    let mut scenarios = control::run(&binary, &control_plan, pinning.client, pinning.server);
+    let proxy = serin_proxy.as_ref().map(|(_, copy)| copy.as_path());
+    let mut scenarios = control::run(&binary, proxy, &control_plan, pinning);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     scenarios.push((
         "load average (1 min) before / after this table's run".into(),
@@ -465,6 +466,17 @@ fn find_sibling(name: &str) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// The serin-proxy to measure (found, and its copy in `bin_dir` that uid 1337 may run: a build
+/// directory may be closed to it), if there is one.
+fn copy_serin_proxy(cli: &Cli, bin_dir: &Scratch) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    let Some(found) = find_serin_proxy(cli.serin_proxy.as_deref()) else {
+        return Ok(None);
+    };
+    let copy = bin_dir.path().join("serin-proxy");
+    fs::copy(&found, &copy).with_context(|| format!("copy {}", found.display()))?;
+    Ok(Some((found, copy)))
+}
+
 fn find_serin_proxy(given: Option<&Path>) -> Option<PathBuf> {
     match given {
         Some(path) => path.is_file().then(|| path.to_owned()),
@@ -485,6 +497,9 @@ sudo target/release/serin-bench --write BENCHMARKS.md     # about 15 minutes on 
 sudo target/release/serin-bench --quick                   # CI smoke run, under 2 minutes
 sudo target/release/serin-bench --control-plane-only --write BENCHMARKS.md  # that table only
 ```
+
+`--control-plane-only` runs the control-plane table alone (propagation, memory, weight flips
+under load with real sidecars), without nginx and HAProxy.
 
 ## Method
 
@@ -515,12 +530,35 @@ sudo target/release/serin-bench --control-plane-only --write BENCHMARKS.md  # th
 - **Resources.** CPU: utime + stime of the proxy processes (`/proc/PID/stat`) over the
   capacity run, per request per hop. RSS: just started, after warm-up, and the peak sampled
   every 20 ms.
+- **Feature cost.** Serin 1 hop, HTTP/1.1 keep-alive, the same runs as the plain row, with a
+  snapshot whose policy for the service has 100 rules (each on a header value no request
+  carries, so every request is checked against all 100 before the default route takes it), a
+  90/10 v1/v2 default split and 10 % mirroring to a shadow version v3 that takes no primary
+  traffic. Second row: the same with v3's endpoint on a port that accepts and never answers, so
+  that the copies hang (until serin-proxy's 5 s mirror timeout, at most 128 in flight) while the
+  primary requests must not notice. After each run the sidecar's `/routes` hit counts must show
+  the path taken (no rule hit, the default route's split at about 90/10, about 10 % sampled for
+  mirroring; none of the copies answered when the target hangs), or the row shows why it was
+  refused instead of figures. Verdicts against DESIGN.md: capacity ≥ 0.90× plain forwarding;
+  primary p99 with the hanging target within ±10 % of the row above.
 - **Control plane.** `serin-control` (when built next to serin-bench) on loopback, pinned to
   the server CPU; simulated proxies are tonic clients of `serin.v1.Discovery` on the client CPU
   (100 streams per connection) that ACK every push at once. Propagation: 100 applies, 100 ms
   apart, each flipping a 90/10 split; the time from the `ApplyPolicy` call returning (and from
   its start) to the last proxy's receipt (and ACK) of the new snapshot, with 1, 100 and 1000
   proxies; memory: its RSS with 10 000 subscribers.
+- **Weight flips under load.** Real processes in the 2-hop shape: `serin-control` in its own
+  pod; a client pod and two server pods (serin-bench's upstream in each), registered through
+  the Admin API (`RegisterWorkload`) as versions v1 and v2 of one service; the capture rules and
+  a `serin-proxy --control-plane` sidecar in each of the three (pinning as above, the control
+  plane on the server CPU). An open-loop HTTP/1.1 load at 1000 rps over 16 connections runs to
+  the service's VIP throughout, while 1000 `ApplyPolicy` calls alternate the default split
+  between 90/10 and 10/90: after each, the flipper polls `ListProxies` (every 2 ms) until the
+  client sidecar has ACKed a newer snapshot, keeps that split 10 ms and flips again, so every
+  flip reaches the data plane (flips faster than serin-control's 20 ms push interval would be
+  coalesced). Reported: failed requests (any non-2xx or transport error; target 0) of all sent,
+  flips applied and ACKed with the call → ACK time, and the share per version in each half,
+  counted at the two upstreams during the 10 ms after each ACK. `--quick` does 20 flips.
 - **Honesty.** Ratios compare figures of the same run. A run on a busy machine is labelled
   preliminary with its load average. Scenarios that cannot run yet say why instead of showing
   figures.
@@ -564,6 +602,17 @@ mod tests {
         assert!(new.contains("new figures") && !new.contains("old figures"));
         assert!(new.ends_with("## Findings\n\nwhy it is slow\n"));
         assert_eq!(findings_section("no findings here"), None);
+    }
+
+    #[test]
+    fn benchmarks_md_opens_with_the_method_the_binary_writes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(INTRO),
+            "{} does not start with app::INTRO: edit both",
+            path.display()
+        );
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! proxies (tonic clients of `serin.v1.Discovery` that ACK every push at once), and
 //! `serin-control`'s RSS with 10 000 subscribers. The control plane runs as its own process on
 //! loopback, pinned to the server CPU; the simulated proxies run on the client CPU. Weight flips
-//! under load need real sidecars fed by the control plane; that scenario is not driven yet and
-//! says so.
+//! under load run real sidecars fed by the control plane ([`crate::flips`]).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -20,8 +19,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::flips::{self, FlipPlan};
 use crate::histogram::Latencies;
-use crate::pinning;
+use crate::pinning::{self, Pinning};
 use crate::report::{mib, ms};
 use crate::resources;
 use crate::shape::Scratch;
@@ -42,6 +42,8 @@ pub struct ControlPlan {
     pub rounds: usize,
     /// Subscribers for the memory figure.
     pub subscribers: usize,
+    /// Weight flips under load.
+    pub flips: FlipPlan,
 }
 
 impl ControlPlan {
@@ -51,6 +53,7 @@ impl ControlPlan {
             proxies: vec![1, 100, 1000],
             rounds: 100,
             subscribers: 10_000,
+            flips: FlipPlan::full(),
         }
     }
 
@@ -60,6 +63,7 @@ impl ControlPlan {
             proxies: vec![1, 100, 1000],
             rounds: 3,
             subscribers: 1000,
+            flips: FlipPlan::quick(),
         }
     }
 }
@@ -67,16 +71,17 @@ impl ControlPlan {
 const PROPAGATION: &str =
     "apply → every proxy acked, 1 / 100 / 1000 simulated proxies (target p99 ≤ 100 ms with 1000)";
 const MEMORY: &str = "serin-control RSS with 10 000 subscribed proxies (target ≤ 1 GiB)";
-const FLIPS: &str = "failed requests over 1000 weight flips under load (target 0)";
-/// Why flips under load are not measured.
-const FLIPS_SKIPPED: &str = "skipped: serin-bench does not drive this one yet (it needs real \
-    sidecars fed by serin-control through serin-proxy's discovery client, which has only just \
-    landed, with flips during load); no figures rather than figures of simulated proxies that \
-    carry no traffic";
+/// Why flips under load are not measured without a serin-proxy.
+const NO_PROXY: &str = "skipped: no serin-proxy next to serin-bench (build it: cargo build \
+    --release --bins -p serin-proxy, or pass --serin-proxy FILE)";
 
 /// Each scenario with why it was not measured: `control` is where `serin-control` was found,
 /// `why` what went wrong when it ran.
-pub fn skipped(control: Option<&Path>, why: Option<&str>) -> Vec<(String, String)> {
+pub fn skipped(
+    control: Option<&Path>,
+    why: Option<&str>,
+    plan: &ControlPlan,
+) -> Vec<(String, String)> {
     let why = match (control, why) {
         (_, Some(why)) => format!("not measured: {why}"),
         (None, None) => "skipped: no serin-control binary next to serin-bench (build it: cargo \
@@ -86,25 +91,36 @@ pub fn skipped(control: Option<&Path>, why: Option<&str>) -> Vec<(String, String
     };
     vec![
         (PROPAGATION.to_owned(), why.clone()),
-        (MEMORY.to_owned(), why),
-        (FLIPS.to_owned(), FLIPS_SKIPPED.to_owned()),
+        (MEMORY.to_owned(), why.clone()),
+        (flips::name(&plan.flips), why),
     ]
 }
 
-/// Runs the scenarios against the `serin-control` at `binary`.
+/// Runs the scenarios against the `serin-control` at `binary`; weight flips under load also
+/// need `serin_proxy` (a copy uid 1337 may run).
 pub fn run(
     binary: &Path,
+    serin_proxy: Option<&Path>,
     plan: &ControlPlan,
-    client_cpu: usize,
-    server_cpu: usize,
+    pinning: Pinning,
 ) -> Vec<(String, String)> {
-    match measure(binary, plan, client_cpu, server_cpu) {
-        Ok(mut rows) => {
-            rows.push((FLIPS.to_owned(), FLIPS_SKIPPED.to_owned()));
+    let mut rows = match measure(binary, plan, pinning.client, pinning.server) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let mut rows = skipped(Some(binary), Some(&format!("{e:#}")), plan);
+            rows.pop();
             rows
         }
-        Err(e) => skipped(Some(binary), Some(&format!("{e:#}"))),
-    }
+    };
+    let flipped = match serin_proxy {
+        Some(proxy) => match flips::run(binary, proxy, &plan.flips, pinning) {
+            Ok(flipped) => flipped.describe(),
+            Err(e) => format!("not measured: {e:#}"),
+        },
+        None => NO_PROXY.to_owned(),
+    };
+    rows.push((flips::name(&plan.flips), flipped));
+    rows
 }
 
 /// The control plane process; killed on drop.
@@ -268,9 +284,15 @@ async fn scenarios(
     Ok(rows)
 }
 
-/// A policy whose default split changes with `generation`, so every apply is a new snapshot.
-fn policy(generation: u32) -> v1::TrafficPolicy {
-    let v1_weight = if generation.is_multiple_of(2) { 90 } else { 10 };
+/// v1's weight in the split of [`policy`]: 90 for even generations, 10 for odd ones.
+pub(crate) fn v1_weight(generation: u32) -> u32 {
+    if generation.is_multiple_of(2) { 90 } else { 10 }
+}
+
+/// A policy for service `bench` whose default split (v1/v2) flips between 90/10 and 10/90 with
+/// `generation`, so every apply is a new snapshot.
+pub(crate) fn policy(generation: u32) -> v1::TrafficPolicy {
+    let v1_weight = v1_weight(generation);
     v1::TrafficPolicy {
         metadata: Some(v1::PolicyMetadata {
             name: "bench".into(),
@@ -416,12 +438,18 @@ mod tests {
 
     #[test]
     fn every_scenario_says_why_it_was_skipped() {
-        let none = skipped(None, None);
+        let none = skipped(None, None, &ControlPlan::full());
         assert_eq!(none.len(), 3);
         assert!(none[0].1.starts_with("skipped: no serin-control"));
-        assert!(none[2].1.contains("discovery client"));
-        let failed = skipped(Some(Path::new("/x/serin-control")), Some("it crashed"));
+        assert!(none[2].0.contains("1000 weight flips"));
+        assert!(none[2].1.starts_with("skipped: no serin-control"));
+        let failed = skipped(
+            Some(Path::new("/x/serin-control")),
+            Some("it crashed"),
+            &ControlPlan::quick(),
+        );
         assert_eq!(failed[1].1, "not measured: it crashed");
+        assert!(failed[2].0.contains("quick run"));
     }
 
     #[test]

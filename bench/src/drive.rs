@@ -3,6 +3,8 @@
 //! generator never uses more than its one core.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serin_local::Pod;
@@ -41,12 +43,23 @@ pub struct Spec {
 
 /// Runs `spec` from inside `pod` on CPU `cpu`.
 pub fn run(pod: &Pod, cpu: usize, spec: Spec) -> anyhow::Result<Outcome> {
+    run_until(pod, cpu, spec, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`run`], ending early once `stop` is set (open loop: no request starts after that; closed
+/// loop: `spec.duration` only).
+pub fn run_until(
+    pod: &Pod,
+    cpu: usize,
+    spec: Spec,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Outcome> {
     pod.run_in(move || -> anyhow::Result<Outcome> {
         pinning::pin_current_thread(cpu)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        Ok(runtime.block_on(requests(spec)))
+        Ok(runtime.block_on(requests(spec, stop)))
     })?
 }
 
@@ -68,7 +81,7 @@ pub fn run_tcp(
     })?
 }
 
-async fn requests(spec: Spec) -> Outcome {
+async fn requests(spec: Spec, stop: Arc<AtomicBool>) -> Outcome {
     let connections = spec.connections.max(1);
     let mut tasks = JoinSet::new();
     if spec.workload.is_http2() {
@@ -86,7 +99,7 @@ async fn requests(spec: Spec) -> Outcome {
         for i in 0..connections {
             let client =
                 Http2Client::new(spec.target, spec.workload == Workload::Grpc, sender.clone());
-            tasks.spawn(one(client, spec, start, i));
+            tasks.spawn(one(client, spec, start, i, Arc::clone(&stop)));
         }
     } else {
         let start = Instant::now();
@@ -97,6 +110,7 @@ async fn requests(spec: Spec) -> Outcome {
                 spec,
                 start,
                 i,
+                Arc::clone(&stop),
             ));
         }
     }
@@ -115,13 +129,19 @@ async fn requests(spec: Spec) -> Outcome {
     total
 }
 
-async fn one<E: Exchange>(mut client: E, spec: Spec, start: Instant, index: u32) -> Outcome {
+async fn one<E: Exchange>(
+    mut client: E,
+    spec: Spec,
+    start: Instant,
+    index: u32,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
     let end = start + spec.duration;
     match spec.mode {
         Mode::Closed => load::closed_loop(&mut client, end).await,
         Mode::Open(rate) => {
             let schedule = Schedule::new(start, rate, spec.connections.max(1), index);
-            load::open_loop(&mut client, schedule, end).await
+            load::open_loop_until(&mut client, schedule, end, &stop).await
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod control;
 pub mod drive;
 pub mod features;
+pub mod flips;
 pub mod histogram;
 pub mod load;
 pub mod machine;

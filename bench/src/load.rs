@@ -12,6 +12,7 @@
 //! given up at the deadline plus a grace period and counted as an error.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -96,6 +97,17 @@ impl Outcome {
 
 /// Runs `conn` at its `schedule` until `end` (no request is intended at or after `end`).
 pub async fn open_loop<E: Exchange>(conn: &mut E, schedule: Schedule, end: Instant) -> Outcome {
+    open_loop_until(conn, schedule, end, &AtomicBool::new(false)).await
+}
+
+/// [`open_loop`], also ending (no new request) once `stop` is set: a run whose length is not
+/// known in advance, bounded by `end` all the same.
+pub async fn open_loop_until<E: Exchange>(
+    conn: &mut E,
+    schedule: Schedule,
+    end: Instant,
+    stop: &AtomicBool,
+) -> Outcome {
     let mut outcome = Outcome::default();
     let give_up = end + GRACE;
     let mut n = 0;
@@ -113,6 +125,9 @@ pub async fn open_loop<E: Exchange>(conn: &mut E, schedule: Schedule, end: Insta
             break;
         }
         tokio::time::sleep_until(intended).await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         match tokio::time::timeout_at(give_up, conn.exchange()).await {
             Ok(Ok(())) => outcome.ok += 1,
             Ok(Err(why)) => outcome.fail(why),
@@ -255,6 +270,25 @@ mod tests {
         assert_eq!(out.errors, 1);
         assert_eq!(out.missed, 9);
         assert!(out.first_error.unwrap().contains("no answer"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_open_loop_sends_nothing_more() {
+        let start = Instant::now();
+        let mut conn = fake(Duration::from_millis(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(95)).await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        // 100 rps for up to an hour; stopped after 95 ms: the ten requests due before, none
+        // missed, and the loop ends when the next one is due.
+        let schedule = Schedule::new(start, 100, 1, 0);
+        let end = start + Duration::from_secs(3600);
+        let out = open_loop_until(&mut conn, schedule, end, &stop).await;
+        assert_eq!((out.ok, out.errors, out.missed), (10, 0, 0));
+        assert_eq!(Instant::now() - start, Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]

@@ -410,28 +410,48 @@ fn feature_costs(
             .collect();
     }
     let mut out = Vec::new();
-    let mut policies_p99: Option<crate::histogram::Summary> = None;
+    let mut policies_p99: Option<Duration> = None;
     for scenario in Scenario::ALL {
-        let result = feature_cost(plan, env, stage, scenario);
-        let text = match result {
-            Ok((rps, summary)) => {
-                let vs_plain = baseline
-                    .map(|b| format!("{:.2}× plain forwarding", rps / b.capacity))
-                    .unwrap_or_else(|| "plain forwarding not measured".into());
-                let vs_policies = match (scenario, policies_p99) {
-                    (Scenario::MirrorHangs, Some(p)) => format!(
-                        "; p99 {:.2}× the non-hanging run",
-                        summary.p99.as_secs_f64() / p.p99.as_secs_f64()
-                    ),
-                    _ => String::new(),
+        let text = match feature_cost(plan, env, stage, scenario) {
+            Ok((rps, summary, seen)) => {
+                let p99 = summary.p99;
+                let capacity = match baseline {
+                    Some(b) if b.capacity > 0.0 => {
+                        let ratio = rps / b.capacity;
+                        let verdict = match scenario {
+                            Scenario::Policies => format!(
+                                " (target ≥ {:.2}×: {})",
+                                features::CAPACITY_TARGET,
+                                verdict(ratio >= features::CAPACITY_TARGET)
+                            ),
+                            Scenario::MirrorHangs => String::new(),
+                        };
+                        format!("{ratio:.2}× plain forwarding{verdict}")
+                    }
+                    _ => "plain forwarding not measured".into(),
+                };
+                let latency = match (scenario, policies_p99) {
+                    (Scenario::MirrorHangs, Some(p)) if !p.is_zero() => {
+                        let ratio = p99.as_secs_f64() / p.as_secs_f64();
+                        format!(
+                            " = {ratio:.2}× the line above (target within ±{:.0} %: {})",
+                            features::P99_TOLERANCE * 100.0,
+                            verdict((ratio - 1.0).abs() <= features::P99_TOLERANCE)
+                        )
+                    }
+                    (Scenario::MirrorHangs, _) => " (the line above has no p99 to compare)".into(),
+                    (Scenario::Policies, _) => String::new(),
                 };
                 if scenario == Scenario::Policies {
-                    policies_p99 = Some(summary);
+                    policies_p99 = Some(p99);
                 }
                 format!(
-                    "{rps:.0} rps ({vs_plain}); p50 {} ms, p99 {} ms{vs_policies}",
+                    "capacity {rps:.0} rps = {capacity}; primary latency at {} rps: p50 {} ms, \
+                     p99 {} ms{latency}; {}",
+                    plan.rate,
                     crate::report::ms(summary.p50),
-                    crate::report::ms(summary.p99)
+                    crate::report::ms(p99),
+                    seen.describe()
                 )
             }
             Err(e) => format!("failed: {e:#}"),
@@ -441,12 +461,16 @@ fn feature_costs(
     out
 }
 
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
 fn feature_cost(
     plan: &Plan,
     env: &Env,
     stage: &Stage,
     scenario: Scenario,
-) -> anyhow::Result<(f64, crate::histogram::Summary)> {
+) -> anyhow::Result<(f64, crate::histogram::Summary, features::RoutesSeen)> {
     let snapshot = features::snapshot(
         scenario,
         stage.client().ip().into(),
@@ -492,5 +516,14 @@ fn feature_cost(
                 .unwrap_or_default()
         );
     }
-    Ok((rps, latency.latencies.summary()))
+    // The path the requests took, from the sidecar's own counts: refused if not the one meant.
+    if scenario == Scenario::MirrorHangs {
+        std::thread::sleep(features::MIRROR_SETTLE);
+    }
+    let (status, body) = shape::admin_get(stage.client(), "/routes")?;
+    if status != 200 {
+        anyhow::bail!("/routes answered {status} after the run");
+    }
+    let seen = features::check_routes(scenario, &body).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((rps, latency.latencies.summary(), seen))
 }

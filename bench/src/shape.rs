@@ -384,7 +384,7 @@ fn side_name(side: Side) -> &'static str {
 }
 
 /// Applies the default capture rules in `pod` with the real serin-iptables code and tools.
-fn apply_capture(pod: &Pod) -> anyhow::Result<()> {
+pub fn apply_capture(pod: &Pod) -> anyhow::Result<()> {
     let executor = pod.run_in(SystemExecutor::detect)?.context(
         "the iptables tools are needed for the proxied shapes (Debian: apt-get install iptables)",
     )?;

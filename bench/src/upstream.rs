@@ -34,6 +34,7 @@ pub struct Upstream {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     sink_bytes: Arc<AtomicU64>,
+    http_requests: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -41,10 +42,12 @@ impl Upstream {
     /// `cpu`.
     pub fn start(pod: &Pod, cpu: Option<usize>) -> anyhow::Result<Upstream> {
         let sink_bytes = Arc::new(AtomicU64::new(0));
+        let http_requests = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = oneshot::channel();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let pod = pod.clone();
         let sink = Arc::clone(&sink_bytes);
+        let requests = Arc::clone(&http_requests);
         let thread = std::thread::Builder::new()
             .name(format!("upstream in {}", pod.name()))
             .spawn(move || {
@@ -64,7 +67,7 @@ impl Upstream {
                             }
                         };
                         let _ = bound_tx.send(Ok(()));
-                        serve(listeners, sink, stopped).await;
+                        serve(listeners, sink, requests, stopped).await;
                         Ok(())
                     })
                 });
@@ -78,6 +81,7 @@ impl Upstream {
             stop: Some(stop),
             thread: Some(thread),
             sink_bytes,
+            http_requests,
         };
         match bound_rx.recv() {
             Ok(Ok(())) => Ok(upstream),
@@ -89,6 +93,11 @@ impl Upstream {
     /// Bytes received on the TCP sink port so far.
     pub fn sink_bytes(&self) -> u64 {
         self.sink_bytes.load(Ordering::Relaxed)
+    }
+
+    /// HTTP requests (and gRPC calls) answered so far, on every HTTP port.
+    pub fn http_requests(&self) -> u64 {
+        self.http_requests.load(Ordering::Relaxed)
     }
 }
 
@@ -130,10 +139,15 @@ async fn bind_all() -> anyhow::Result<Listeners> {
     })
 }
 
-async fn serve(listeners: Listeners, sink: Arc<AtomicU64>, stopped: oneshot::Receiver<()>) {
+async fn serve(
+    listeners: Listeners,
+    sink: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    stopped: oneshot::Receiver<()>,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners.http {
-        tasks.spawn(accept_http(listener));
+        tasks.spawn(accept_http(listener, Arc::clone(&requests)));
     }
     tasks.spawn(accept_sink(listeners.tcp, sink));
     tasks.spawn(accept_hanging(listeners.hang));
@@ -141,7 +155,7 @@ async fn serve(listeners: Listeners, sink: Arc<AtomicU64>, stopped: oneshot::Rec
     tasks.abort_all();
 }
 
-async fn accept_http(listener: TcpListener) {
+async fn accept_http(listener: TcpListener, requests: Arc<AtomicU64>) {
     let response = Responses::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -149,10 +163,16 @@ async fn accept_http(listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let response = response.clone();
+        let requests = Arc::clone(&requests);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let response = response.clone();
-                async move { Ok::<_, Infallible>(answer(req, &response).await) }
+                let requests = Arc::clone(&requests);
+                async move {
+                    let answer = answer(req, &response).await;
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(answer)
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder

@@ -118,5 +118,32 @@ fn quick_run_prints_every_table() {
             );
         }
     }
+    // The feature-cost and weight-flip scenarios ran whenever their programs were there: the
+    // feature rows show the path `/routes` confirmed, and no request failed across the flips.
+    let section = |title: &str| {
+        tables
+            .iter()
+            .find(|t| t.starts_with(title))
+            .copied()
+            .unwrap_or_default()
+    };
+    if !report.contains("| serin-proxy | not available |") {
+        let features: Vec<&str> = section("Feature cost")
+            .lines()
+            .filter(|l| l.starts_with("| HTTP/1.1, Serin 1 hop") || l.starts_with("| same,"))
+            .collect();
+        assert_eq!(features.len(), 2, "{report}");
+        for row in features {
+            assert!(row.contains("`/routes`: 0 rule hits"), "did not run: {row}");
+        }
+        let control = section("Control plane");
+        if !control.contains("no serin-control") {
+            let flips = control
+                .lines()
+                .find(|l| l.contains("weight flips under load"))
+                .unwrap_or_else(|| panic!("no weight-flips row:\n{control}"));
+            assert!(flips.contains("| 0 failed of "), "{flips}");
+        }
+    }
     assert!(started.elapsed() < LIMIT, "took {:?}", started.elapsed());
 }
