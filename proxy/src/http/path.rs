@@ -17,7 +17,8 @@
 //!    §5.2.4); `..` at the root stays at the root. A path that ended in `.` or `..` keeps a
 //!    trailing `/` (`/a/b/..` is `/a/`).
 //!
-//! A fragment never reaches here: the URI parser refuses `#` in a request target.
+//! A fragment never reaches here: the URI parser ends the path at `#` and drops the rest, so it
+//! is neither matched nor forwarded.
 
 use std::borrow::Cow;
 
@@ -283,6 +284,15 @@ mod tests {
         assert_eq!(normal.to_string(), "http://svc:8080/b?x=%2F&y=/../");
         let unchanged: Uri = "/a/b?c".parse().unwrap();
         assert_eq!(normalize_uri(&unchanged).unwrap(), None);
+    }
+
+    #[test]
+    fn a_fragment_never_reaches_normalisation() {
+        // The URI parser stops the path at `#`: the fragment is neither matched nor forwarded.
+        let uri: Uri = "/beta/../admin#/beta".parse().unwrap();
+        assert_eq!(uri.path(), "/beta/../admin");
+        let normal = normalize_uri(&uri).unwrap().unwrap();
+        assert_eq!(normal.to_string(), "/admin");
     }
 
     #[test]
