@@ -6,9 +6,11 @@
 //! it is; a path that does not start with `/`, such as `*` or a CONNECT authority, is left alone):
 //!
 //! 1. Refused with 400: a percent-encoded `/` (`%2F`), `\` (`%5C`) or NUL (`%00`), the same
-//!    encoded twice (`%252F`, `%255C`, `%2500`), a raw `\`, and any raw control byte (below
-//!    0x20, or 0x7F). Either case of hex digit. These are the encodings a server behind the
-//!    proxy may decode into a separator or a string end the proxy did not match on.
+//!    encoded twice (`%252F`, `%255C`, `%2500`), a `%` not followed by two hex digits, a raw
+//!    `\`, and any raw control byte (below 0x20, or 0x7F). Either case of hex digit. These are
+//!    the encodings a server behind the proxy may decode into a separator or a string end the
+//!    proxy did not match on; a malformed `%` is refused because it could otherwise combine with
+//!    what decoding yields (`%%32F` would become `%2F`).
 //! 2. Percent-encoded unreserved characters (RFC 3986 §2.3: letters, digits, `-`, `.`, `_`,
 //!    `~`) are decoded, so `/%2E%2E/` is seen as `/../`. Every other percent-encoding is kept
 //!    as sent.
@@ -37,6 +39,9 @@ pub enum BadPath {
     /// `%00` (or `%2500`).
     #[error("percent-encoded NUL (%00) in the path")]
     EncodedNul,
+    /// A `%` not followed by two hex digits.
+    #[error("'%' not followed by two hex digits in the path")]
+    MalformedEncoding,
     /// A raw `\`.
     #[error("'\\' in the path")]
     Backslash,
@@ -79,8 +84,8 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
             b'\\' => return Err(BadPath::Backslash),
             0..=0x1f | 0x7f => return Err(BadPath::Control(b)),
             b'%' => {
-                check_encoded(&bytes[i + 1..])?;
-                needs_work = true;
+                let decoded = check_encoded(&bytes[i + 1..])?;
+                needs_work |= is_unreserved(decoded);
             }
             b'/' => {
                 let segment = bytes[i + 1..]
@@ -101,17 +106,22 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
-/// Refuses the encodings of rule 1; `rest` is what follows a `%`.
-fn check_encoded(rest: &[u8]) -> Result<(), BadPath> {
+/// Refuses the encodings of rule 1 and a `%` without two hex digits after it; `rest` is what
+/// follows the `%`. The byte it encodes otherwise.
+fn check_encoded(rest: &[u8]) -> Result<u8, BadPath> {
     let refused = |hi: u8, lo: u8| match (hi, lo.to_ascii_uppercase()) {
         (b'2', b'F') => Some(BadPath::EncodedSlash),
         (b'5', b'C') => Some(BadPath::EncodedBackslash),
         (b'0', b'0') => Some(BadPath::EncodedNul),
         _ => None,
     };
-    if let [hi, lo, ..] = rest
-        && let Some(bad) = refused(*hi, *lo)
-    {
+    let (Some(hi), Some(lo)) = (
+        rest.first().copied().and_then(hex),
+        rest.get(1).copied().and_then(hex),
+    ) else {
+        return Err(BadPath::MalformedEncoding);
+    };
+    if let Some(bad) = refused(rest[0], rest[1]) {
         return Err(bad);
     }
     // `%25` is an encoded `%`: refused when what follows makes a refused encoding.
@@ -120,7 +130,7 @@ fn check_encoded(rest: &[u8]) -> Result<(), BadPath> {
     {
         return Err(bad);
     }
-    Ok(())
+    Ok(hi << 4 | lo)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -138,7 +148,7 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Decodes percent-encoded unreserved characters (rule 2); everything else is copied.
 fn decode_unreserved(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -149,15 +159,15 @@ fn decode_unreserved(bytes: &[u8]) -> String {
             )
             && is_unreserved(hi << 4 | lo)
         {
-            out.push(char::from(hi << 4 | lo));
+            out.push(hi << 4 | lo);
             i += 3;
             continue;
         }
-        // The URI parser admits only ASCII in a path, so byte to char is exact.
-        out.push(char::from(b));
+        out.push(b);
         i += 1;
     }
-    out
+    // Only `%XX` triples became ASCII bytes, so what was UTF-8 still is.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Merges slashes and resolves `.` and `..` (rules 3 and 4); `path` starts with `/`.
@@ -199,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_normal_path_is_borrowed_unchanged() {
-        for path in ["/", "/a", "/a/b/", "/a.b/c..d/.e", "/a-b_c~d"] {
+        for path in ["/", "/a", "/a/b/", "/a.b/c..d/.e", "/a-b_c~d", "/a%20b%3A"] {
             assert!(
                 matches!(normalize(path), Ok(Cow::Borrowed(p)) if p == path),
                 "{path}"
@@ -237,6 +247,7 @@ mod tests {
         assert_eq!(norm("/beta/%2e./admin").unwrap(), "/admin");
         assert_eq!(norm("/%61dmin").unwrap(), "/admin");
         assert_eq!(norm("/a%7Eb").unwrap(), "/a~b");
+        assert_eq!(norm("/caf\u{e9}/./x").unwrap(), "/caf\u{e9}/x");
     }
 
     #[test]
@@ -244,7 +255,21 @@ mod tests {
         assert_eq!(norm("/a%20b").unwrap(), "/a%20b");
         assert_eq!(norm("/caf%C3%A9").unwrap(), "/caf%C3%A9");
         assert_eq!(norm("/100%25").unwrap(), "/100%25");
-        assert_eq!(norm("/a%2").unwrap(), "/a%2");
+        assert_eq!(norm("/a%3A").unwrap(), "/a%3A");
+    }
+
+    #[test]
+    fn a_malformed_percent_is_refused() {
+        for path in [
+            "/a%2",
+            "/a%",
+            "/100%",
+            "/%zz",
+            "/%%32F",
+            "/%%32E%%32E/admin",
+        ] {
+            assert_eq!(norm(path), Err(BadPath::MalformedEncoding), "{path}");
+        }
     }
 
     #[test]
@@ -269,6 +294,14 @@ mod tests {
         assert_eq!(norm("/a\0b"), Err(BadPath::Control(0)));
         assert_eq!(norm("/a\tb"), Err(BadPath::Control(b'\t')));
         assert_eq!(norm("/a\x7f"), Err(BadPath::Control(0x7f)));
+    }
+
+    #[test]
+    fn decoding_never_makes_a_new_encoding() {
+        // Only unreserved characters are decoded, never `%`: the output's encodings are the
+        // input's, so a second pass finds nothing to do.
+        assert_eq!(norm("/%32%46").unwrap(), "/2F");
+        assert_eq!(norm("/%2532").unwrap(), "/%2532");
     }
 
     #[test]
