@@ -4,7 +4,7 @@
 //! `tests/corpus/<target>/`, then `PROPTEST_CASES` (default 256) inputs that are either random
 //! bytes or a seed with a few random mutations (bytes replaced, inserted, removed, or the input
 //! cut short). Each target checks that nothing panics and the properties its parser promises.
-//! The HTTP/1-through-the-proxy target runs at most 64 generated cases unless
+//! The HTTP/1-through-the-proxy target runs at most 32 generated cases unless
 //! `SERIN_FUZZ_PROXY_CASES` is set. A longer run: `PROPTEST_CASES=1000000 cargo test -p
 //! serin-proxy --release --test fuzz`.
 //!
@@ -404,12 +404,19 @@ fn fuzz_http1_requests_through_the_proxy() {
         rt.block_on(async {
             let mut stream = proxy.connect_outbound(vip(9080)).await;
             let _ = stream.write_all(input).await;
-            let _ = stream.shutdown().await;
+            // The answer: the first bytes within 2 s (a request whose promised body never
+            // comes may wait that long; a head that never ends is cut off by the header
+            // timeout), then whatever follows until 50 ms pass without a byte or the end.
             let mut answer = Vec::new();
-            // A request whose promised body never comes may wait for it: that is allowed,
-            // but bounded.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+            let mut chunk = [0u8; 4096];
+            let mut wait = Duration::from_secs(2);
+            while let Ok(Ok(n)) = tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&chunk[..n]);
+                wait = Duration::from_millis(50);
+            }
             assert!(
                 answer.is_empty() || answer.starts_with(b"HTTP/1."),
                 "{:?} answered {:?}",
@@ -431,7 +438,7 @@ fn fuzz_http1_requests_through_the_proxy() {
     let cases = std::env::var("SERIN_FUZZ_PROXY_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(config().cases.min(64));
+        .unwrap_or(config().cases.min(32));
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases, ..config() });
     runner
         .run(&inputs(seeds), |input| {
