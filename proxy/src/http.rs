@@ -16,8 +16,8 @@
 //! Before anything else a request is admitted under its listener's in-flight limit (503 beyond,
 //! [`crate::overload`]), its path is normalised ([`path`]; 400 for a refused path), and spoofable
 //! internal headers are removed ([`headers::strip_internal`]; inbound keeps a mirrored copy's
-//! mark). Downstream HTTP/2 connections run with the rapid-reset,
-//! CONTINUATION-flood and send-buffer limits of [`ProxySettings`].
+//! mark). Downstream HTTP/2 connections run with the rapid-reset, CONTINUATION-flood and
+//! send-buffer limits of [`ProxySettings`].
 
 pub mod body;
 pub mod guard;
