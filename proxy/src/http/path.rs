@@ -103,6 +103,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(bytes);
+    // Decoded digits can complete a double encoding after a kept `%25` (`%25%30%30` becomes
+    // `%2500`): the decoded path is checked again.
+    let mut rest = decoded.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        check_encoded(&rest[at + 1..])?;
+        rest = &rest[at + 1..];
+    }
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
@@ -297,11 +304,16 @@ mod tests {
     }
 
     #[test]
-    fn decoding_never_makes_a_new_encoding() {
-        // Only unreserved characters are decoded, never `%`: the output's encodings are the
-        // input's, so a second pass finds nothing to do.
+    fn decoding_never_makes_a_refused_encoding() {
+        // Only unreserved characters are decoded, never `%`: no new `%XX` appears...
         assert_eq!(norm("/%32%46").unwrap(), "/2F");
         assert_eq!(norm("/%2532").unwrap(), "/%2532");
+        // ...but decoded digits after an encoded `%` can spell a double encoding (found by
+        // cargo-fuzz): refused like the double encoding itself.
+        assert_eq!(norm("/a%25%300e"), Err(BadPath::EncodedNul));
+        assert_eq!(norm("/a%25%32%46"), Err(BadPath::EncodedSlash));
+        assert_eq!(norm("/a%255%43"), Err(BadPath::EncodedBackslash));
+        assert_eq!(norm("/a%25%32E").unwrap(), "/a%252E");
     }
 
     #[test]
