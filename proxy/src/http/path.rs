@@ -10,7 +10,8 @@
 //!    `\`, and any raw control byte (below 0x20, or 0x7F). Either case of hex digit. These are
 //!    the encodings a server behind the proxy may decode into a separator or a string end the
 //!    proxy did not match on; a malformed `%` is refused because it could otherwise combine with
-//!    what decoding yields (`%%32F` would become `%2F`).
+//!    what decoding yields (`%%32F` would become `%2F`), and the decoded path is checked again
+//!    (`%25%32%46` decodes to the double encoding `%252F`).
 //! 2. Percent-encoded unreserved characters (RFC 3986 §2.3: letters, digits, `-`, `.`, `_`,
 //!    `~`) are decoded, so `/%2E%2E/` is seen as `/../`. Every other percent-encoding is kept
 //!    as sent.
