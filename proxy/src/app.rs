@@ -81,6 +81,21 @@ pub struct Cli {
     /// Concurrent downstream connections per capture listener.
     #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// HTTP requests in flight per capture listener (beyond: 503).
+    #[arg(long, env = ENV_MAX_REQUESTS, default_value_t = DEFAULT_MAX_REQUESTS)]
+    pub max_requests: usize,
+    /// Streams one downstream HTTP/2 connection may have open at once.
+    #[arg(long, env = ENV_H2_MAX_CONCURRENT_STREAMS, default_value_t = DEFAULT_H2_MAX_CONCURRENT_STREAMS)]
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before they are accepted, before GOAWAY (rapid reset).
+    #[arg(long, env = ENV_H2_MAX_PENDING_ACCEPT_RESET_STREAMS, default_value_t = DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS)]
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams the proxy may reset for client protocol errors, before GOAWAY.
+    #[arg(long, env = ENV_H2_MAX_LOCAL_ERROR_RESET_STREAMS, default_value_t = DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS)]
+    pub h2_max_local_error_reset_streams: usize,
+    /// Bytes buffered for sending per HTTP/2 stream.
+    #[arg(long, env = ENV_H2_MAX_SEND_BUFFER, default_value_t = DEFAULT_H2_MAX_SEND_BUFFER)]
+    pub h2_max_send_buffer: usize,
     /// Log filter (`info`, `debug`, `serin_proxy=debug,access=info`); the access log
     /// (target `access`) is off unless named.
     #[arg(long, env = ENV_LOG_LEVEL, default_value = "info")]
@@ -181,6 +196,11 @@ impl Cli {
             proxy: ProxySettings {
                 connect_timeout: self.connect_timeout,
                 max_connections: self.max_connections,
+                max_requests: self.max_requests,
+                h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+                h2_max_pending_accept_reset_streams: self.h2_max_pending_accept_reset_streams,
+                h2_max_local_error_reset_streams: self.h2_max_local_error_reset_streams,
+                h2_max_send_buffer: self.h2_max_send_buffer,
                 ..ProxySettings::default()
             },
         }

@@ -34,6 +34,17 @@ pub const ENV_DRAIN_DEADLINE: &str = "SERIN_DRAIN_DEADLINE";
 pub const ENV_CONNECT_TIMEOUT: &str = "SERIN_CONNECT_TIMEOUT";
 /// `--max-connections`.
 pub const ENV_MAX_CONNECTIONS: &str = "SERIN_MAX_CONNECTIONS";
+/// `--max-requests`.
+pub const ENV_MAX_REQUESTS: &str = "SERIN_MAX_REQUESTS";
+/// `--h2-max-concurrent-streams`.
+pub const ENV_H2_MAX_CONCURRENT_STREAMS: &str = "SERIN_H2_MAX_CONCURRENT_STREAMS";
+/// `--h2-max-pending-accept-reset-streams`.
+pub const ENV_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: &str =
+    "SERIN_H2_MAX_PENDING_ACCEPT_RESET_STREAMS";
+/// `--h2-max-local-error-reset-streams`.
+pub const ENV_H2_MAX_LOCAL_ERROR_RESET_STREAMS: &str = "SERIN_H2_MAX_LOCAL_ERROR_RESET_STREAMS";
+/// `--h2-max-send-buffer`.
+pub const ENV_H2_MAX_SEND_BUFFER: &str = "SERIN_H2_MAX_SEND_BUFFER";
 /// `--log-level`.
 pub const ENV_LOG_LEVEL: &str = "SERIN_LOG_LEVEL";
 /// `--service-account` (sent to the control plane in the Discovery hello).
@@ -69,8 +80,24 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle HTTP/1 connections kept per upstream endpoint.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
-/// Concurrent downstream connections per listener; the accept loop waits beyond that.
+/// Concurrent downstream connections per listener; a connection beyond that is closed at once
+/// (and counted).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// HTTP requests in flight per listener (from head received to response body sent); a request
+/// beyond that is answered 503 (and counted).
+pub const DEFAULT_MAX_REQUESTS: usize = 10_000;
+/// Streams one downstream HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+/// a client that opens more gets its extra streams refused.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams a downstream HTTP/2 client may open and reset before the proxy has even accepted
+/// them; beyond that the connection gets GOAWAY (the rapid-reset defence, CVE-2023-44487).
+pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the proxy may reset on one downstream HTTP/2 connection because the client broke
+/// protocol; beyond that the connection gets GOAWAY (server-provoked resets).
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// Bytes buffered per downstream HTTP/2 stream for sending when the client does not read
+/// (a zero-window stall holds at most this much per stream).
+pub const DEFAULT_H2_MAX_SEND_BUFFER: usize = 400 * 1024;
 /// Most request headers accepted (HTTP/1: more gives 431).
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Largest request head, start line and headers, in bytes (more gives 431 / a stream reset).
@@ -204,8 +231,18 @@ pub struct ProxySettings {
     pub pool_idle_timeout: Duration,
     /// Idle HTTP/1 connections kept per endpoint.
     pub pool_max_idle: usize,
-    /// Concurrent downstream connections per listener.
+    /// Concurrent downstream connections per listener (beyond: closed, counted).
     pub max_connections: usize,
+    /// In-flight HTTP requests per listener (beyond: 503, counted).
+    pub max_requests: usize,
+    /// HTTP/2 streams one downstream connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before they are accepted, before GOAWAY.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams the proxy may reset for protocol errors on one connection, before GOAWAY.
+    pub h2_max_local_error_reset_streams: usize,
+    /// Bytes buffered for sending per HTTP/2 stream.
+    pub h2_max_send_buffer: usize,
     /// Most request headers.
     pub max_headers: usize,
     /// Largest request head in bytes.
@@ -226,6 +263,11 @@ impl Default for ProxySettings {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            h2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
+            h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            h2_max_send_buffer: DEFAULT_H2_MAX_SEND_BUFFER,
             max_headers: DEFAULT_MAX_HEADERS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             mirror_max_in_flight: DEFAULT_MIRROR_MAX_IN_FLIGHT,

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use crate::detect::{self, Detected, Prefixed};
 use crate::http::{self, Flavor, Upstream};
 use crate::metrics::EdgeMetrics;
-use crate::proxy::ProxyInputs;
+use crate::proxy::{ProxyInputs, Side};
 use crate::snapshot::Protocol;
 use crate::tables::EndpointState;
 use crate::tcp;
@@ -21,10 +21,11 @@ const FIRST_READ_CAPACITY: usize = 4096;
 /// no endpoint is ready.
 pub type TcpTarget = Option<(Arc<EndpointState>, Arc<EdgeMetrics>)>;
 
-/// Serves `stream` as `protocol` says: `tcp_target` is asked only if it turns out opaque, `http`
-/// says where HTTP requests go.
+/// Serves `stream` (accepted on the `side` listener) as `protocol` says: `tcp_target` is asked
+/// only if it turns out opaque, `http` says where HTTP requests go.
 pub async fn dispatch(
     inputs: &ProxyInputs,
+    side: Side,
     mut stream: TcpStream,
     protocol: Protocol,
     tcp_target: impl FnOnce() -> TcpTarget,
@@ -72,6 +73,7 @@ pub async fn dispatch(
                 Flavor::Http2,
                 settings,
                 http,
+                inputs.admission(side).clone(),
                 inputs.drain.clone(),
             )
             .await;
@@ -82,6 +84,7 @@ pub async fn dispatch(
                 Flavor::Http1,
                 settings,
                 http,
+                inputs.admission(side).clone(),
                 inputs.drain.clone(),
             )
             .await;

@@ -12,10 +12,17 @@
 //! was sent, so that is safe for any method. Beyond that, an idempotent request without a body
 //! that failed before any response is retried once on another endpoint of the same version,
 //! within the service's retry budget ([`crate::retry`]).
+//!
+//! Before anything else a request is admitted under its listener's in-flight limit (503 beyond,
+//! [`crate::overload`]), its path is normalised ([`path`]; 400 for a refused path), and spoofable
+//! internal headers are removed ([`headers::strip_internal`]; inbound keeps a mirrored copy's
+//! mark). Downstream HTTP/2 connections run with the rapid-reset, CONTINUATION-flood and
+//! send-buffer limits of [`ProxySettings`].
 
 pub mod body;
 pub mod guard;
 pub mod headers;
+pub mod path;
 pub mod tee;
 
 use std::convert::Infallible;
@@ -36,6 +43,7 @@ use crate::detect::Prefixed;
 use crate::drain;
 use crate::metrics::{EdgeMetrics, RequestProtocol, RetryOutcome};
 use crate::mirror::Mirrors;
+use crate::overload::Admission;
 use crate::pool::ConnectError;
 use crate::retry;
 use crate::tables::{Destination, EndpointState, Routed, Tables};
@@ -92,10 +100,12 @@ pub async fn serve(
     flavor: Flavor,
     settings: &ProxySettings,
     upstream: Upstream,
+    admission: Admission,
     drain: drain::Watch,
 ) {
     let upstream = Arc::new(Downstream {
         upstream,
+        admission,
         kept: KeptConnection::default(),
     });
     // HTTP/1: every request head is checked for framing conflicts as hyper reads it.
@@ -144,7 +154,16 @@ pub async fn serve(
                 // Pings find peers that vanished without a FIN.
                 .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
                 .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-                .max_header_list_size(settings.max_header_bytes as u32)
+                // Bounds the request head, and with it how many CONTINUATION frames h2 accepts
+                // before it answers GOAWAY (the CONTINUATION flood).
+                .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(settings.h2_max_concurrent_streams)
+                // Rapid reset (CVE-2023-44487): streams opened and reset before they are served,
+                // and streams the proxy itself had to reset, are bounded per connection; beyond
+                // either the connection gets GOAWAY.
+                .max_pending_accept_reset_streams(settings.h2_max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(settings.h2_max_local_error_reset_streams)
+                .max_send_buf_size(settings.h2_max_send_buffer)
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_CONN_WINDOW);
             let conn = builder.serve_connection(io, service);
@@ -167,6 +186,7 @@ pub async fn serve(
 #[derive(Debug)]
 struct Downstream {
     upstream: Upstream,
+    admission: Admission,
     kept: KeptConnection,
 }
 
@@ -219,12 +239,38 @@ impl Drop for KeptConnection {
     }
 }
 
-/// Picks the endpoint for `req` and forwards it.
+/// Admits `req` under its listener's in-flight limit, and routes it; the request holds its
+/// place until its response body has been sent (or dropped).
 async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<ProxyBody> {
+    let Some(admitted) = downstream.admission.request() else {
+        return overloaded();
+    };
+    route_admitted(req, downstream)
+        .await
+        .map(|body| body.holding(admitted))
+}
+
+/// Normalises the path of `req` in place ([`path`]).
+fn normalize_path<B>(req: &mut Request<B>) -> Result<(), path::BadPath> {
+    if let Some(uri) = path::normalize_uri(req.uri())? {
+        tracing::trace!(from = %req.uri(), to = %uri, "path normalised");
+        *req.uri_mut() = uri;
+    }
+    Ok(())
+}
+
+/// Picks the endpoint for `req` and forwards it.
+async fn route_admitted(req: Request<Incoming>, downstream: &Downstream) -> Response<ProxyBody> {
     let start = Instant::now();
     let kept = &downstream.kept;
+    let mut req = req;
     match &downstream.upstream {
         Upstream::Fixed { endpoint, metrics } => {
+            if let Err(bad) = normalize_path(&mut req) {
+                let meter = Meter::new(Arc::clone(metrics), start, request_protocol(&req));
+                return bad_path(bad, meter);
+            }
+            headers::strip_internal_inbound(&mut req);
             let req = req.map(RequestBody::stream);
             forward(req, endpoint, Arc::clone(metrics), start, kept).await
         }
@@ -248,7 +294,17 @@ async fn route(req: Request<Incoming>, downstream: &Downstream) -> Response<Prox
                     meter,
                 );
             };
-            let mut req = req;
+            if let Err(bad) = normalize_path(&mut req) {
+                let meter = Meter::new(
+                    Arc::clone(&destination.metrics),
+                    start,
+                    request_protocol(&req),
+                );
+                return bad_path(bad, meter);
+            }
+            // The app may not pose as a sidecar: a mirror copy gets its `x-serin-mirror` below,
+            // after this.
+            headers::strip_internal(req.headers_mut());
             if req.version() == Version::HTTP_2 && req.uri().authority().is_none() {
                 set_authority(&mut req, &destination.authority);
             }
@@ -378,6 +434,25 @@ fn error(code: StatusCode, reason: &str, mut meter: Meter) -> Response<ProxyBody
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The answer to a request over its listener's in-flight limit (counted in
+/// `serin_overload_rejections_total`, not in `serin_requests_total`: it reached no edge).
+fn overloaded() -> Response<ProxyBody> {
+    let body = "serin: overloaded: too many requests in flight on this listener\n";
+    let mut response = Response::new(ProxyBody::text(body, None));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The answer to a request whose path is refused: 400 with the reason, nothing forwarded.
+fn bad_path(bad: path::BadPath, meter: Meter) -> Response<ProxyBody> {
+    tracing::debug!(reason = %bad, "request path refused");
+    error(StatusCode::BAD_REQUEST, &format!("bad path: {bad}"), meter)
 }
 
 /// Why a request could not be forwarded.

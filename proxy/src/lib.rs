@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod orig_dst;
 pub mod outbound;
+pub mod overload;
 pub mod pool;
 pub mod proxy;
 pub mod retry;

@@ -236,6 +236,34 @@ pub struct RetryLabels {
     pub outcome: RetryOutcome,
 }
 
+/// Why a listener turned work away (`reason` of `serin_overload_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OverloadReason {
+    /// The listener was at its concurrent connection limit: the new connection was closed.
+    Connections,
+    /// The listener was at its in-flight request limit: the request was answered 503.
+    Requests,
+}
+
+impl EncodeLabelValue for OverloadReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        let value = match self {
+            OverloadReason::Connections => "connections",
+            OverloadReason::Requests => "requests",
+        };
+        EncodeLabelValue::encode(&value, encoder)
+    }
+}
+
+/// Labels of `serin_overload_rejections_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OverloadLabels {
+    /// `outbound` or `inbound`.
+    pub listener: &'static str,
+    /// Which limit.
+    pub reason: OverloadReason,
+}
+
 /// Bucket bounds of `serin_request_duration_seconds` (and of the telemetry histograms): 0.5 ms
 /// to 60 s.
 pub const DURATION_BUCKETS: [f64; 16] = [
@@ -261,6 +289,7 @@ pub struct Metrics {
     route_fallbacks: Family<FallbackLabels, Counter>,
     mirror_requests: Family<MirrorLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
+    overload_rejections: Family<OverloadLabels, Counter>,
     /// The Discovery client's `serin_discovery_*` metrics.
     pub discovery: crate::discovery::DiscoveryMetrics,
     /// The telemetry reporter's `serin_telemetry_*` metrics.
@@ -329,12 +358,19 @@ impl Metrics {
             "Failed idempotent requests that could be retried, by what became of them",
             retries.clone(),
         );
+        let overload_rejections = Family::<OverloadLabels, Counter>::default();
+        registry.register(
+            "serin_overload_rejections",
+            "Connections closed and requests answered 503 because a listener was at a limit",
+            overload_rejections.clone(),
+        );
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
         Metrics {
             route_fallbacks,
             mirror_requests,
             retries,
+            overload_rejections,
             registry,
             discovery,
             telemetry,
@@ -396,6 +432,13 @@ impl Metrics {
                 destination_namespace: namespace.to_owned(),
                 outcome,
             })
+            .inc();
+    }
+
+    /// Counts work the `listener` turned away for `reason`.
+    pub fn overload_rejection(&self, listener: &'static str, reason: OverloadReason) {
+        self.overload_rejections
+            .get_or_create(&OverloadLabels { listener, reason })
             .inc();
     }
 

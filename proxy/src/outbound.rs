@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::connection;
 use crate::http::Upstream;
-use crate::proxy::ProxyInputs;
+use crate::proxy::{ProxyInputs, Side};
 use crate::snapshot::Protocol;
 use crate::tables::EndpointState;
 
@@ -28,7 +28,15 @@ pub async fn handle(
         let metrics = Arc::clone(tables.passthrough());
         let target = Some((Arc::clone(&endpoint), Arc::clone(&metrics)));
         let upstream = Upstream::Fixed { endpoint, metrics };
-        connection::dispatch(inputs, stream, Protocol::Tcp, || target, upstream).await;
+        connection::dispatch(
+            inputs,
+            Side::Outbound,
+            stream,
+            Protocol::Tcp,
+            || target,
+            upstream,
+        )
+        .await;
         return;
     };
     let tcp_target = || {
@@ -41,5 +49,13 @@ pub async fn handle(
         tables: inputs.tables.clone(),
         mirrors: Arc::clone(&inputs.mirrors),
     };
-    connection::dispatch(inputs, stream, destination.protocol, tcp_target, upstream).await;
+    connection::dispatch(
+        inputs,
+        Side::Outbound,
+        stream,
+        destination.protocol,
+        tcp_target,
+        upstream,
+    )
+    .await;
 }

@@ -1,7 +1,7 @@
 //! The capture listeners and what their connections share: [`ProxyInputs`] (settings, identity,
 //! the config watch, metrics, the original-destination lookup, the drain watch), and the accept
-//! loop ([`Listener`]) that bounds concurrent connections and backs off when the process runs out
-//! of file descriptors.
+//! loop ([`Listener`]) that closes connections beyond the listener's limit ([`Admission`]) and
+//! backs off when the process runs out of file descriptors.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::{Identity, ProxySettings};
@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::mirror::Mirrors;
 use crate::orig_dst::OrigDstLookup;
 use crate::outbound;
+use crate::overload::Admission;
 use crate::pool::{Fallback, Pool, PoolSettings};
 use crate::tables::{EndpointState, Tables};
 
@@ -70,6 +71,10 @@ pub struct ProxyInputs {
     pub mirrors: Arc<Mirrors>,
     /// Ports of our own capture listeners: connections "to" them would loop.
     pub own_ports: Mutex<Vec<u16>>,
+    /// Connection and request limits of the outbound listener.
+    outbound_admission: Admission,
+    /// Connection and request limits of the inbound listener.
+    inbound_admission: Admission,
     /// Pools to the app's local ports (inbound).
     apps: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
 }
@@ -84,7 +89,17 @@ impl ProxyInputs {
         orig_dst: Arc<dyn OrigDstLookup>,
         drain: drain::Watch,
     ) -> ProxyInputs {
+        let admission = |listener| {
+            Admission::new(
+                listener,
+                settings.max_connections,
+                settings.max_requests,
+                Arc::clone(&metrics),
+            )
+        };
         ProxyInputs {
+            outbound_admission: admission("outbound"),
+            inbound_admission: admission("inbound"),
             settings,
             identity,
             tables,
@@ -97,6 +112,14 @@ impl ProxyInputs {
             )),
             own_ports: Mutex::new(Vec::new()),
             apps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection and request limits of the `side` listener.
+    pub fn admission(&self, side: Side) -> &Admission {
+        match side {
+            Side::Outbound => &self.outbound_admission,
+            Side::Inbound => &self.inbound_admission,
         }
     }
 
@@ -204,16 +227,12 @@ impl Listener {
     }
 
     /// Accepts until a drain starts; each connection runs on its own task holding a drain watch.
+    /// A connection beyond the listener's limit is closed at once and counted.
     pub async fn run(self) {
-        let limit = Arc::new(Semaphore::new(self.inputs.settings.max_connections));
         let drain = self.inputs.drain.clone();
+        let admission = self.inputs.admission(self.side).clone();
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
-            // Wait for a free slot first: at the limit, new connections wait in the backlog.
-            let permit = tokio::select! {
-                permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore never closed"),
-                () = drain.signaled() => break,
-            };
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
                 () = drain.signaled() => break,
@@ -231,10 +250,17 @@ impl Listener {
                     continue;
                 }
             };
+            // Over the limit: closed before a byte is read (whatever the protocol), so the
+            // client learns at once instead of waiting in the backlog.
+            let Some(admitted) = admission.connection() else {
+                tracing::debug!(side = ?self.side, %peer, "connection limit reached, closing");
+                drop(stream);
+                continue;
+            };
             let inputs = Arc::clone(&self.inputs);
             let side = self.side;
             tokio::spawn(async move {
-                let _permit = permit;
+                let _admitted = admitted;
                 handle(side, inputs, stream, peer).await;
             });
         }

@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::metrics::{EdgeMetrics, RequestProtocol};
+use crate::overload::Admitted;
 use crate::tables::EndpointState;
 
 /// The gRPC status in `headers`, if any.
@@ -117,6 +118,8 @@ impl Drop for Meter {
 pub struct ProxyBody {
     kind: Kind,
     meter: Option<Meter>,
+    /// The request's place under its listener's in-flight limit, freed with the body.
+    admitted: Option<Admitted>,
 }
 
 #[derive(Debug)]
@@ -132,6 +135,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
             meter: Some(meter),
+            admitted: None,
         }
     }
 
@@ -140,6 +144,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Text(Some(text.into())),
             meter,
+            admitted: None,
         }
     }
 
@@ -148,7 +153,14 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Empty,
             meter,
+            admitted: None,
         }
+    }
+
+    /// This body, holding `admitted` until it ends or is dropped.
+    pub fn holding(mut self, admitted: Admitted) -> ProxyBody {
+        self.admitted = Some(admitted);
+        self
     }
 }
 
@@ -175,7 +187,10 @@ impl Body for ProxyBody {
                         }
                     }
                     // The end, or a failure mid-body: either way the request is over.
-                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.meter = None,
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                        this.meter = None;
+                        this.admitted = None;
+                    }
                     Poll::Pending => {}
                 }
                 polled
@@ -184,11 +199,13 @@ impl Body for ProxyBody {
                 let frame = text.take().map(|t| Ok(Frame::data(t)));
                 if frame.is_none() {
                     this.meter = None;
+                    this.admitted = None;
                 }
                 Poll::Ready(frame)
             }
             Kind::Empty => {
                 this.meter = None;
+                this.admitted = None;
                 Poll::Ready(None)
             }
         }

@@ -2,6 +2,7 @@
 //! `Connection: upgrade` + `Upgrade` on a real upgrade; `Upgrade: h2c` is never honoured; and HTTP/1
 //! request heads are checked for framing conflicts (Content-Length together with
 //! Transfer-Encoding, duplicate Content-Length) before the parser sees them (see `guard.rs`).
+//! Internal headers a client could spoof are removed ([`strip_internal`], FAULTS 9).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -69,6 +70,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
     }
+}
+
+/// Prefix of the headers only Serin sidecars set (`x-serin-mirror`, ...).
+pub const INTERNAL_PREFIX: &str = "x-serin-";
+
+/// Removes the headers a client must not be able to set itself: every `x-serin-*` header and
+/// `x-forwarded-client-cert` (no Serin sidecar sets it yet; a request that carries it is lying).
+/// Allocates nothing when there is nothing to remove.
+pub fn strip_internal(headers: &mut HeaderMap) {
+    headers.remove("x-forwarded-client-cert");
+    let spoofed = headers
+        .keys()
+        .any(|name| name.as_str().starts_with(INTERNAL_PREFIX));
+    if spoofed {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+/// [`strip_internal`] for a request arriving inbound, which keeps the mark of a mirrored copy:
+/// `x-serin-mirror: 1` on a request whose host is `<name>-shadow` (the pair a mirroring sidecar
+/// sets together, see `mirror.rs`). Without mTLS the proxy cannot tell a peer's sidecar from any
+/// other client, so this is all it can check.
+pub fn strip_internal_inbound<B>(req: &mut http::Request<B>) {
+    let mirror = HeaderName::from_static(crate::mirror::MIRROR_HEADER);
+    let copy = req.headers().get(&mirror).is_some_and(|v| v == "1") && is_shadow_host(req);
+    strip_internal(req.headers_mut());
+    if copy {
+        req.headers_mut()
+            .insert(mirror, HeaderValue::from_static("1"));
+    }
+}
+
+/// Whether the request's host (`Host`, else the URI's authority), less any port, ends in
+/// `-shadow`.
+fn is_shadow_host<B>(req: &http::Request<B>) -> bool {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    name.ends_with("-shadow")
 }
 
 /// Why a request head is refused before parsing.
@@ -188,6 +239,52 @@ mod tests {
         assert!(upgrade_requested(&h).is_none());
         let h = map(&[("upgrade", "websocket")]);
         assert!(upgrade_requested(&h).is_none());
+    }
+
+    #[test]
+    fn strips_internal_headers() {
+        let mut h = map(&[
+            ("x-serin-mirror", "1"),
+            ("X-Serin-Anything", "x"),
+            ("x-forwarded-client-cert", "By=spiffe://evil"),
+            ("x-serinity", "kept: not the prefix"),
+            ("x-request-id", "kept"),
+        ]);
+        strip_internal(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["x-request-id", "x-serinity"]);
+    }
+
+    #[test]
+    fn inbound_keeps_only_the_mark_of_a_real_mirror_copy() {
+        let request = |host: &str, mark: &str| {
+            http::Request::get("/")
+                .header("host", host)
+                .header("x-serin-mirror", mark)
+                .header("x-serin-other", "1")
+                .body(())
+                .unwrap()
+        };
+        let mut copy = request("reviews-shadow:9080", "1");
+        strip_internal_inbound(&mut copy);
+        assert_eq!(copy.headers()["x-serin-mirror"], "1");
+        assert!(!copy.headers().contains_key("x-serin-other"));
+        for (host, mark) in [("reviews:9080", "1"), ("reviews-shadow", "yes")] {
+            let mut spoofed = request(host, mark);
+            strip_internal_inbound(&mut spoofed);
+            assert!(
+                !spoofed.headers().contains_key("x-serin-mirror"),
+                "{host} {mark}"
+            );
+            assert!(!spoofed.headers().contains_key("x-serin-other"));
+        }
+        let mut h2 = http::Request::get("http://ratings-shadow/x")
+            .header("x-serin-mirror", "1")
+            .body(())
+            .unwrap();
+        strip_internal_inbound(&mut h2);
+        assert_eq!(h2.headers()["x-serin-mirror"], "1");
     }
 
     #[test]
