@@ -90,6 +90,9 @@ pub enum Upstream {
         endpoint: Arc<EndpointState>,
         /// The inbound edge of the peer.
         metrics: Arc<EdgeMetrics>,
+        /// Inbound: the peer's edge for mirrored copies (`x-serin-mirror: 1` to a `-shadow`
+        /// host), counted apart from its primary traffic.
+        mirror: Option<Arc<EdgeMetrics>>,
     },
 }
 
@@ -265,12 +268,21 @@ async fn route_admitted(req: Request<Incoming>, downstream: &Downstream) -> Resp
     let kept = &downstream.kept;
     let mut req = req;
     match &downstream.upstream {
-        Upstream::Fixed { endpoint, metrics } => {
+        Upstream::Fixed {
+            endpoint,
+            metrics,
+            mirror,
+        } => {
             if let Err(bad) = normalize_path(&mut req) {
                 let meter = Meter::new(Arc::clone(metrics), start, request_protocol(&req));
                 return bad_path(bad, meter);
             }
             headers::strip_internal_inbound(&mut req);
+            // What strip_internal_inbound kept is a mirroring sidecar's copy.
+            let metrics = match mirror {
+                Some(mirror) if headers::is_mirror_copy(&req) => mirror,
+                _ => metrics,
+            };
             let req = req.map(RequestBody::stream);
             forward(req, endpoint, Arc::clone(metrics), start, kept).await
         }

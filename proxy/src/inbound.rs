@@ -23,12 +23,14 @@ pub async fn handle(
 ) {
     let tables = Arc::clone(&inputs.tables.borrow());
     let app = inputs.app(orig_dst.port());
-    let metrics = Arc::clone(tables.inbound_edge(peer.ip()));
+    let edges = Arc::clone(tables.inbound_edge(peer.ip()));
+    let metrics = Arc::clone(&edges.primary);
     let protocol = tables.inbound_protocol(orig_dst.port());
     let target = Some((Arc::clone(&app), Arc::clone(&metrics)));
     let upstream = Upstream::Fixed {
         endpoint: app,
         metrics,
+        mirror: Some(Arc::clone(&edges.mirror)),
     };
     connection::dispatch(inputs, Side::Inbound, stream, protocol, || target, upstream).await;
 }

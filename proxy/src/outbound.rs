@@ -27,7 +27,11 @@ pub async fn handle(
         let endpoint = EndpointState::new(orig_dst, inputs.pool_settings());
         let metrics = Arc::clone(tables.passthrough());
         let target = Some((Arc::clone(&endpoint), Arc::clone(&metrics)));
-        let upstream = Upstream::Fixed { endpoint, metrics };
+        let upstream = Upstream::Fixed {
+            endpoint,
+            metrics,
+            mirror: None,
+        };
         connection::dispatch(
             inputs,
             Side::Outbound,

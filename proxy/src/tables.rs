@@ -275,6 +275,17 @@ impl Destination {
     }
 }
 
+/// The inbound edges of one peer. Copies a mirroring sidecar sends (`x-serin-mirror: 1` to a
+/// `-shadow` host) are counted apart, on the `mirror` edge, as the sender counts them: so the
+/// mirror version's primary traffic is not inflated by copies, in `/metrics` and in telemetry.
+#[derive(Debug)]
+pub struct InboundEdges {
+    /// Its requests and connections.
+    pub primary: Arc<EdgeMetrics>,
+    /// The mirrored copies it sends us.
+    pub mirror: Arc<EdgeMetrics>,
+}
+
 /// Everything the forwarding path looks up, for one config version.
 #[derive(Debug)]
 pub struct Tables {
@@ -282,8 +293,8 @@ pub struct Tables {
     pub snapshot: Option<Arc<Snapshot>>,
     outbound: HashMap<SocketAddr, Arc<Destination>>,
     inbound_protocols: HashMap<u16, Protocol>,
-    peers: HashMap<IpAddr, Arc<EdgeMetrics>>,
-    unknown_peer: Arc<EdgeMetrics>,
+    peers: HashMap<IpAddr, Arc<InboundEdges>>,
+    unknown_peer: Arc<InboundEdges>,
     passthrough: Arc<EdgeMetrics>,
     endpoints: HashMap<SocketAddr, Arc<EndpointState>>,
     /// Routing state per policy, by (namespace, service).
@@ -339,6 +350,14 @@ impl Builder {
         ))
     }
 
+    /// The inbound edges of a peer: its primary traffic and the mirrored copies it sends.
+    fn inbound_edges(&self, peer: (&str, &str, &str)) -> Arc<InboundEdges> {
+        Arc::new(InboundEdges {
+            primary: self.edge_of(Direction::Inbound, peer, self.me(), false),
+            mirror: self.edge_of(Direction::Inbound, peer, self.me(), true),
+        })
+    }
+
     fn me(&self) -> (&str, &str, &str) {
         let id = &self.identity;
         (id.workload(), &id.namespace, &id.version)
@@ -351,7 +370,7 @@ impl Builder {
             outbound: HashMap::new(),
             inbound_protocols: HashMap::new(),
             peers: HashMap::new(),
-            unknown_peer: self.edge(Direction::Inbound, (UNKNOWN, UNKNOWN, UNKNOWN), self.me()),
+            unknown_peer: self.inbound_edges((UNKNOWN, UNKNOWN, UNKNOWN)),
             passthrough: self.edge(Direction::Outbound, (PASSTHROUGH, "", ""), self.me()),
             endpoints: HashMap::new(),
             policies: HashMap::new(),
@@ -500,11 +519,7 @@ impl Builder {
             }
             // Peers: every endpoint address is a possible source of inbound traffic.
             for ep in endpoints {
-                let metrics = self.edge(
-                    Direction::Inbound,
-                    (&service.name, &service.namespace, &ep.version),
-                    me,
-                );
+                let metrics = self.inbound_edges((&service.name, &service.namespace, &ep.version));
                 for addr in &ep.addresses {
                     tables
                         .peers
@@ -586,8 +601,8 @@ impl Tables {
         &self.passthrough
     }
 
-    /// The inbound edge of a connection from `peer`.
-    pub fn inbound_edge(&self, peer: IpAddr) -> &Arc<EdgeMetrics> {
+    /// The inbound edges of a connection from `peer`.
+    pub fn inbound_edge(&self, peer: IpAddr) -> &Arc<InboundEdges> {
         let peer = match peer {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
             v4 => v4,
@@ -670,12 +685,14 @@ endpoints:
         assert!(t.destination("10.96.0.10:9081".parse().unwrap()).is_none());
         assert_eq!(
             &*t.inbound_edge("10.244.0.7".parse().unwrap())
+                .primary
                 .edge()
                 .source_workload,
             "reviews"
         );
         assert_eq!(
             &*t.inbound_edge("10.1.1.1".parse().unwrap())
+                .primary
                 .edge()
                 .source_workload,
             UNKNOWN

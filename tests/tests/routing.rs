@@ -498,6 +498,17 @@ impl Fixture {
             .1
     }
 
+    /// The `/metrics` of `version`'s sidecar.
+    fn server_metrics(&self, version: &str) -> String {
+        let pod = self
+            .mesh
+            .pod(&format!("{}-{version}", self.service))
+            .expect("the version's pod");
+        admin_get(&pod, ADMIN_PORT, "/metrics", LONG)
+            .expect("server sidecar /metrics")
+            .1
+    }
+
     /// The policy of the service in the client sidecar's `/routes` (rules and default route
     /// with their hits, fallbacks, mirror outcomes).
     fn routes(&self) -> serde_json::Value {
@@ -1500,6 +1511,26 @@ fn mirror_ten_percent_to_v2_and_a_hanging_mirror_never_slows_the_primary() {
     });
     // Every copy of the measurement(s) above, settled.
     let copies = v2.mirrored();
+    // v2's own sidecar counts the copies it passed to its app apart from primary traffic
+    // (mirror="true" on its inbound edge), as the client's sidecar does: so the dashboard never
+    // shows copies as v2's primary traffic.
+    let inbound = |metrics: &str, mirror: &str| -> f64 {
+        let marks = ["direction=\"inbound\"", &format!("mirror=\"{mirror}\"")];
+        metric_lines(metrics, "serin_requests_total")
+            .into_iter()
+            .filter(|l| marks.iter().all(|m| l.contains(m)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    eventually("v2's sidecar counts every copy as mirrored", LONG, || {
+        let metrics = fx.server_metrics("v2");
+        (inbound(&metrics, "true") == copies as f64).then_some(())
+    });
+    assert_eq!(
+        inbound(&fx.server_metrics("v2"), "false"),
+        0.0,
+        "v2's sidecar counted copies as primary inbound traffic"
+    );
     // The client's sidecar counts each copy answered as sent, in /routes and in its metrics.
     let routes = eventually("/routes counts every copy as sent", LONG, || {
         let routes = fx.routes();

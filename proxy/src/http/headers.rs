@@ -109,6 +109,14 @@ pub fn strip_internal_inbound<B>(req: &mut http::Request<B>) {
     }
 }
 
+/// Whether `req` carries the mark of a mirrored copy (after [`strip_internal_inbound`], only a
+/// copy to a `-shadow` host keeps it).
+pub fn is_mirror_copy<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(crate::mirror::MIRROR_HEADER)
+        .is_some_and(|v| v == "1")
+}
+
 /// Whether the request's host (`Host`, else the URI's authority), less any port, ends in
 /// `-shadow`.
 fn is_shadow_host<B>(req: &http::Request<B>) -> bool {
