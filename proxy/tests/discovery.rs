@@ -2,14 +2,15 @@
 //! real control plane (the serin-control library, its store in a temporary directory), and a tiny
 //! deliberately broken Discovery server for what the real one never sends. No root.
 
-use std::future::Future;
+#[path = "support/control_plane.rs"]
+mod control_plane;
+
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serin_control::app::App;
+use control_plane::{ControlPlaneProcess, eventually, free_addr, init_tracing};
 use serin_proto::v1;
 use serin_proto::v1::admin_client::AdminClient;
 use serin_proto::v1::discovery_server::{Discovery as DiscoveryService, DiscoveryServer};
@@ -19,115 +20,9 @@ use serin_proxy::discovery::ConnectionState;
 use serin_proxy::orig_dst::FromFn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
-
-/// Generous bound for what should happen promptly.
-const LONG: Duration = Duration::from_secs(15);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serin_proxy=debug"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
-/// Polls `check` every 10 ms until it returns `Some`, failing with `what` after [`LONG`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + LONG;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {LONG:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A control plane running in this process on a fixed address, its store in `store`.
-struct ControlPlaneProcess {
-    grpc: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl ControlPlaneProcess {
-    async fn start(store: &Path, grpc: SocketAddr) -> ControlPlaneProcess {
-        let mut config = serin_control::config::Config::new(store.to_owned());
-        config.grpc = grpc;
-        config.http = "127.0.0.1:0".parse().unwrap();
-        // A stopped control plane's writer thread lets go of the store a moment after its server
-        // stopped: retry the open (only that) until the lock is free.
-        let deadline = Instant::now() + LONG;
-        let app = loop {
-            match App::new(config.clone()).await {
-                Ok(app) => break app,
-                Err(e)
-                    if format!("{e:#}").contains("already open") && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => panic!("start the control plane: {e:#}"),
-            }
-        };
-        let grpc = app.grpc_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (_, run) = app
-            .start(async move {
-                let _ = stopped.await;
-            })
-            .unwrap();
-        ControlPlaneProcess {
-            grpc,
-            stop: Some(stop),
-            task: tokio::spawn(run),
-        }
-    }
-
-    /// Stops it (its streams end, its port closes) and waits until it has.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(LONG, &mut self.task)
-            .await
-            .expect("the control plane stops in time")
-            .unwrap()
-            .unwrap();
-    }
-
-    async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(
-            Channel::from_shared(format!("http://{}", self.grpc))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for ControlPlaneProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// A free port on 127.0.0.1 (bound, then released).
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap()
-}
 
 /// A proxy following the control plane at `grpc`, with short backoffs; its Discovery client
 /// runs on a task aborted on drop.

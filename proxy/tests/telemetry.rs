@@ -7,13 +7,14 @@
 //! stopped the proxy keeps serving and counts the reports it drops, and reports again once it is
 //! back. No root: the original destination is injected.
 
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+#[path = "support/control_plane.rs"]
+mod control_plane;
 
-use serin_control::app::{App, Handles};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use control_plane::{ControlPlaneProcess, LONG, eventually, free_addr, init_tracing};
 use serin_control::telemetry::{Direction, EdgeKey};
 use serin_proto::v1;
 use serin_proxy::app::Bound;
@@ -21,86 +22,8 @@ use serin_proxy::config::{Config, ConfigSource, ControlPlane, Identity, ProxySet
 use serin_proxy::orig_dst::FromFn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-
-/// Generous bound for what should happen promptly.
-const LONG: Duration = Duration::from_secs(15);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serin_proxy=debug"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, failing with `what` after [`LONG`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + LONG;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {LONG:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The control plane in this process on `grpc`, its store in `store`.
-struct ControlPlaneProcess {
-    handles: Handles,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
 
 impl ControlPlaneProcess {
-    async fn start(store: &Path, grpc: SocketAddr) -> ControlPlaneProcess {
-        let mut config = serin_control::config::Config::new(store.to_owned());
-        config.grpc = grpc;
-        config.http = "127.0.0.1:0".parse().unwrap();
-        // A stopped control plane lets go of its store a moment after its server stopped.
-        let deadline = Instant::now() + LONG;
-        let app = loop {
-            match App::new(config.clone()).await {
-                Ok(app) => break app,
-                Err(e)
-                    if format!("{e:#}").contains("already open") && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => panic!("start the control plane: {e:#}"),
-            }
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (handles, run) = app
-            .start(async move {
-                let _ = stopped.await;
-            })
-            .unwrap();
-        ControlPlaneProcess {
-            handles,
-            stop: Some(stop),
-            task: tokio::spawn(run),
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(LONG, &mut self.task)
-            .await
-            .expect("the control plane stops in time")
-            .unwrap()
-            .unwrap();
-    }
-
     /// Requests per edge held in the telemetry windows (the last minute).
     fn requests(&self) -> Vec<(EdgeKey, u64)> {
         let now = serin_control::telemetry::Clock::System.now_ms();
@@ -111,19 +34,6 @@ impl ControlPlaneProcess {
             .map(|(k, s)| (k, s.counts.requests))
             .collect()
     }
-}
-
-impl Drop for ControlPlaneProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap()
 }
 
 /// An HTTP/1.1 app on `ip:port` answering every request `200` with `body`.

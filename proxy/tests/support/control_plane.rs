@@ -1,0 +1,131 @@
+//! The real control plane (the serin-control library) in the test process, for the loopback
+//! tests of the sidecar's clients of it (Discovery, Telemetry): start on a fixed address, stop,
+//! start again on the same store.
+
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the support code"
+)]
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serin_control::app::{App, Handles};
+use serin_proto::v1::admin_client::AdminClient;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Generous bound for what should happen promptly.
+pub const LONG: Duration = Duration::from_secs(15);
+
+/// Starts tracing for the test binary (later calls do nothing).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serin_proxy=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, failing with `what` after [`LONG`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {LONG:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A control plane running in this process on a fixed address, its store in `store`.
+pub struct ControlPlaneProcess {
+    /// Its gRPC address.
+    pub grpc: SocketAddr,
+    /// Its state (telemetry windows, mesh, proxies).
+    pub handles: Handles,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ControlPlaneProcess {
+    /// Starts it on `grpc` with its store in `store`.
+    pub async fn start(store: &Path, grpc: SocketAddr) -> ControlPlaneProcess {
+        let mut config = serin_control::config::Config::new(store.to_owned());
+        config.grpc = grpc;
+        config.http = "127.0.0.1:0".parse().unwrap();
+        // A stopped control plane's writer thread lets go of the store a moment after its server
+        // stopped: retry the open (only that) until the lock is free.
+        let deadline = Instant::now() + LONG;
+        let app = loop {
+            match App::new(config.clone()).await {
+                Ok(app) => break app,
+                Err(e)
+                    if format!("{e:#}").contains("already open") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("start the control plane: {e:#}"),
+            }
+        };
+        let grpc = app.grpc_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (handles, run) = app
+            .start(async move {
+                let _ = stopped.await;
+            })
+            .unwrap();
+        ControlPlaneProcess {
+            grpc,
+            handles,
+            stop: Some(stop),
+            task: tokio::spawn(run),
+        }
+    }
+
+    /// Stops it (its streams end, its port closes) and waits until it has.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(LONG, &mut self.task)
+            .await
+            .expect("the control plane stops in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A client of its Admin API.
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(
+            Channel::from_shared(format!("http://{}", self.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
