@@ -627,6 +627,51 @@ fn rejected(
     rejection(kind, namespace, name, &e.field, &e.reason)
 }
 
+/// Converts the `items` of one resource kind, unique by (namespace, name): a second one with the
+/// same key is refused (naming `name_field`); one that does not convert is named in `errors` and
+/// replaced by its copy in `previous` (when it had one).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per resource kind, each spelled out"
+)]
+fn convert_each<W, T: Clone>(
+    kind: v1::ResourceKind,
+    name_field: &str,
+    items: Vec<W>,
+    key: impl Fn(&W) -> (String, String),
+    convert: impl Fn(W) -> Result<T, InvalidSnapshot>,
+    previous: &[T],
+    previous_key: impl Fn(&T) -> (&str, &str),
+    errors: &mut Vec<v1::ResourceError>,
+) -> Vec<T> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let (namespace, name) = key(&item);
+        if !seen.insert((namespace.clone(), name.clone())) {
+            errors.push(rejection(
+                kind,
+                &namespace,
+                &name,
+                name_field,
+                "listed twice in the snapshot",
+            ));
+            continue;
+        }
+        match convert(item) {
+            Ok(converted) => out.push(converted),
+            Err(e) => {
+                errors.push(rejected(kind, &namespace, &name, &e));
+                let old = previous
+                    .iter()
+                    .find(|o| previous_key(o) == (namespace.as_str(), name.as_str()));
+                out.extend(old.cloned());
+            }
+        }
+    }
+    out
+}
+
 /// Converts `wire` resource by resource: what converts is taken, what does not is named in the
 /// returned errors and replaced by its copy in `previous` (when it had one).
 pub fn merge(
@@ -636,66 +681,26 @@ pub fn merge(
 ) -> (Snapshot, Vec<v1::ResourceError>) {
     let mut errors = Vec::new();
 
-    let mut seen = HashSet::new();
-    let mut services = Vec::with_capacity(wire.services.len());
-    for s in wire.services {
-        let (namespace, name) = (s.namespace.clone(), s.name.clone());
-        if !seen.insert((namespace.clone(), name.clone())) {
-            errors.push(rejection(
-                v1::ResourceKind::Service,
-                &namespace,
-                &name,
-                "name",
-                "listed twice in the snapshot",
-            ));
-            continue;
-        }
-        match Service::try_from(s) {
-            Ok(service) => services.push(service),
-            Err(e) => {
-                errors.push(rejected(v1::ResourceKind::Service, &namespace, &name, &e));
-                let old = previous.and_then(|p| {
-                    p.services
-                        .iter()
-                        .find(|o| o.namespace == namespace && o.name == name)
-                });
-                services.extend(old.cloned());
-            }
-        }
-    }
-
-    let mut seen = HashSet::new();
-    let mut endpoints = Vec::with_capacity(wire.endpoints.len());
-    for e in wire.endpoints {
-        let (namespace, name) = (e.namespace.clone(), e.service.clone());
-        if !seen.insert((namespace.clone(), name.clone())) {
-            errors.push(rejection(
-                v1::ResourceKind::Endpoints,
-                &namespace,
-                &name,
-                "service",
-                "listed twice in the snapshot",
-            ));
-            continue;
-        }
-        match ServiceEndpoints::try_from(e) {
-            Ok(eps) => endpoints.push(eps),
-            Err(err) => {
-                errors.push(rejected(
-                    v1::ResourceKind::Endpoints,
-                    &namespace,
-                    &name,
-                    &err,
-                ));
-                let old = previous.and_then(|p| {
-                    p.endpoints
-                        .iter()
-                        .find(|o| o.namespace == namespace && o.service == name)
-                });
-                endpoints.extend(old.cloned());
-            }
-        }
-    }
+    let services = convert_each(
+        v1::ResourceKind::Service,
+        "name",
+        wire.services,
+        |s| (s.namespace.clone(), s.name.clone()),
+        Service::try_from,
+        previous.map_or(&[], |p| &p.services),
+        |o| (&o.namespace, &o.name),
+        &mut errors,
+    );
+    let endpoints = convert_each(
+        v1::ResourceKind::Endpoints,
+        "service",
+        wire.endpoints,
+        |e| (e.namespace.clone(), e.service.clone()),
+        ServiceEndpoints::try_from,
+        previous.map_or(&[], |p| &p.endpoints),
+        |o| (&o.namespace, &o.service),
+        &mut errors,
+    );
 
     // Policies: converted, validated and compiled here, once; a bad one keeps its last good
     // copy, a second one for the same service is refused.
