@@ -511,6 +511,7 @@ impl Admin for AdminService {
             lease_id: lease.id,
             expires_at: Some(timestamp(lease.expires_at)),
             ttl: Some(duration(lease.ttl)),
+            bootstrap_token: lease.bootstrap_token,
         }))
     }
 
@@ -540,6 +541,28 @@ impl Admin for AdminService {
         required("lease_id", &req.lease_id)?;
         let removed = self.mesh.deregister(req.lease_id).await?;
         Ok(Response::new(v1::DeregisterWorkloadResponse { removed }))
+    }
+
+    async fn set_mtls_mode(
+        &self,
+        request: Request<v1::SetMtlsModeRequest>,
+    ) -> Result<Response<v1::SetMtlsModeResponse>, Status> {
+        let req = request.into_inner();
+        let mode = crate::proto::mtls_mode_from_proto(req.mode)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let modes = self.mesh.set_mtls_mode(req.namespace, mode).await?;
+        Ok(Response::new(v1::SetMtlsModeResponse {
+            mtls: Some(v1::MeshTls::from(&modes)),
+        }))
+    }
+
+    async fn get_mtls_modes(
+        &self,
+        _request: Request<v1::GetMtlsModesRequest>,
+    ) -> Result<Response<v1::GetMtlsModesResponse>, Status> {
+        Ok(Response::new(v1::GetMtlsModesResponse {
+            mtls: Some(v1::MeshTls::from(&self.mesh.view().mtls)),
+        }))
     }
 
     type WatchTopologyStream = TopologyStream;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use serin_proto::v1::admin_server::AdminServer;
+use serin_proto::v1::identity_server::IdentityServer;
 use serin_proto::v1::telemetry_server::TelemetryServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -15,9 +16,11 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminService, Telemetry};
+use crate::ca::Authority;
 use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
+use crate::identity::IdentityService;
 use crate::inject::webhook::Webhook;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
@@ -29,6 +32,7 @@ use crate::telemetry::{Clock, EdgeTable, RuleHitTable, TelemetryService};
 pub struct App {
     config: Config,
     store: Arc<Store>,
+    ca: Arc<Authority>,
     grpc: TcpListener,
     http: TcpListener,
     webhook: Option<Webhook>,
@@ -69,6 +73,9 @@ impl App {
         let dir = config.store.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
         tracing::info!(path = %store.path().display(), "store open");
+        // 1b. The certificate authority: the operator's root, the stored one, or a new one.
+        let ca = crate::identity::load_authority(&store, &config.ca)
+            .context("cannot set up the certificate authority")?;
         // 2. The ports, now, so that a taken one fails at start with its address.
         let grpc = TcpListener::bind(config.grpc)
             .await
@@ -92,6 +99,7 @@ impl App {
         Ok(App {
             config,
             store: Arc::new(store),
+            ca: Arc::new(ca),
             grpc,
             http,
             webhook,
@@ -126,6 +134,7 @@ impl App {
         let App {
             config,
             store,
+            ca,
             grpc,
             http,
             webhook,
@@ -170,6 +179,11 @@ impl App {
             config.clock.clone(),
             stop_rx.clone(),
         ));
+        let identity = IdentityServer::new(IdentityService::new(
+            ca,
+            mesh.clone(),
+            config.ca.default_ttl,
+        ));
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(serin_proto::FILE_DESCRIPTOR_SET)
@@ -189,6 +203,7 @@ impl App {
                 .add_service(discovery)
                 .add_service(admin)
                 .add_service(telemetry)
+                .add_service(identity)
                 .add_service(health)
                 .add_service(reflection)
                 .serve_with_incoming_shutdown(no_delay(grpc), async move {
@@ -222,6 +237,7 @@ impl App {
                 "serin.v1.Discovery",
                 "serin.v1.Admin",
                 "serin.v1.Telemetry",
+                "serin.v1.Identity",
             ] {
                 health_reporter
                     .set_service_status(service, tonic_health::ServingStatus::Serving)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::identity::{CaConfig, RotationStep};
 use crate::inject::config::{
     DEFAULT_CONTROL_PLANE, DEFAULT_PROXY_IMAGE, InjectConfig, KubernetesVersion,
 };
@@ -74,6 +75,23 @@ pub struct Args {
     /// The cluster's Kubernetes version: 1.29 and later get native sidecars.
     #[arg(long, env = "SERIN_KUBERNETES_VERSION", default_value = "1.29")]
     pub kubernetes_version: KubernetesVersion,
+    /// Trust domain of workload identities (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`).
+    #[arg(long, env = "SERIN_TRUST_DOMAIN", default_value = crate::ca::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// The CA root certificate (PEM) to sign workload certificates with; without it a root is
+    /// generated once and kept in the store.
+    #[arg(long, env = "SERIN_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The CA root's private key (PEM).
+    #[arg(long, env = "SERIN_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Take one step of a CA root rotation at start: `add` (trust a new root), then after one
+    /// certificate lifetime `promote` (sign with it), then after another `drop-old`.
+    #[arg(long, env = "SERIN_CA_ROOT_ROTATION", conflicts_with = "ca_cert")]
+    pub ca_root_rotation: Option<RotationStep>,
+    /// Lifetime of workload certificates when a sidecar asks for none (e.g. `24h`).
+    #[arg(long, env = "SERIN_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_ttl: Duration,
 }
 
 /// Why the command line cannot be used.
@@ -103,6 +121,8 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// Where to write a generated webhook certificate.
     pub webhook_cert_out: Option<PathBuf>,
+    /// The certificate authority.
+    pub ca: CaConfig,
 }
 
 impl Config {
@@ -117,6 +137,7 @@ impl Config {
             clock: Clock::System,
             webhook: None,
             webhook_cert_out: None,
+            ca: CaConfig::default(),
         }
     }
 }
@@ -157,6 +178,12 @@ impl TryFrom<&Args> for Config {
             clock: Clock::System,
             webhook,
             webhook_cert_out: a.webhook_cert_out.clone(),
+            ca: CaConfig {
+                trust_domain: a.trust_domain.clone(),
+                root_files: a.ca_cert.clone().zip(a.ca_key.clone()),
+                rotation: a.ca_root_rotation,
+                default_ttl: a.cert_ttl,
+            },
         })
     }
 }

@@ -5,10 +5,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod ca;
 pub mod config;
 pub mod dashboard;
 pub mod discovery;
 pub mod http;
+pub mod identity;
 pub mod inject;
 pub mod kubernetes;
 pub mod mesh;

@@ -16,8 +16,8 @@ use serin_policy::{TrafficPolicy, VersionWeight};
 use tokio::sync::{oneshot, watch};
 
 use crate::model::{
-    MeshView, PolicyDraft, PolicyKey, Registration, Revision, ServiceKey, ServicePort,
-    ServiceRecord, StoredPolicy, Workload, namespace_or_default,
+    MeshView, MtlsMode, MtlsModes, PolicyDraft, PolicyKey, Registration, Revision, ServiceKey,
+    ServicePort, ServiceRecord, StoredPolicy, Workload, WorkloadKey, namespace_or_default,
 };
 use crate::store::{Change, Store, StoreError};
 
@@ -115,6 +115,7 @@ impl Mesh {
                 Arc::new(s),
             );
         }
+        view.mtls = store.setting(crate::store::MTLS_MODES)?.unwrap_or_default();
         let mut leases = registry::Leases::default();
         for r in loaded.registrations {
             // Workloads could not renew while the control plane was down: give each a full lease
@@ -125,6 +126,7 @@ impl Mesh {
                 key: r.workload.key(),
                 ttl: r.ttl,
                 expires_at,
+                bootstrap_token: r.bootstrap_token,
             });
             view.workloads
                 .insert(r.workload.key(), Arc::new(r.workload));
@@ -267,6 +269,37 @@ impl Mesh {
         self.call(move |w| w.deregister(&lease_id)).await
     }
 
+    /// The registered workload whose bootstrap token is `token` (NOT_FOUND when none).
+    pub async fn workload_for_token(&self, token: String) -> Result<Arc<Workload>, MeshError> {
+        self.call(move |w| w.workload_for_token(&token)).await
+    }
+
+    /// Marks a registered workload as meshed with `identity` (its sidecar got a certificate).
+    pub async fn set_identity(&self, key: WorkloadKey, identity: String) -> Result<(), MeshError> {
+        self.call(move |w| w.set_identity(&key, &identity)).await
+    }
+
+    /// Sets (or clears) the mTLS mode of `namespace` ("" = mesh-wide); returns every mode.
+    pub async fn set_mtls_mode(
+        &self,
+        namespace: String,
+        mode: Option<MtlsMode>,
+    ) -> Result<MtlsModes, MeshError> {
+        self.call(move |w| {
+            let mut modes = w.view.mtls.clone();
+            modes.set(&namespace, mode);
+            if modes != w.view.mtls {
+                let mut change = w.change()?;
+                change.put_setting(crate::store::MTLS_MODES, &modes)?;
+                change.commit()?;
+                w.view.mtls = modes.clone();
+                w.dirty = true;
+            }
+            Ok(modes)
+        })
+        .await
+    }
+
     /// Revisions of a policy, newest first (a blocking store read, off the runtime).
     pub async fn history(&self, key: PolicyKey, limit: usize) -> Result<Vec<Revision>, MeshError> {
         let store = self.store.clone();
@@ -399,6 +432,7 @@ fn registration(workload: &Workload, lease: &Lease) -> Registration {
         lease_id: lease.id.clone(),
         ttl: lease.ttl,
         expires_at: lease.expires_at,
+        bootstrap_token: lease.bootstrap_token.clone(),
     }
 }
 

@@ -203,6 +203,10 @@ pub struct Workload {
     pub service_account: String,
     /// Host that runs it.
     pub node_name: String,
+    /// SPIFFE ID its sidecar holds a certificate for ("" until the certificate authority signed
+    /// one): peers then reach it over mTLS.
+    #[serde(default)]
+    pub identity: String,
 }
 
 impl Workload {
@@ -234,6 +238,9 @@ pub struct Registration {
     pub ttl: Duration,
     /// When the lease runs out unless renewed (wall clock, so that it survives restarts).
     pub expires_at: SystemTime,
+    /// The secret its sidecar presents to get a workload certificate (Identity service).
+    #[serde(default)]
+    pub bootstrap_token: String,
 }
 
 /// Identity of a service: (namespace, name).
@@ -307,6 +314,42 @@ pub struct MeshView {
     /// Registered workloads with a live lease (lease times stay with the writer, so that a
     /// renewal changes nothing readers see).
     pub workloads: BTreeMap<WorkloadKey, Arc<Workload>>,
+    /// The mTLS modes.
+    pub mtls: MtlsModes,
+}
+
+/// Whether a namespace's sidecars accept plain connections from other pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Plain and mTLS.
+    Permissive,
+    /// mTLS only.
+    Strict,
+}
+
+/// The mTLS modes: mesh-wide (unset: permissive) and per namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtlsModes {
+    /// The mode of namespaces without their own.
+    pub default: Option<MtlsMode>,
+    /// Namespaces with their own mode.
+    pub namespaces: BTreeMap<String, MtlsMode>,
+}
+
+impl MtlsModes {
+    /// Sets (`Some`) or clears (`None`) the mode of `namespace`, or the mesh-wide one for "".
+    pub fn set(&mut self, namespace: &str, mode: Option<MtlsMode>) {
+        match (namespace.is_empty(), mode) {
+            (true, mode) => self.default = mode,
+            (false, Some(mode)) => {
+                self.namespaces.insert(namespace.to_owned(), mode);
+            }
+            (false, None) => {
+                self.namespaces.remove(namespace);
+            }
+        }
+    }
 }
 
 impl MeshView {

@@ -10,8 +10,8 @@ use serin_proto::v1;
 
 use crate::discovery::proxies::{ProxyIdentity, ProxyState, Rejection, ResourceKind};
 use crate::model::{
-    ChangeCause, PolicyDraft, Protocol, Revision, ServiceRecord, StoredPolicy, Workload,
-    WorkloadPort, namespace_or_default,
+    ChangeCause, MtlsMode, MtlsModes, PolicyDraft, Protocol, Revision, ServiceRecord, StoredPolicy,
+    Workload, WorkloadPort, namespace_or_default,
 };
 use crate::telemetry::{Direction, EdgeDelta, EdgeKey, EdgeReport, Histogram, HitKey, HitReport};
 use crate::topology::{Graph, protocol_from_name};
@@ -295,6 +295,8 @@ impl TryFrom<v1::Workload> for Workload {
             labels,
             service_account: w.service_account,
             node_name: w.node_name,
+            // Set by the certificate authority when the workload's sidecar gets a certificate.
+            identity: String::new(),
         })
     }
 }
@@ -341,6 +343,45 @@ impl From<&Workload> for v1::Endpoint {
             weight: 1,
             service_account: w.service_account.clone(),
             node_name: w.node_name.clone(),
+            identity: w.identity.clone(),
+        }
+    }
+}
+
+impl From<MtlsMode> for v1::MtlsMode {
+    fn from(m: MtlsMode) -> Self {
+        match m {
+            MtlsMode::Permissive => v1::MtlsMode::Permissive,
+            MtlsMode::Strict => v1::MtlsMode::Strict,
+        }
+    }
+}
+
+/// A wire mode: `None` for UNSPECIFIED; unknown numbers are refused.
+pub fn mtls_mode_from_proto(mode: i32) -> Result<Option<MtlsMode>, InvalidField> {
+    match v1::MtlsMode::try_from(mode) {
+        Ok(v1::MtlsMode::Unspecified) => Ok(None),
+        Ok(v1::MtlsMode::Permissive) => Ok(Some(MtlsMode::Permissive)),
+        Ok(v1::MtlsMode::Strict) => Ok(Some(MtlsMode::Strict)),
+        Err(_) => Err(InvalidField::new(
+            "mode",
+            format!("unknown mtls mode {mode}"),
+        )),
+    }
+}
+
+impl From<&MtlsModes> for v1::MeshTls {
+    fn from(m: &MtlsModes) -> Self {
+        v1::MeshTls {
+            default_mode: m
+                .default
+                .map_or(v1::MtlsMode::Unspecified, v1::MtlsMode::from)
+                as i32,
+            namespaces: m
+                .namespaces
+                .iter()
+                .map(|(ns, mode)| (ns.clone(), v1::MtlsMode::from(*mode) as i32))
+                .collect(),
         }
     }
 }

@@ -90,6 +90,7 @@ pub fn snapshot(view: &MeshView) -> v1::Snapshot {
         services,
         endpoints,
         policies,
+        mtls: Some(v1::MeshTls::from(&view.mtls)),
     }
 }
 
@@ -100,6 +101,7 @@ fn version(view: &MeshView) -> String {
         view.services.values().map(|s| &**s).collect::<Vec<_>>(),
         view.workloads.values().map(|w| &**w).collect::<Vec<_>>(),
         view.policies.values().map(|p| &**p).collect::<Vec<_>>(),
+        &view.mtls,
     ))
     .expect("domain types serialize to JSON");
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&content))
@@ -172,6 +174,7 @@ mod tests {
             .into(),
             service_account: String::new(),
             node_name: String::new(),
+            identity: String::new(),
         };
         let s = ServiceRecord {
             namespace: "default".into(),

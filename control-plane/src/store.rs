@@ -22,6 +22,14 @@ const WORKLOADS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new
 /// Services: (namespace, name) → [`ServiceRecord`].
 const SERVICES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("services");
 
+/// Mesh-wide settings: name → JSON value ([`CA_ROOTS`]: the certificate authority's roots,
+/// [`MTLS_MODES`]: the mTLS modes).
+const SETTINGS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("settings");
+/// Settings key of the certificate authority's roots ([`crate::ca::StoredRoots`]).
+pub const CA_ROOTS: &str = "ca_roots";
+/// Settings key of the mTLS modes ([`crate::model::MtlsModes`]).
+pub const MTLS_MODES: &str = "mtls_modes";
+
 /// File name of the database inside the store directory.
 pub const FILE_NAME: &str = "serin.redb";
 
@@ -119,6 +127,7 @@ impl Store {
         txn.open_table(REVISIONS).map_err(db_err("open table"))?;
         txn.open_table(WORKLOADS).map_err(db_err("open table"))?;
         txn.open_table(SERVICES).map_err(db_err("open table"))?;
+        txn.open_table(SETTINGS).map_err(db_err("open table"))?;
         txn.commit().map_err(db_err("commit"))?;
         Ok(Store { db, path })
     }
@@ -203,6 +212,22 @@ impl Store {
             )
         })
         .transpose()
+    }
+
+    /// One setting (see [`SETTINGS`]), `None` when never stored.
+    pub fn setting<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err("begin read"))?;
+        let table = txn.open_table(SETTINGS).map_err(db_err("open table"))?;
+        let got = table.get(name).map_err(db_err("get"))?;
+        got.map(|v| decode(|| format!("setting {name}"), v.value()))
+            .transpose()
+    }
+
+    /// Stores one setting durably, on its own.
+    pub fn put_setting<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        let mut change = self.change()?;
+        change.put_setting(name, value)?;
+        change.commit()
     }
 
     /// Starts the one atomic change of a write: nothing is visible until [`Change::commit`].
@@ -347,6 +372,18 @@ impl Change {
                 (key.namespace.as_str(), key.name.as_str()),
                 encode(s).as_slice(),
             )
+            .map_err(db_err("insert"))?;
+        Ok(())
+    }
+
+    /// Stores (or replaces) one setting.
+    pub fn put_setting<T: Serialize>(&mut self, name: &str, value: &T) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(SETTINGS)
+            .map_err(db_err("open table"))?;
+        table
+            .insert(name, encode(value).as_slice())
             .map_err(db_err("insert"))?;
         Ok(())
     }

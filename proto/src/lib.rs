@@ -7,7 +7,7 @@
 
 #![forbid(unsafe_code)]
 
-/// Package `serin.v1`: messages, enums, and the `Discovery`, `Admin` and `Telemetry` services
+/// Package `serin.v1`: messages, enums, and the `Discovery`, `Admin`, `Telemetry` and `Identity` services
 /// with their tonic clients (`*_client`) and servers (`*_server`).
 #[allow(
     unused_qualifications,

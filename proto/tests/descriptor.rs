@@ -56,6 +56,7 @@ fn services_expose_every_rpc() {
                     "DeletePolicy",
                     "DeregisterWorkload",
                     "Explain",
+                    "GetMtlsModes",
                     "GetPolicy",
                     "ListPolicies",
                     "ListProxies",
@@ -65,11 +66,13 @@ fn services_expose_every_rpc() {
                     "RegisterWorkload",
                     "RenewLease",
                     "Rollback",
+                    "SetMtlsMode",
                     "SetWeights",
                     "WatchTopology",
                 ])
             ),
             ("Discovery".to_owned(), expected(&["Subscribe"])),
+            ("Identity".to_owned(), expected(&["SignCertificate"])),
             ("Telemetry".to_owned(), expected(&["Report"])),
         ])
     );

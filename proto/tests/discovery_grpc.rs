@@ -41,6 +41,7 @@ fn snapshot() -> SubscribeResponse {
                 endpoints: Vec::new(),
             }],
             policies: Vec::new(),
+            ..Default::default()
         })),
     }
 }

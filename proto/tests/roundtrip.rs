@@ -129,6 +129,7 @@ fn full_snapshot() -> SubscribeResponse {
         weight: 2,
         service_account: "reviews".to_owned(),
         node_name: "node-1".to_owned(),
+        ..Default::default()
     };
     SubscribeResponse {
         version: "42".to_owned(),
@@ -175,6 +176,7 @@ fn full_snapshot() -> SubscribeResponse {
                 ],
             }],
             policies: vec![reviews_policy()],
+            ..Default::default()
         })),
     }
 }

@@ -13,8 +13,10 @@ use crate::admin::{Admin, AdminState};
 use crate::config::*;
 use crate::discovery::{self, Discovery};
 use crate::drain;
+use crate::identity::{CertManager, IdentitySettings, TokenSource};
 use crate::metrics::Metrics;
 use crate::orig_dst::{Kernel, OrigDstLookup};
+use crate::pool::PoolTls;
 use crate::proxy::{BindError, Listener, ProxyInputs, Side};
 use crate::snapshot::file;
 use crate::tables::{self, ConfigWriter};
@@ -45,6 +47,21 @@ pub struct Cli {
     /// Send no telemetry to the control plane (the dashboard then shows no traffic of this pod).
     #[arg(long, env = ENV_NO_TELEMETRY)]
     pub no_telemetry: bool,
+    /// The bootstrap token of the pod's registration: with it the sidecar gets a workload
+    /// certificate from the control plane and speaks mTLS to meshed peers (with
+    /// `--control-plane`).
+    #[arg(long, env = ENV_IDENTITY_TOKEN, conflicts_with = "identity_token_file")]
+    pub identity_token: Option<String>,
+    /// A file holding the bootstrap token, read at each attempt (it may appear later).
+    #[arg(long, env = ENV_IDENTITY_TOKEN_FILE)]
+    pub identity_token_file: Option<PathBuf>,
+    /// Trust domain of SPIFFE identities (as the control plane's `--trust-domain`).
+    #[arg(long, env = ENV_TRUST_DOMAIN, default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Requested lifetime of the workload certificate (default: the control plane's, 24h);
+    /// renewed at 70 % of it.
+    #[arg(long, env = ENV_CERT_TTL, value_parser = humantime::parse_duration)]
+    pub cert_ttl: Option<Duration>,
     /// A static snapshot (YAML or JSON, the proto3 JSON shape of serin.v1.Snapshot).
     #[arg(long, env = ENV_CONFIG)]
     pub config: Option<PathBuf>,
@@ -173,6 +190,20 @@ impl Cli {
         let source = match (self.config, self.control_plane) {
             (Some(path), _) => ConfigSource::File(path),
             (None, Some(url)) => ConfigSource::ControlPlane(ControlPlane {
+                identity: self
+                    .identity_token
+                    .map(TokenSource::Value)
+                    .or(self.identity_token_file.map(TokenSource::File))
+                    .map(|token| {
+                        Box::new(IdentitySettings {
+                            token,
+                            trust_domain: self.trust_domain,
+                            service_account: self.service_account.clone(),
+                            cert_ttl: self.cert_ttl,
+                            backoff_initial: crate::identity::DEFAULT_BACKOFF_INITIAL,
+                            backoff_max: crate::identity::DEFAULT_BACKOFF_MAX,
+                        })
+                    }),
                 service_account: self.service_account,
                 node_name: self.node_name,
                 telemetry_interval: (!self.no_telemetry).then_some(self.telemetry_interval),
@@ -246,6 +277,9 @@ pub struct Bound {
     /// The telemetry reporter, when the config comes from a control plane and telemetry is on
     /// (run by [`Bound::report`]).
     pub telemetry: Option<Arc<Reporter>>,
+    /// The workload certificate manager, when the sidecar has an identity (run by
+    /// [`Bound::certify`]).
+    pub certificates: Option<Arc<CertManager>>,
     trigger: drain::Trigger,
 }
 
@@ -259,7 +293,23 @@ impl Bound {
         // 1. Metrics, the config channel (empty: not ready), the drain trigger.
         let metrics = Arc::new(Metrics::new());
         let (inputs_trigger, drain_watch) = drain::new();
-        let (writer, tables) = ConfigWriter::new(tables_builder(config, &metrics));
+        // The workload certificate (mTLS), when the sidecar has an identity to claim.
+        let certificates = match &config.source {
+            ConfigSource::ControlPlane(cp) => cp.identity.clone().map(|settings| {
+                Arc::new(CertManager::new(
+                    cp.url.clone(),
+                    config.identity.namespace.clone(),
+                    *settings,
+                    metrics.identity.clone(),
+                ))
+            }),
+            _ => None,
+        };
+        let tls = certificates.as_ref().map(|c| PoolTls {
+            credentials: c.subscribe(),
+            metrics: metrics.identity.clone(),
+        });
+        let (writer, tables) = ConfigWriter::new(tables_builder(config, &metrics, tls.clone()));
         let inputs = Arc::new(ProxyInputs::new(
             config.proxy,
             config.identity.clone(),
@@ -267,6 +317,7 @@ impl Bound {
             Arc::clone(&metrics),
             orig_dst,
             drain_watch,
+            tls,
         ));
 
         let discovery = match &config.source {
@@ -317,6 +368,7 @@ impl Bound {
             metrics,
             discovery,
             telemetry,
+            certificates,
             trigger: inputs_trigger,
         };
 
@@ -347,6 +399,15 @@ impl Bound {
         }
     }
 
+    /// Obtains and renews the workload certificate for ever; never completes when the sidecar
+    /// has no identity.
+    pub async fn certify(&self) {
+        match &self.certificates {
+            Some(manager) => manager.run().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops accepting, asks every connection to finish (GOAWAY, `Connection: close`) and waits
     /// up to `deadline`; returns whether everything finished in time.
     pub async fn drain(self, deadline: Duration) -> bool {
@@ -355,7 +416,11 @@ impl Bound {
     }
 }
 
-fn tables_builder(config: &Config, metrics: &Arc<Metrics>) -> tables::Builder {
+fn tables_builder(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    tls: Option<PoolTls>,
+) -> tables::Builder {
     tables::Builder {
         identity: config.identity.clone(),
         metrics: Arc::clone(metrics),
@@ -363,6 +428,7 @@ fn tables_builder(config: &Config, metrics: &Arc<Metrics>) -> tables::Builder {
             connect_timeout: config.proxy.connect_timeout,
             idle_timeout: config.proxy.pool_idle_timeout,
             max_idle: config.proxy.pool_max_idle,
+            tls,
         },
     }
 }
@@ -400,6 +466,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         () = bound.discover() => {}
         () = bound.report() => {}
+        () = bound.certify() => {}
     }
 
     // 4. Drain: not ready, stop accepting, finish in-flight requests within the deadline.

@@ -55,6 +55,14 @@ pub const ENV_NODE_NAME: &str = "SERIN_NODE_NAME";
 pub const ENV_TELEMETRY_INTERVAL: &str = "SERIN_TELEMETRY_INTERVAL";
 /// `--no-telemetry`.
 pub const ENV_NO_TELEMETRY: &str = "SERIN_NO_TELEMETRY";
+/// `--identity-token` (the bootstrap token of the workload's registration).
+pub const ENV_IDENTITY_TOKEN: &str = "SERIN_IDENTITY_TOKEN";
+/// `--identity-token-file`.
+pub const ENV_IDENTITY_TOKEN_FILE: &str = "SERIN_IDENTITY_TOKEN_FILE";
+/// `--trust-domain`.
+pub const ENV_TRUST_DOMAIN: &str = "SERIN_TRUST_DOMAIN";
+/// `--cert-ttl`.
+pub const ENV_CERT_TTL: &str = "SERIN_CERT_TTL";
 
 /// Admin HTTP port (`/ready`, `/live`, `/metrics`, `/config_dump`).
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
@@ -178,6 +186,9 @@ pub struct ControlPlane {
     pub keepalive_timeout: Duration,
     /// How often telemetry is reported to the control plane; `None`: not at all.
     pub telemetry_interval: Option<Duration>,
+    /// How to get a workload certificate (mTLS between sidecars); `None`: no identity, all
+    /// traffic plain.
+    pub identity: Option<Box<crate::identity::IdentitySettings>>,
 }
 
 impl ControlPlane {
@@ -193,6 +204,7 @@ impl ControlPlane {
             keepalive_interval: DEFAULT_DISCOVERY_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_DISCOVERY_KEEPALIVE_TIMEOUT,
             telemetry_interval: Some(DEFAULT_TELEMETRY_INTERVAL),
+            identity: None,
         }
     }
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use crate::detect::{self, Detected, Prefixed};
 use crate::http::{self, Flavor, Upstream};
@@ -13,26 +12,28 @@ use crate::proxy::{ProxyInputs, Side};
 use crate::snapshot::Protocol;
 use crate::tables::EndpointState;
 use crate::tcp;
+use crate::tls::MeshIo;
 
 /// Room for the first bytes of a connection (detection, then the first request head).
-const FIRST_READ_CAPACITY: usize = 4096;
+pub const FIRST_READ_CAPACITY: usize = 4096;
 
 /// Where an opaque TCP connection goes: an endpoint and the edge it is counted on; `None` when
 /// no endpoint is ready.
 pub type TcpTarget = Option<(Arc<EndpointState>, Arc<EdgeMetrics>)>;
 
-/// Serves `stream` (accepted on the `side` listener) as `protocol` says: `tcp_target` is asked
-/// only if it turns out opaque, `http` says where HTTP requests go.
+/// Serves `stream` (accepted on the `side` listener; `buf` holds bytes already read from it) as
+/// `protocol` says: `tcp_target` is asked only if it turns out opaque, `http` says where HTTP
+/// requests go.
 pub async fn dispatch(
     inputs: &ProxyInputs,
     side: Side,
-    mut stream: TcpStream,
+    mut stream: MeshIo,
+    mut buf: BytesMut,
     protocol: Protocol,
     tcp_target: impl FnOnce() -> TcpTarget,
     http: Upstream,
 ) {
     let settings = &inputs.settings;
-    let mut buf = BytesMut::with_capacity(FIRST_READ_CAPACITY);
     let detected = match protocol {
         Protocol::Tcp => Ok(Detected::Tcp),
         Protocol::Http2 | Protocol::Grpc => Ok(Detected::Http2),
@@ -94,17 +95,17 @@ pub async fn dispatch(
 
 /// Forwards an opaque connection; a failed connect resets the downstream (a RST, as the app
 /// would have seen from an unreachable server).
-async fn forward_tcp(inputs: &ProxyInputs, stream: TcpStream, prefix: BytesMut, target: TcpTarget) {
+async fn forward_tcp(inputs: &ProxyInputs, stream: MeshIo, prefix: BytesMut, target: TcpTarget) {
     let Some((endpoint, metrics)) = target else {
         tracing::debug!("no ready endpoint, resetting");
-        let _ = stream.set_zero_linger();
+        stream.set_zero_linger();
         return;
     };
-    let upstream = match endpoint.pool.connect_tcp().await {
+    let upstream = match endpoint.pool.connect_opaque().await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::debug!(error = %e, "upstream connect failed, resetting");
-            let _ = stream.set_zero_linger();
+            stream.set_zero_linger();
             return;
         }
     };

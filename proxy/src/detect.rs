@@ -108,6 +108,11 @@ impl<T> Prefixed<T> {
     pub fn new(prefix: BytesMut, inner: T) -> Self {
         Prefixed { prefix, inner }
     }
+
+    /// The wrapped stream.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {

@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::config::{ControlPlane, Identity};
 use crate::metrics::Metrics;
 use crate::snapshot::proto::{InvalidSnapshot, duplicate_policy};
-use crate::snapshot::{Policy, Service, ServiceEndpoints, Snapshot};
+use crate::snapshot::{MeshTls, Policy, Service, ServiceEndpoints, Snapshot};
 use crate::tables::{ConfigWriter, Tables};
 
 /// The capability every proxy announces: it understands full snapshots.
@@ -744,6 +744,7 @@ pub fn merge(
         services,
         endpoints,
         policies,
+        mtls: wire.mtls.map(MeshTls::from).unwrap_or_default(),
     };
     (snapshot, errors)
 }
@@ -786,6 +787,7 @@ mod tests {
             ],
             endpoints: vec![endpoints("reviews", "10.244.0.5")],
             policies: vec![],
+            ..Default::default()
         };
         let (first, errors) = merge("1".into(), good, None);
         assert!(errors.is_empty());
@@ -799,6 +801,7 @@ mod tests {
             ],
             endpoints: vec![endpoints("reviews", "10.244.0.6"), endpoints("ratings", "")],
             policies: vec![],
+            ..Default::default()
         };
         let (second, errors) = merge("2".into(), bad, Some(&first));
         let named: Vec<_> = errors

@@ -36,7 +36,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::config::ProxySettings;
 use crate::detect::Prefixed;
@@ -47,6 +46,7 @@ use crate::overload::Admission;
 use crate::pool::ConnectError;
 use crate::retry;
 use crate::tables::{Destination, EndpointState, Routed, Tables};
+use crate::tls::MeshIo;
 use body::{Meter, ProxyBody};
 use guard::{HeadGuard, Verdicts};
 use tee::RequestBody;
@@ -99,7 +99,7 @@ pub enum Upstream {
 /// Serves one downstream HTTP connection until it ends, or until a drain asks it to finish
 /// (HTTP/2 GOAWAY, HTTP/1 `Connection: close` on the next response / close when idle).
 pub async fn serve(
-    io: Prefixed<TcpStream>,
+    io: Prefixed<MeshIo>,
     flavor: Flavor,
     settings: &ProxySettings,
     upstream: Upstream,

@@ -3,15 +3,29 @@
 //! IP from 127.0.0.6: the capture rules let both through, so this cannot loop. Metrics are recorded
 //! on the inbound edge of the calling workload, recognised by its address. `x-serin-*` headers
 //! are removed, except the mark of a mirrored copy (see `http::headers::strip_internal_inbound`).
+//!
+//! When the sidecar holds a workload certificate, the first bytes are looked at (not consumed):
+//! a TLS ClientHello offering a mesh ALPN is a client sidecar's mTLS, terminated here with the
+//! client's certificate verified; its SPIFFE ID is counted as `source_principal`. Anything else
+//! (plain bytes, or the app's own TLS) is served as before in `permissive` mode and refused in
+//! `strict` mode.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::connection;
+use crate::connection::{self, FIRST_READ_CAPACITY};
+use crate::detect::Prefixed;
 use crate::http::Upstream;
 use crate::proxy::{ProxyInputs, Side};
+use crate::snapshot::MtlsMode;
+use crate::tls::{self, Hello, MeshIo};
+
+/// Most bytes read while waiting for a whole ClientHello.
+const MAX_HELLO: usize = 64 * 1024;
 
 /// Handles one connection from `peer` that was going to `orig_dst` (our pod IP and the app's
 /// port).
@@ -22,6 +36,12 @@ pub async fn handle(
     orig_dst: SocketAddr,
 ) {
     let tables = Arc::clone(&inputs.tables.borrow());
+    let strict = tables.mtls_mode == MtlsMode::Strict;
+    let mut buf = BytesMut::with_capacity(FIRST_READ_CAPACITY);
+    let stream = match secure(inputs, stream, &mut buf, strict).await {
+        Some(stream) => stream,
+        None => return,
+    };
     let app = inputs.app(orig_dst.port());
     let edges = Arc::clone(tables.inbound_edge(peer.ip()));
     let metrics = Arc::clone(&edges.primary);
@@ -32,5 +52,103 @@ pub async fn handle(
         metrics,
         mirror: Some(Arc::clone(&edges.mirror)),
     };
-    connection::dispatch(inputs, Side::Inbound, stream, protocol, || target, upstream).await;
+    connection::dispatch(
+        inputs,
+        Side::Inbound,
+        stream,
+        buf,
+        protocol,
+        || target,
+        upstream,
+    )
+    .await;
+}
+
+/// Terminates a client sidecar's mTLS, or lets a plain connection through (`permissive`), or
+/// refuses it (`strict`, closed with a RST). `buf` keeps what was read of a plain connection.
+async fn secure(
+    inputs: &ProxyInputs,
+    mut stream: TcpStream,
+    buf: &mut BytesMut,
+    strict: bool,
+) -> Option<MeshIo> {
+    let refuse = |stream: TcpStream, reason: &'static str| {
+        tracing::debug!(reason, "inbound connection refused");
+        let _ = stream.set_zero_linger();
+        None
+    };
+    let Some(tls) = &inputs.tls else {
+        // No identity: no mTLS to offer; strict refuses everything.
+        return if strict {
+            inputs.metrics.identity.refused("plaintext_in_strict_mode");
+            refuse(stream, "plaintext in strict mode")
+        } else {
+            Some(MeshIo::Plain(stream))
+        };
+    };
+    let credentials = tls.credentials.borrow().clone();
+    let hello = match &credentials {
+        Some(_) => peek_hello(&mut stream, buf, inputs.settings.detect_timeout).await,
+        None => Hello::NotTls,
+    };
+    match (hello, credentials) {
+        (Hello::Mesh, Some(credentials)) => {
+            let prefixed = Prefixed::new(std::mem::take(buf), stream);
+            let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server_config());
+            match acceptor.accept(prefixed).await {
+                Ok(tls_stream) => {
+                    let principal = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|cert| tls::spiffe_id(cert));
+                    tracing::debug!(source_principal = ?principal, "mtls connection");
+                    tls.metrics
+                        .inbound(Some(principal.as_deref().unwrap_or("")));
+                    Some(MeshIo::Server(Box::new(tls_stream)))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "inbound mtls handshake failed");
+                    tls.metrics.refused("handshake_failed");
+                    None
+                }
+            }
+        }
+        _ if strict => {
+            tls.metrics.refused("plaintext_in_strict_mode");
+            refuse(stream, "plaintext in strict mode")
+        }
+        _ => {
+            tls.metrics.inbound(None);
+            Some(MeshIo::Plain(stream))
+        }
+    }
+}
+
+/// Reads until the first bytes tell a mesh ClientHello from anything else, or the detection
+/// window passes (a silent client: plain).
+async fn peek_hello(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    window: std::time::Duration,
+) -> Hello {
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        match tls::classify_hello(buf) {
+            Hello::Incomplete if buf.len() < MAX_HELLO => {}
+            Hello::Incomplete => return Hello::OtherTls,
+            decided => return decided,
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                return if buf.is_empty() {
+                    Hello::NotTls
+                } else {
+                    tls::classify_hello(buf)
+                };
+            }
+        }
+    }
 }

@@ -294,6 +294,8 @@ pub struct Metrics {
     pub discovery: crate::discovery::DiscoveryMetrics,
     /// The telemetry reporter's `serin_telemetry_*` metrics.
     pub telemetry: crate::telemetry::TelemetryMetrics,
+    /// Workload certificate and mTLS connection metrics.
+    pub identity: crate::identity::IdentityMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -366,7 +368,9 @@ impl Metrics {
         );
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         let telemetry = crate::telemetry::TelemetryMetrics::register(&mut registry);
+        let identity = crate::identity::IdentityMetrics::register(&mut registry);
         Metrics {
+            identity,
             route_fallbacks,
             mirror_requests,
             retries,

@@ -6,13 +6,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::connection;
+use crate::connection::{self, FIRST_READ_CAPACITY};
 use crate::http::Upstream;
 use crate::proxy::{ProxyInputs, Side};
 use crate::snapshot::Protocol;
 use crate::tables::EndpointState;
+use crate::tls::MeshIo;
 
 /// Handles one connection the app made to `orig_dst`.
 pub async fn handle(
@@ -35,7 +37,8 @@ pub async fn handle(
         connection::dispatch(
             inputs,
             Side::Outbound,
-            stream,
+            MeshIo::Plain(stream),
+            BytesMut::new(),
             Protocol::Tcp,
             || target,
             upstream,
@@ -56,7 +59,8 @@ pub async fn handle(
     connection::dispatch(
         inputs,
         Side::Outbound,
-        stream,
+        MeshIo::Plain(stream),
+        BytesMut::with_capacity(FIRST_READ_CAPACITY),
         destination.protocol,
         tcp_target,
         upstream,

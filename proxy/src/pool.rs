@@ -14,6 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::http::tee::RequestBody;
+use crate::identity::{CredentialsWatch, IdentityMetrics};
+use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, MeshIo};
 
 /// Stream window of upstream HTTP/2 connections: large enough for full-speed streaming on a LAN.
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
@@ -39,6 +41,17 @@ pub enum ConnectError {
         /// The OS error.
         source: io::Error,
     },
+    /// The TCP connection opened but the mTLS handshake failed (wrong identity, untrusted
+    /// root, or the peer refused ours).
+    #[error("mtls handshake with {addr} (expecting {expected}) failed: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The identity the endpoint must present.
+        expected: String,
+        /// What failed.
+        source: io::Error,
+    },
     /// The TCP connection opened but the HTTP handshake failed.
     #[error("http handshake with {addr} failed: {source}")]
     Handshake {
@@ -50,7 +63,7 @@ pub enum ConnectError {
 }
 
 /// Settings shared by every pool.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// TCP connect timeout.
     pub connect_timeout: Duration,
@@ -58,6 +71,17 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Most idle HTTP/1 connections kept.
     pub max_idle: usize,
+    /// Our workload certificate, for mTLS to meshed endpoints; `None`: always plain.
+    pub tls: Option<PoolTls>,
+}
+
+/// What a pool needs to originate mTLS.
+#[derive(Debug, Clone)]
+pub struct PoolTls {
+    /// The current credentials.
+    pub credentials: CredentialsWatch,
+    /// Where handshakes are counted.
+    pub metrics: IdentityMetrics,
 }
 
 /// An idle HTTP/1 connection.
@@ -87,6 +111,9 @@ pub struct Pool {
     http1: Mutex<Vec<Idle>>,
     http2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     http2_connecting: tokio::sync::Mutex<()>,
+    /// The SPIFFE ID the endpoint's sidecar presents when it is meshed (then connections are
+    /// mTLS); `None`: plain.
+    peer_identity: Mutex<Option<Arc<str>>>,
 }
 
 /// Connects to `addr` (from `source`, if given) within `timeout`, with Nagle off (the proxy
@@ -135,7 +162,63 @@ impl Pool {
             http1: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             http2_connecting: tokio::sync::Mutex::new(()),
+            peer_identity: Mutex::new(None),
         }
+    }
+
+    /// Sets the identity the endpoint's sidecar presents ("" = not meshed). When it changes,
+    /// pooled connections are let go (live requests finish on them) so that new requests use the
+    /// new security.
+    pub fn set_peer_identity(&self, identity: &str) {
+        let mut peer = self.peer_identity.lock().unwrap_or_else(|p| p.into_inner());
+        if peer.as_deref().unwrap_or("") == identity {
+            return;
+        }
+        *peer = (!identity.is_empty()).then(|| identity.into());
+        drop(peer);
+        self.http1.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.forget_http2();
+    }
+
+    /// The identity the endpoint must present, when it is meshed.
+    pub fn peer_identity(&self) -> Option<Arc<str>> {
+        self.peer_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A new connection to the endpoint carrying `alpn`: mTLS when the endpoint is meshed and
+    /// we hold a certificate, else plain TCP.
+    pub async fn connect_io(&self, alpn: &[u8]) -> Result<MeshIo, ConnectError> {
+        let tcp = self.connect_tcp().await?;
+        let (Some(tls), Some(expected)) = (&self.settings.tls, self.peer_identity()) else {
+            return Ok(MeshIo::Plain(tcp));
+        };
+        let credentials = tls.credentials.borrow().clone();
+        let Some(credentials) = credentials else {
+            return Ok(MeshIo::Plain(tcp));
+        };
+        match credentials.connect(tcp, &expected, alpn).await {
+            Ok(stream) => {
+                tls.metrics.outbound(true);
+                Ok(MeshIo::Client(Box::new(stream)))
+            }
+            Err(source) => {
+                tls.metrics.outbound(false);
+                tracing::debug!(addr = %self.addr, %expected, error = %source, "mtls handshake failed");
+                Err(ConnectError::Tls {
+                    addr: self.addr,
+                    expected: expected.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// A new opaque connection (mTLS to a meshed endpoint).
+    pub async fn connect_opaque(&self) -> Result<MeshIo, ConnectError> {
+        self.connect_io(ALPN_TCP).await
     }
 
     /// The endpoint.
@@ -182,7 +265,7 @@ impl Pool {
 
     /// A new HTTP/1 connection (upgrades allowed, so a 101 answer can become a tunnel).
     pub async fn new_http1(&self) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect_io(ALPN_HTTP1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -225,7 +308,7 @@ impl Pool {
         if let Some(sender) = self.live_http2() {
             return Ok(sender);
         }
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect_io(ALPN_H2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONN_WINDOW)

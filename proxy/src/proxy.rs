@@ -21,7 +21,7 @@ use crate::mirror::Mirrors;
 use crate::orig_dst::OrigDstLookup;
 use crate::outbound;
 use crate::overload::Admission;
-use crate::pool::{Fallback, Pool, PoolSettings};
+use crate::pool::{Fallback, Pool, PoolSettings, PoolTls};
 use crate::tables::{EndpointState, Tables};
 
 /// Source address of inbound connections to the app's pod IP: the capture rules return
@@ -77,6 +77,9 @@ pub struct ProxyInputs {
     inbound_admission: Admission,
     /// Pools to the app's local ports (inbound).
     apps: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
+    /// Our workload certificate, when we have an identity: mTLS out to meshed endpoints, and
+    /// terminated on the inbound listener.
+    pub tls: Option<PoolTls>,
 }
 
 impl ProxyInputs {
@@ -88,6 +91,7 @@ impl ProxyInputs {
         metrics: Arc<Metrics>,
         orig_dst: Arc<dyn OrigDstLookup>,
         drain: drain::Watch,
+        tls: Option<PoolTls>,
     ) -> ProxyInputs {
         let admission = |listener| {
             Admission::new(
@@ -112,6 +116,7 @@ impl ProxyInputs {
             )),
             own_ports: Mutex::new(Vec::new()),
             apps: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 
@@ -129,6 +134,7 @@ impl ProxyInputs {
             connect_timeout: self.settings.connect_timeout,
             idle_timeout: self.settings.pool_idle_timeout,
             max_idle: self.settings.pool_max_idle,
+            tls: self.tls.clone(),
         }
     }
 

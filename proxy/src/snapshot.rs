@@ -88,6 +88,9 @@ pub struct Endpoint {
     pub ready: bool,
     /// Relative load-balancing weight, at least 1.
     pub weight: u32,
+    /// SPIFFE ID of its sidecar when it is meshed (connections to it are mTLS and must present
+    /// this identity); "" when not meshed.
+    pub identity: String,
 }
 
 impl Endpoint {
@@ -184,6 +187,39 @@ pub struct Snapshot {
     pub endpoints: Vec<ServiceEndpoints>,
     /// Traffic policies, at most one per service (namespace, `spec.service`).
     pub policies: Vec<Policy>,
+    /// Whether sidecars accept plain connections, mesh-wide and per namespace.
+    pub mtls: MeshTls,
+}
+
+/// Whether a namespace's sidecars accept plain (not mTLS) connections from other pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Plain and mTLS (the default).
+    #[default]
+    Permissive,
+    /// mTLS only: plain connections from other pods are refused.
+    Strict,
+}
+
+/// The mTLS modes of the mesh: a default and per-namespace exceptions.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshTls {
+    /// The mode of namespaces not listed.
+    pub default_mode: MtlsMode,
+    /// Modes of individual namespaces.
+    pub namespaces: BTreeMap<String, MtlsMode>,
+}
+
+impl MeshTls {
+    /// The mode in force in `namespace`.
+    pub fn mode_of(&self, namespace: &str) -> MtlsMode {
+        self.namespaces
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.default_mode)
+    }
 }
 
 impl Snapshot {

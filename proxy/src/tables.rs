@@ -23,7 +23,7 @@ use crate::metrics::{Direction, Edge, EdgeMetrics, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::retry::RetryBudget;
 use crate::routing::PolicyRouting;
-use crate::snapshot::{Endpoint, Protocol, Service, ServicePort, Snapshot};
+use crate::snapshot::{Endpoint, MtlsMode, Protocol, Service, ServicePort, Snapshot};
 
 /// Label value for a peer the config does not know.
 pub const UNKNOWN: &str = "unknown";
@@ -301,6 +301,8 @@ pub struct Tables {
     policies: HashMap<(String, String), Arc<PolicyRouting>>,
     /// Retry budgets per (namespace, service), carried over like endpoint state.
     budgets: HashMap<(String, String), Arc<RetryBudget>>,
+    /// The mTLS mode of our namespace: whether plain inbound connections are refused.
+    pub mtls_mode: MtlsMode,
 }
 
 /// What tables are built with.
@@ -375,6 +377,7 @@ impl Builder {
             endpoints: HashMap::new(),
             policies: HashMap::new(),
             budgets: HashMap::new(),
+            mtls_mode: MtlsMode::default(),
         }
     }
 
@@ -394,9 +397,10 @@ impl Builder {
                             .endpoints
                             .get(&addr)
                             .cloned()
-                            .unwrap_or_else(|| EndpointState::new(addr, self.pool))
+                            .unwrap_or_else(|| EndpointState::new(addr, self.pool.clone()))
                     })
                     .clone();
+                state.pool.set_peer_identity(&ep.identity);
                 let key = (
                     service.name.clone(),
                     service.namespace.clone(),
@@ -548,6 +552,7 @@ impl Builder {
         for (addr, destination) in direct {
             tables.outbound.entry(addr).or_insert(destination);
         }
+        tables.mtls_mode = snapshot.mtls.mode_of(&self.identity.namespace);
         tables.snapshot = Some(snapshot);
         tables
     }
@@ -665,6 +670,7 @@ endpoints:
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(1),
                 max_idle: 1,
+                tls: None,
             },
         }
     }

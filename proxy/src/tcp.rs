@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use crate::metrics::TcpHandles;
+use crate::tls::MeshIo;
 
 /// Size of each direction's copy buffer.
 const BUF_SIZE: usize = 32 * 1024;
@@ -36,8 +37,58 @@ pub enum Ended {
 }
 
 /// Forwards between `downstream` and `upstream`, sending `prefix` (bytes already read from
-/// downstream for detection) upstream first.
+/// downstream for detection) upstream first. Plain TCP on both sides takes the split-socket
+/// path; mTLS on either side goes through the TLS streams.
 pub async fn forward(
+    downstream: MeshIo,
+    prefix: BytesMut,
+    upstream: MeshIo,
+    metrics: &TcpHandles,
+    idle_timeout: Duration,
+) -> Ended {
+    match (downstream, upstream) {
+        (MeshIo::Plain(down), MeshIo::Plain(up)) => {
+            forward_plain(down, prefix, up, metrics, idle_timeout).await
+        }
+        (down, up) => forward_io(down, prefix, up, metrics, idle_timeout).await,
+    }
+}
+
+/// [`forward`] between two streams of which one at least is TLS: a reset is passed on as a
+/// reset of the other side's TCP connection.
+async fn forward_io(
+    downstream: MeshIo,
+    prefix: BytesMut,
+    upstream: MeshIo,
+    metrics: &TcpHandles,
+    idle_timeout: Duration,
+) -> Ended {
+    let (mut dr, mut dw) = tokio::io::split(downstream);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    if !prefix.is_empty() {
+        if let Err(e) = uw.write_all(&prefix).await {
+            return Ended::Error(e.kind());
+        }
+        metrics.sent.inc_by(prefix.len() as u64);
+    }
+    drop(prefix);
+    let start = Instant::now();
+    let activity = AtomicU64::new(0);
+    let ended = {
+        let up = copy(&mut dr, &mut uw, &metrics.sent, &activity, start);
+        let down = copy(&mut ur, &mut dw, &metrics.received, &activity, start);
+        run(up, down, &activity, start, idle_timeout).await
+    };
+    match ended {
+        Ended::DownstreamReset => ur.unsplit(uw).set_zero_linger(),
+        Ended::UpstreamReset => dr.unsplit(dw).set_zero_linger(),
+        _ => {}
+    }
+    ended
+}
+
+/// [`forward`] between two plain TCP connections.
+async fn forward_plain(
     downstream: TcpStream,
     prefix: BytesMut,
     upstream: TcpStream,
@@ -123,9 +174,9 @@ async fn run(
 
 /// Copies `from` → `to` until EOF, then shuts `to` down (a FIN). Read errors keep their kind so
 /// that a reset can be told apart; a write error is reported as the other side's reset.
-async fn copy(
-    from: &mut OwnedReadHalf,
-    to: &mut OwnedWriteHalf,
+async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from: &mut R,
+    to: &mut W,
     counter: &Counter,
     activity: &AtomicU64,
     start: Instant,

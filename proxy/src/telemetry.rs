@@ -1007,6 +1007,7 @@ policies:
                     connect_timeout: Duration::from_secs(1),
                     idle_timeout: Duration::from_secs(1),
                     max_idle: 1,
+                    tls: None,
                 },
             }
         }
@@ -1175,6 +1176,7 @@ policies:
                     connect_timeout: Duration::from_secs(1),
                     idle_timeout: Duration::from_secs(1),
                     max_idle: 1,
+                    tls: None,
                 },
             }
             .empty(),

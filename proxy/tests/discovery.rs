@@ -423,6 +423,7 @@ fn snapshot(version: &str, nonce: &str, vip: &str, endpoint: &str) -> v1::Subscr
                 }],
             }],
             policies: vec![],
+            ..Default::default()
         })),
     }
 }

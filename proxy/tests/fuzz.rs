@@ -313,6 +313,7 @@ fn fuzz_proto_decoding() {
             services: vec![service],
             endpoints: vec![endpoints],
             policies,
+            ..Default::default()
         }
         .encode_to_vec(),
     );

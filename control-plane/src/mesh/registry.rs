@@ -42,6 +42,8 @@ pub struct Lease {
     pub ttl: Duration,
     /// When it runs out unless renewed.
     pub expires_at: SystemTime,
+    /// The secret the workload's sidecar presents for its certificate.
+    pub bootstrap_token: String,
 }
 
 /// Leases by id and by expiry time.
@@ -102,6 +104,7 @@ impl Writer {
             key: workload.key(),
             ttl,
             expires_at: SystemTime::now() + ttl,
+            bootstrap_token: new_lease_id(),
         };
         let service_key = workload.service_key();
         let service = match self.view.services.get(&service_key) {
@@ -170,6 +173,54 @@ impl Writer {
         self.leases.remove_id(lease_id);
         self.leases.insert(lease.clone());
         Ok(lease)
+    }
+
+    /// The workload whose live lease holds `token`.
+    pub(super) fn workload_for_token(&self, token: &str) -> Result<Arc<Workload>, MeshError> {
+        let lease = self
+            .leases
+            .by_id
+            .values()
+            .find(|l| !token.is_empty() && l.bootstrap_token == token)
+            .ok_or_else(|| {
+                MeshError::NotFound(
+                    "bootstrap token not found: its registration ended or never existed; register the workload again".into(),
+                )
+            })?;
+        self.view.workloads.get(&lease.key).cloned().ok_or_else(|| {
+            MeshError::NotFound("bootstrap token has no workload; register it again".into())
+        })
+    }
+
+    /// Records that the workload's sidecar holds a certificate for `identity` (its endpoint is
+    /// meshed from now on).
+    pub(super) fn set_identity(
+        &mut self,
+        key: &WorkloadKey,
+        identity: &str,
+    ) -> Result<(), MeshError> {
+        let (Some(workload), Some(id)) =
+            (self.view.workloads.get(key), self.leases.by_key.get(key))
+        else {
+            return Err(MeshError::NotFound(format!(
+                "workload {}/{} is not registered",
+                key.namespace, key.pod_name
+            )));
+        };
+        if workload.identity == identity {
+            return Ok(());
+        }
+        let workload = Workload {
+            identity: identity.to_owned(),
+            ..(**workload).clone()
+        };
+        let lease = self.leases.by_id[id].clone();
+        let mut change = self.change()?;
+        change.put_registration(&registration(&workload, &lease))?;
+        change.commit()?;
+        self.view.workloads.insert(key.clone(), Arc::new(workload));
+        self.dirty = true;
+        Ok(())
     }
 
     pub(super) fn deregister(&mut self, lease_id: &str) -> Result<bool, MeshError> {

@@ -17,7 +17,7 @@ from grpc_tools import protoc
 def generate(proto_root: str) -> str:
     out = tempfile.mkdtemp(prefix="serin-py-")
     well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    files = [f"serin/v1/{name}.proto" for name in ("types", "policy", "discovery", "admin", "telemetry")]
+    files = [f"serin/v1/{name}.proto" for name in ("types", "policy", "identity", "discovery", "admin", "telemetry")]
     rc = protoc.main(["protoc", f"-I{proto_root}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", *files])
     if rc != 0:
         sys.exit(f"protoc failed with {rc}")

@@ -98,6 +98,46 @@ struct SnapshotFile {
     services: Vec<ServiceFile>,
     endpoints: Vec<ServiceEndpointsFile>,
     policies: Vec<PolicyFile>,
+    mtls: Option<MeshTlsFile>,
+}
+
+/// `serin.v1.MeshTls`: modes by enum name (`MTLS_MODE_STRICT`) or short name (`strict`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct MeshTlsFile {
+    #[serde(alias = "default_mode", deserialize_with = "mtls_mode")]
+    default_mode: i32,
+    #[serde(deserialize_with = "mtls_modes")]
+    namespaces: HashMap<String, i32>,
+}
+
+/// An mTLS mode by name: `MTLS_MODE_STRICT` or `strict`.
+fn mtls_mode_named(name: &str) -> Option<i32> {
+    let upper = name.to_ascii_uppercase();
+    v1::MtlsMode::from_str_name(&upper)
+        .or_else(|| v1::MtlsMode::from_str_name(&format!("MTLS_MODE_{upper}")))
+        .map(|m| m as i32)
+}
+
+fn mtls_mode<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let name = String::deserialize(d)?;
+    mtls_mode_named(&name).ok_or_else(|| {
+        de::Error::custom(format!(
+            "unknown mtls mode {name:?} (expected permissive or strict)"
+        ))
+    })
+}
+
+fn mtls_modes<'de, D: Deserializer<'de>>(d: D) -> Result<HashMap<String, i32>, D::Error> {
+    HashMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(ns, name)| match mtls_mode_named(&name) {
+            Some(mode) => Ok((ns, mode)),
+            None => Err(de::Error::custom(format!(
+                "unknown mtls mode {name:?} for namespace {ns} (expected permissive or strict)"
+            ))),
+        })
+        .collect()
 }
 
 /// `serin.v1.TrafficPolicy` in proto3 JSON: the oneofs (`StringMatch`, `UriMatch`,
@@ -423,6 +463,7 @@ struct EndpointFile {
     service_account: String,
     #[serde(alias = "node_name")]
     node_name: String,
+    identity: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -511,11 +552,16 @@ impl TryFrom<SnapshotFile> for v1::Snapshot {
                             weight: ep.weight,
                             service_account: ep.service_account,
                             node_name: ep.node_name,
+                            identity: ep.identity,
                         })
                         .collect(),
                 })
                 .collect(),
             policies,
+            mtls: f.mtls.map(|m| v1::MeshTls {
+                default_mode: m.default_mode,
+                namespaces: m.namespaces,
+            }),
         })
     }
 }

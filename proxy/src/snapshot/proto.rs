@@ -8,7 +8,9 @@ use serin_proto::v1;
 
 use serin_policy::TrafficPolicy;
 
-use super::{Endpoint, Policy, Protocol, Service, ServiceEndpoints, ServicePort, Snapshot};
+use super::{
+    Endpoint, MeshTls, MtlsMode, Policy, Protocol, Service, ServiceEndpoints, ServicePort, Snapshot,
+};
 
 /// A snapshot field the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +145,7 @@ fn endpoint(resource: &str, i: usize, e: v1::Endpoint) -> Result<Endpoint, Inval
         labels: e.labels.into_iter().collect(),
         ready: e.ready,
         weight: e.weight.max(1),
+        identity: e.identity,
     })
 }
 
@@ -225,6 +228,28 @@ pub(crate) fn duplicate_policy(p: &Policy, taken: &[Policy]) -> Option<InvalidSn
     })
 }
 
+/// A mode as the wire gives it: unknown numbers read as not set.
+fn mtls_mode(mode: i32) -> Option<MtlsMode> {
+    match v1::MtlsMode::try_from(mode).unwrap_or_default() {
+        v1::MtlsMode::Unspecified => None,
+        v1::MtlsMode::Permissive => Some(MtlsMode::Permissive),
+        v1::MtlsMode::Strict => Some(MtlsMode::Strict),
+    }
+}
+
+impl From<v1::MeshTls> for MeshTls {
+    fn from(m: v1::MeshTls) -> Self {
+        MeshTls {
+            default_mode: mtls_mode(m.default_mode).unwrap_or_default(),
+            namespaces: m
+                .namespaces
+                .into_iter()
+                .filter_map(|(ns, mode)| Some((ns, mtls_mode(mode)?)))
+                .collect(),
+        }
+    }
+}
+
 impl Snapshot {
     /// Converts a wire snapshot of version `version`, rejecting it whole at the first invalid
     /// field. (Per-resource NACKs belong to the discovery client, which can convert resource by
@@ -260,6 +285,7 @@ impl Snapshot {
             services,
             endpoints,
             policies,
+            mtls: s.mtls.map(MeshTls::from).unwrap_or_default(),
         })
     }
 }

@@ -1,0 +1,801 @@
+//! In-process loopback tests of mTLS between sidecars (FAULTS 22): the real control plane (the
+//! serin-control library: CA, Identity service, registry), a client sidecar and a server
+//! sidecar (`Bound`, following it, each with the bootstrap token of its registration). The
+//! server's inbound listener sits behind a small relay on the endpoint address that records
+//! the bytes on the wire. No root: the original destinations are injected.
+//!
+//! Shown here: the hop is TLS on the wire and the server counts the client's SPIFFE ID
+//! (`source_principal`); a plain client is served in permissive mode and refused in strict mode;
+//! a server with the wrong identity or an untrusted root is refused by the client sidecar, and a
+//! client with an untrusted root by the server sidecar; certificates renew under load with no
+//! failed request; the CA stopped for longer than a renewal period breaks nothing.
+
+#[path = "support/control_plane.rs"]
+mod control_plane;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use control_plane::{ControlPlaneProcess, LONG, eventually, free_addr, init_tracing};
+use serin_proto::v1;
+use serin_proxy::app::Bound;
+use serin_proxy::config::{Config, ConfigSource, ControlPlane, Identity, ProxySettings};
+use serin_proxy::identity::{self, IdentitySettings, TokenSource};
+use serin_proxy::orig_dst::FromFn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The server pod's address (its endpoint): the relay listens here.
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// Where the server sidecar's inbound listener is.
+const SERVER_INBOUND_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// The client pod's address.
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+
+/// An HTTP/1.1 app answering every request `200 ok`.
+async fn start_app(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// A TCP relay from `listen` to `to` that keeps the first bytes the client sent on each
+/// connection: the wire between the two sidecars.
+struct Relay {
+    first_bytes: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Relay {
+    async fn start(listen: SocketAddr, to: Arc<Mutex<Option<SocketAddr>>>) -> Relay {
+        let listener = TcpListener::bind(listen).await.unwrap();
+        let first_bytes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&first_bytes);
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                let to = *to.lock().unwrap();
+                tokio::spawn(async move {
+                    let Some(to) = to else { return };
+                    let Ok(mut up) = TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let mut first = vec![0u8; 512];
+                    let Ok(n) = down.read(&mut first).await else {
+                        return;
+                    };
+                    first.truncate(n);
+                    if up.write_all(&first).await.is_err() {
+                        return;
+                    }
+                    seen.lock().unwrap().push(first);
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+            }
+        });
+        Relay { first_bytes }
+    }
+
+    fn first_bytes(&self) -> Vec<Vec<u8>> {
+        self.first_bytes.lock().unwrap().clone()
+    }
+}
+
+fn registration(pod: &str, service: &str, ip: Ipv4Addr, port: u16) -> v1::RegisterWorkloadRequest {
+    v1::RegisterWorkloadRequest {
+        workload: Some(v1::Workload {
+            pod_name: pod.into(),
+            namespace: "default".into(),
+            addresses: vec![ip.to_string()],
+            service: service.into(),
+            version: "v1".into(),
+            ports: vec![v1::WorkloadPort {
+                name: "http".into(),
+                port: u32::from(port),
+                protocol: v1::Protocol::Http1 as i32,
+            }],
+            service_account: service.into(),
+            ..Default::default()
+        }),
+        ttl: Some(prost_types::Duration {
+            seconds: 300,
+            nanos: 0,
+        }),
+    }
+}
+
+/// A sidecar of `service` following the control plane at `grpc` with `token`; `orig` is where
+/// every captured connection "was going".
+async fn sidecar(
+    grpc: SocketAddr,
+    service: &str,
+    ip: Ipv4Addr,
+    inbound: SocketAddr,
+    token: String,
+    cert_ttl: Option<Duration>,
+    orig: SocketAddr,
+) -> Arc<Bound> {
+    let settings = ControlPlane {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(2),
+        telemetry_interval: None,
+        identity: Some(Box::new(IdentitySettings {
+            token: TokenSource::Value(token),
+            trust_domain: identity::DEFAULT_TRUST_DOMAIN.into(),
+            service_account: service.into(),
+            cert_ttl,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(300),
+        })),
+        ..ControlPlane::new(format!("http://{grpc}"))
+    };
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let config = Config {
+        identity: Identity {
+            pod_name: format!("{service}-0"),
+            namespace: "default".into(),
+            pod_ips: vec![ip.into()],
+            service: service.into(),
+            version: "v1".into(),
+        },
+        source: ConfigSource::ControlPlane(settings),
+        admin_addr: any,
+        outbound_addr: any,
+        inbound_addr: inbound,
+        drain_deadline: Duration::from_secs(1),
+        proxy: ProxySettings::default(),
+    };
+    let lookup = FromFn(move |_: &TcpStream| Ok(orig));
+    let bound = Arc::new(Bound::start(&config, Arc::new(lookup)).await.unwrap());
+    for task in 0..2 {
+        let bound = Arc::clone(&bound);
+        tokio::spawn(async move {
+            if task == 0 {
+                bound.discover().await
+            } else {
+                bound.certify().await
+            }
+        });
+    }
+    bound
+}
+
+/// `GET /` on a new connection to `addr`: the status line, or the error.
+async fn get(addr: SocketAddr) -> Result<String, String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        stream
+            .read_to_string(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        match out.lines().next() {
+            Some(line) if !line.is_empty() => Ok(line.to_owned()),
+            _ => Err("closed without an answer".to_owned()),
+        }
+    };
+    tokio::time::timeout(LONG, attempt)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".into()))
+}
+
+/// Two meshed sidecars with certificates, a control plane, and the wire between them.
+struct Mesh {
+    cp: Option<ControlPlaneProcess>,
+    client: Arc<Bound>,
+    server: Arc<Bound>,
+    relay: Relay,
+    /// The server's endpoint (the relay).
+    endpoint: SocketAddr,
+    _store: tempfile::TempDir,
+}
+
+impl Mesh {
+    async fn start(cert_ttl: Option<Duration>) -> Mesh {
+        init_tracing();
+        let store = tempfile::tempdir().unwrap();
+        let cp = ControlPlaneProcess::start(store.path(), free_addr()).await;
+        let grpc = cp.grpc;
+        let port = free_addr().port();
+        let app_addr = free_addr();
+        let _app = start_app(app_addr).await;
+        let mut admin = cp.admin().await;
+        let server_token = admin
+            .register_workload(registration("reviews-0", "reviews", SERVER_IP, port))
+            .await
+            .unwrap()
+            .into_inner()
+            .bootstrap_token;
+        let client_token = admin
+            .register_workload(registration("client-0", "client", CLIENT_IP, 8080))
+            .await
+            .unwrap()
+            .into_inner()
+            .bootstrap_token;
+        assert!(!server_token.is_empty() && server_token != client_token);
+        let vip: std::net::IpAddr = admin
+            .list_services(v1::ListServicesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .services
+            .iter()
+            .find(|s| s.service.as_ref().unwrap().name == "reviews")
+            .unwrap()
+            .service
+            .as_ref()
+            .unwrap()
+            .vips[0]
+            .parse()
+            .unwrap();
+
+        // The server sidecar: its inbound listener on its own address, the relay in front of it
+        // on the endpoint address; it forwards to the app.
+        let target = Arc::new(Mutex::new(None));
+        let endpoint = SocketAddr::new(SERVER_IP.into(), port);
+        let relay = Relay::start(endpoint, Arc::clone(&target)).await;
+        let server = sidecar(
+            grpc,
+            "reviews",
+            SERVER_IP,
+            SocketAddr::new(SERVER_INBOUND_IP.into(), 0),
+            server_token,
+            cert_ttl,
+            app_addr,
+        )
+        .await;
+        *target.lock().unwrap() = Some(server.inbound_addr);
+        let client = sidecar(
+            grpc,
+            "client",
+            CLIENT_IP,
+            SocketAddr::new(CLIENT_IP.into(), 0),
+            client_token,
+            cert_ttl,
+            SocketAddr::new(vip, port),
+        )
+        .await;
+        let mesh = Mesh {
+            cp: Some(cp),
+            client,
+            server,
+            relay,
+            endpoint,
+            _store: store,
+        };
+        // Both hold certificates, and the client knows the server's endpoint is meshed.
+        for (what, bound) in [("client", &mesh.client), ("server", &mesh.server)] {
+            let mut creds = bound.certificates.as_ref().unwrap().subscribe();
+            eventually(&format!("the {what} sidecar's certificate"), || {
+                let has = creds.borrow_and_update().is_some();
+                async move { has.then_some(()) }
+            })
+            .await;
+        }
+        let tables = mesh.client.config.subscribe();
+        eventually("the server endpoint meshed in the client's tables", || {
+            let t = tables.borrow().clone();
+            async move {
+                let d = t.destination(SocketAddr::new(vip, port))?;
+                let identity = d.backends.first()?.state.pool.peer_identity()?;
+                (&*identity == SERVER_ID).then_some(())
+            }
+        })
+        .await;
+        mesh
+    }
+
+    async fn call(&self) -> Result<String, String> {
+        get(self.client.outbound_addr).await
+    }
+
+    fn server_metrics(&self) -> String {
+        self.server.metrics.render()
+    }
+
+    fn client_metrics(&self) -> String {
+        self.client.metrics.render()
+    }
+
+    async fn set_mode(&self, mode: v1::MtlsMode) {
+        let cp = self.cp.as_ref().unwrap();
+        cp.admin()
+            .await
+            .set_mtls_mode(v1::SetMtlsModeRequest {
+                namespace: "default".into(),
+                mode: mode as i32,
+            })
+            .await
+            .unwrap();
+        let want = match mode {
+            v1::MtlsMode::Strict => serin_proxy::snapshot::MtlsMode::Strict,
+            _ => serin_proxy::snapshot::MtlsMode::Permissive,
+        };
+        let tables = self.server.config.subscribe();
+        eventually("the server sidecar in the new mode", || {
+            let mode = tables.borrow().mtls_mode;
+            async move { (mode == want).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// The value of the sample of `name` whose labels contain every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hop_between_meshed_sidecars_is_mtls_and_names_the_client() {
+    let mesh = Mesh::start(None).await;
+    for _ in 0..3 {
+        assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
+    }
+    // On the wire: a TLS handshake record, no HTTP.
+    let wire = mesh.relay.first_bytes();
+    assert!(!wire.is_empty(), "the requests went through the relay");
+    for first in &wire {
+        assert_eq!(
+            &first[..2],
+            &[0x16, 0x03],
+            "a TLS handshake record: {first:?}"
+        );
+        let text = String::from_utf8_lossy(first);
+        assert!(
+            !text.contains("GET /"),
+            "no plaintext HTTP on the wire: {text}"
+        );
+    }
+    let server = mesh.server_metrics();
+    let principal = format!("source_principal=\"{CLIENT_ID}\"");
+    assert!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"mtls\"", &principal]
+        ) >= 1,
+        "{server}"
+    );
+    assert_eq!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"plain\""]
+        ),
+        0,
+        "{server}"
+    );
+    let client = mesh.client_metrics();
+    assert!(
+        sample(
+            &client,
+            "serin_outbound_mtls_handshakes_total",
+            &["outcome=\"ok\""]
+        ) >= 1,
+        "{client}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_client_is_served_when_permissive_and_refused_when_strict() {
+    let mesh = Mesh::start(None).await;
+    // Permissive (the default): a client without a sidecar is served.
+    assert_eq!(get(mesh.endpoint).await.unwrap(), "HTTP/1.1 200 OK");
+    let server = mesh.server_metrics();
+    assert_eq!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"plain\""]
+        ),
+        1,
+        "{server}"
+    );
+
+    mesh.set_mode(v1::MtlsMode::Strict).await;
+    let refused = get(mesh.endpoint).await;
+    assert!(
+        refused.is_err(),
+        "a plain client in strict mode: {refused:?}"
+    );
+    let server = mesh.server_metrics();
+    assert_eq!(
+        sample(
+            &server,
+            "serin_inbound_connections_refused_total",
+            &["reason=\"plaintext_in_strict_mode\""]
+        ),
+        1,
+        "{server}"
+    );
+    // The meshed client still is.
+    assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
+
+    mesh.set_mode(v1::MtlsMode::Unspecified).await;
+    assert_eq!(get(mesh.endpoint).await.unwrap(), "HTTP/1.1 200 OK");
+}
+
+/// A TLS server on `addr` presenting `chain` (with `key`) to whoever connects, offering the
+/// mesh ALPNs, asking no client certificate; counts handshakes that completed.
+async fn impostor(
+    addr: SocketAddr,
+    chain_pem: &str,
+    key_der: Vec<u8>,
+    completed: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let chain = serin_proxy::tls::certs_from_pem("chain", chain_pem).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into());
+    let mut config = rustls::ServerConfig::builder_with_provider(serin_proxy::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = serin_proxy::tls::MESH_ALPNS
+        .iter()
+        .map(|a| a.to_vec())
+        .collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let completed = Arc::clone(&completed);
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    completed.store(true, Ordering::SeqCst);
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno")
+                        .await;
+                }
+            });
+        }
+    })
+}
+
+/// A key and a CSR for `identity`.
+fn key_and_csr(identity: &str) -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
+    init_tracing();
+    let store = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneProcess::start(store.path(), free_addr()).await;
+    let mut admin = cp.admin().await;
+    let mut identity = v1::identity_client::IdentityClient::connect(format!("http://{}", cp.grpc))
+        .await
+        .unwrap();
+    let port = free_addr().port();
+    // reviews is registered and meshed (a certificate was signed for its token) ...
+    let reviews_token = admin
+        .register_workload(registration("reviews-0", "reviews", SERVER_IP, port))
+        .await
+        .unwrap()
+        .into_inner()
+        .bootstrap_token;
+    let (_, csr) = key_and_csr(SERVER_ID);
+    identity
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr,
+            bootstrap_token: reviews_token.clone(),
+            ttl: None,
+        })
+        .await
+        .unwrap();
+    // ... but its CSR cannot claim another identity.
+    let (_, csr) = key_and_csr("spiffe://cluster.local/ns/default/sa/admin");
+    let refused = identity
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr,
+            bootstrap_token: reviews_token,
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    // Nor can an unknown token get anything.
+    let (_, csr) = key_and_csr(SERVER_ID);
+    let refused = identity
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr,
+            bootstrap_token: "not-a-token".into(),
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // An impostor on reviews' address: a valid mesh certificate, but for another workload.
+    let impostor_token = admin
+        .register_workload(registration(
+            "impostor-0",
+            "impostor",
+            Ipv4Addr::new(127, 0, 0, 9),
+            8080,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .bootstrap_token;
+    let impostor_id = "spiffe://cluster.local/ns/default/sa/impostor";
+    let (key, csr) = key_and_csr(impostor_id);
+    let signed = identity
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr,
+            bootstrap_token: impostor_token,
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let completed = Arc::new(AtomicBool::new(false));
+    let endpoint = SocketAddr::new(SERVER_IP.into(), port);
+    let server = impostor(
+        endpoint,
+        &signed.cert_chain_pem.concat(),
+        key.serialize_der(),
+        Arc::clone(&completed),
+    )
+    .await;
+
+    let client_token = admin
+        .register_workload(registration("client-0", "client", CLIENT_IP, 8080))
+        .await
+        .unwrap()
+        .into_inner()
+        .bootstrap_token;
+    let vip: std::net::IpAddr = admin
+        .list_services(v1::ListServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .services
+        .iter()
+        .find(|s| s.service.as_ref().unwrap().name == "reviews")
+        .unwrap()
+        .service
+        .as_ref()
+        .unwrap()
+        .vips[0]
+        .parse()
+        .unwrap();
+    let client = sidecar(
+        cp.grpc,
+        "client",
+        CLIENT_IP,
+        SocketAddr::new(CLIENT_IP.into(), 0),
+        client_token,
+        None,
+        SocketAddr::new(vip, port),
+    )
+    .await;
+    let mut creds = client.certificates.as_ref().unwrap().subscribe();
+    eventually("the client's certificate", || {
+        let has = creds.borrow_and_update().is_some();
+        async move { has.then_some(()) }
+    })
+    .await;
+    let tables = client.config.subscribe();
+    eventually("reviews meshed in the client's tables", || {
+        let t = tables.borrow().clone();
+        async move {
+            let d = t.destination(SocketAddr::new(vip, port))?;
+            d.backends.first()?.state.pool.peer_identity().map(|_| ())
+        }
+    })
+    .await;
+    let answer = get(client.outbound_addr).await.unwrap();
+    assert_eq!(
+        answer, "HTTP/1.1 503 Service Unavailable",
+        "wrong identity refused"
+    );
+    assert!(
+        !completed.load(Ordering::SeqCst),
+        "the client sidecar aborted the handshake"
+    );
+    let metrics = client.metrics.render();
+    assert!(
+        sample(
+            &metrics,
+            "serin_outbound_mtls_handshakes_total",
+            &["outcome=\"failed\""]
+        ) >= 1,
+        "{metrics}"
+    );
+    server.abort();
+
+    // The right identity, but from a root the mesh does not trust.
+    let foreign = serin_control::ca::Authority::new(
+        "cluster.local",
+        serin_control::ca::StoredRoots {
+            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
+        },
+    )
+    .unwrap();
+    let (key, csr) = key_and_csr(SERVER_ID);
+    let signed = foreign
+        .sign(&csr, SERVER_ID, Duration::from_secs(3600))
+        .unwrap();
+    // The aborted listener lets go of the port a moment later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _server = impostor(
+        endpoint,
+        &signed.chain_pem.concat(),
+        key.serialize_der(),
+        Arc::clone(&completed),
+    )
+    .await;
+    let answer = get(client.outbound_addr).await.unwrap();
+    assert_eq!(
+        answer, "HTTP/1.1 503 Service Unavailable",
+        "untrusted root refused"
+    );
+    assert!(!completed.load(Ordering::SeqCst));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_an_untrusted_root_is_refused_by_the_server_sidecar() {
+    let mesh = Mesh::start(None).await;
+    let foreign = serin_control::ca::Authority::new(
+        "cluster.local",
+        serin_control::ca::StoredRoots {
+            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
+        },
+    )
+    .unwrap();
+    let (key, csr) = key_and_csr(CLIENT_ID);
+    let signed = foreign
+        .sign(&csr, CLIENT_ID, Duration::from_secs(3600))
+        .unwrap();
+    let credentials = serin_proxy::tls::Credentials::new(
+        key.serialize_der(),
+        &signed.chain_pem.concat(),
+        &signed.trust_bundle_pem.concat(),
+        signed.not_after,
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(mesh.endpoint).await.unwrap();
+    // The client trusts its own (foreign) root only, so it also refuses the server: either side
+    // may be the first to fail; the server must not serve it.
+    let result = credentials
+        .connect(tcp, SERVER_ID, serin_proxy::tls::ALPN_HTTP1)
+        .await;
+    if let Ok(mut tls) = result {
+        let _ = tls
+            .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(LONG, tls.read_to_end(&mut out)).await;
+        assert!(out.is_empty(), "served: {}", String::from_utf8_lossy(&out));
+    }
+    let server = mesh.server_metrics();
+    assert!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"mtls\""]
+        ) == 0,
+        "{server}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_under_load_without_a_failed_request() {
+    // 2 s certificates: renewed every 1.4 s, several times during the load.
+    let mesh = Mesh::start(Some(Duration::from_secs(2))).await;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    while Instant::now() < deadline && ok + (failed.len() as u64) < 100_000 {
+        match mesh.call().await {
+            Ok(line) if line == "HTTP/1.1 200 OK" => ok += 1,
+            other => failed.push(format!("{other:?}")),
+        }
+    }
+    eprintln!(
+        "renewal under load: {ok} requests ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 10, "{ok} requests");
+    for (what, metrics) in [
+        ("client", mesh.client_metrics()),
+        ("server", mesh.server_metrics()),
+    ] {
+        let renewals = sample(
+            &metrics,
+            "serin_identity_certificate_requests_total",
+            &["outcome=\"ok\""],
+        );
+        assert!(
+            renewals >= 3,
+            "{what}: {renewals} certificates in 6 s\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_down_longer_than_a_renewal_period_breaks_nothing_before_expiry() {
+    // 6 s certificates, renewed at 4.2 s: the control plane goes away at once and stays away
+    // past the renewal time; requests keep working on the certificates held.
+    let mut mesh = Mesh::start(Some(Duration::from_secs(6))).await;
+    let issued = Instant::now();
+    mesh.cp.take().unwrap().stop().await;
+    let mut ok = 0u64;
+    // Until a moment before the first certificate could expire (issued at the latest just
+    // before `issued`).
+    while issued.elapsed() < Duration::from_millis(5_200) {
+        assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
+        ok += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = mesh.client_metrics();
+    let failed = sample(
+        &metrics,
+        "serin_identity_certificate_requests_total",
+        &["outcome=\"failed\""],
+    );
+    eprintln!("CA down: {ok} requests ok, {failed} failed renewals");
+    assert!(
+        failed >= 1,
+        "renewal was tried while the CA was down\n{metrics}"
+    );
+    let server = mesh.server_metrics();
+    assert!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"mtls\""]
+        ) >= 1,
+        "{server}"
+    );
+    assert_eq!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"plain\""]
+        ),
+        0,
+        "every request on mTLS\n{server}"
+    );
+}
