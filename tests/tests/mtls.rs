@@ -1,0 +1,724 @@
+//! Root end-to-end tests of workload identity and mTLS between sidecars (issue #10, FAULTS 22),
+//! in a local mesh: a real `serin-control` (the CA) in its own pod, a `reviews` server pod and a
+//! `client` pod, each registered (the registration's bootstrap token goes to its sidecar) with
+//! real capture rules and a real `serin-proxy` as uid 1337, and a `plain` pod with neither
+//! capture rules nor sidecar. The wire between the pods is read with a packet socket in the
+//! server pod's namespace (what arrives on its interface, before the capture rules).
+//!
+//! Shown: traffic between the meshed pods is a TLS handshake on the wire, never HTTP; the server
+//! sidecar reports the client's SPIFFE ID (`source_principal`); the plain pod is served in
+//! permissive mode and refused in strict mode (set through the Admin API) while the meshed client
+//! still is; certificates renew under load with no failed request; the CA stopped for longer
+//! than a renewal period breaks nothing before expiry.
+//!
+//! Needs the binaries: `cargo build --bins -p serin-proxy -p serin-control`. Skipped, with a
+//! printed reason, without root. One scenario at a time (one lock).
+
+use std::fs;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use serin_local::testing::{eventually, init_tracing, skip_unless_root};
+use serin_local::{Mesh, Pod, Process, Redirect};
+use serin_proto::v1;
+use serin_tests::pods::{admin_get, apply_capture, built_binary};
+use tonic::transport::Channel;
+
+const PROXY_UID: u32 = 1337;
+/// The port of the reviews app (and of its service).
+const PORT: u16 = 9080;
+const CP_PORT: u16 = 15010;
+const ADMIN_PORT: u16 = 15000;
+const LONG: Duration = Duration::from_secs(30);
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn note(line: &str) {
+    let _ = io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// Copies of the binaries every uid can run, the store and the logs (shown when a test fails).
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(test: &str) -> Files {
+        let dir = std::env::temp_dir().join(format!("serin-mtls-{}-{test}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("store")).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        for bin in ["serin-proxy", "serin-control"] {
+            fs::copy(built_binary(bin), dir.join(bin)).unwrap();
+            fs::set_permissions(dir.join(bin), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Files { dir }
+    }
+
+    fn bin(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    let text = fs::read_to_string(entry.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("----- {} (last lines) -----", entry.path().display());
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP payload seen on the server pod's interface: from where, and its bytes.
+#[derive(Debug, Clone)]
+struct Segment {
+    source: Ipv4Addr,
+    payload: Vec<u8>,
+}
+
+/// Reads every frame arriving on the server pod's interfaces with a packet socket (made inside
+/// its namespace) and keeps the TCP payloads sent to `port` from other pods.
+struct Wire {
+    segments: Arc<Mutex<Vec<Segment>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Wire {
+    fn watch(pod: &Pod, port: u16) -> Wire {
+        use socket2::{Domain, Protocol, Socket, Type};
+        // ETH_P_ALL in network byte order.
+        let socket = pod
+            .run_in(|| {
+                Socket::new(
+                    Domain::PACKET,
+                    Type::RAW,
+                    Some(Protocol::from(i32::from(0x0003u16.to_be()))),
+                )
+            })
+            .unwrap()
+            .expect("a packet socket in the server pod");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let segments = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (segments, stop) = (Arc::clone(&segments), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut socket = socket;
+                let mut frame = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(n) = socket.read(&mut frame) else {
+                        continue;
+                    };
+                    if let Some(segment) = tcp_payload(&frame[..n], port) {
+                        segments.lock().unwrap().push(segment);
+                    }
+                }
+            })
+        };
+        Wire {
+            segments,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn from(&self, source: Ipv4Addr) -> Vec<Vec<u8>> {
+        self.segments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.source == source)
+            .map(|s| s.payload.clone())
+            .collect()
+    }
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The payload of an Ethernet/IPv4/TCP frame to `port` that carries data (not from loopback).
+fn tcp_payload(frame: &[u8], port: u16) -> Option<Segment> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.first()? >> 4 != 4 || *ip.get(9)? != 6 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let tcp = ip.get(ihl..total)?;
+    if u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]) != port || source.is_loopback() {
+        return None;
+    }
+    let offset = usize::from(tcp.get(12)? >> 4) * 4;
+    let payload = tcp.get(offset..)?;
+    (!payload.is_empty()).then(|| Segment {
+        source,
+        payload: payload.to_vec(),
+    })
+}
+
+/// The mesh of one scenario.
+struct Fixture {
+    runtime: Option<tokio::runtime::Runtime>,
+    cp_pod: Pod,
+    server: Pod,
+    client: Pod,
+    plain: Pod,
+    vip: Ipv4Addr,
+    cp: Option<Process>,
+    sidecars: Vec<Process>,
+    /// Its logs are shown if the test fails; removed when it drops.
+    _files: Files,
+    /// The guard: removes every namespace, link and process, also on panic.
+    _mesh: Mesh,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Fixture {
+    /// The mesh, with the sidecars' certificates lasting `client_ttl` and `server_ttl`; `None`
+    /// without root.
+    fn new(test: &str, client_ttl: &str, server_ttl: &str) -> Option<Fixture> {
+        if skip_unless_root(test) {
+            return None;
+        }
+        init_tracing();
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let files = Files::new(test);
+        let mesh = Mesh::create().expect("create mesh");
+        let cp_pod = mesh.add_pod("serin-control").expect("add pod");
+        let server = mesh.add_pod("reviews-v1").expect("add pod");
+        let client = mesh.add_pod("client").expect("add pod");
+        let plain = mesh.add_pod("plain").expect("add pod");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cp = start_control_plane(&cp_pod, &files);
+        start_app(&rt, &server);
+        let server_token = rt.block_on(register(&cp_pod, &server, "reviews", PORT));
+        let client_token = rt.block_on(register(&cp_pod, &client, "client", 8080));
+        let vip = rt.block_on(service_vip(&cp_pod, "reviews"));
+        mesh.add_service(vip.into(), "reviews", "default").unwrap();
+        apply_capture(&server);
+        apply_capture(&client);
+        let sidecars = vec![
+            start_sidecar(
+                &files,
+                &server,
+                cp_pod.ip(),
+                "reviews",
+                &server_token,
+                server_ttl,
+            ),
+            start_sidecar(
+                &files,
+                &client,
+                cp_pod.ip(),
+                "client",
+                &client_token,
+                client_ttl,
+            ),
+        ];
+        let fixture = Fixture {
+            runtime: Some(rt),
+            cp_pod,
+            server,
+            client,
+            plain,
+            vip,
+            cp: Some(cp),
+            sidecars,
+            _files: files,
+            _mesh: mesh,
+            _serial: serial,
+        };
+        for pod in [&fixture.server, &fixture.client] {
+            eventually(&format!("sidecar of {} ready", pod.name()), LONG, || {
+                (admin_get(pod, ADMIN_PORT, "/ready", LONG).ok()?.0 == 200).then_some(())
+            });
+            eventually(&format!("certificate of {}", pod.name()), LONG, || {
+                let metrics = admin_get(pod, ADMIN_PORT, "/metrics", LONG).ok()?.1;
+                (sample(
+                    &metrics,
+                    "serin_identity_certificate_requests_total",
+                    &["outcome=\"ok\""],
+                ) >= 1)
+                    .then_some(())
+            });
+        }
+        eventually(
+            "the server endpoint meshed in the client sidecar",
+            LONG,
+            || {
+                let dump = admin_get(&fixture.client, ADMIN_PORT, "/config_dump", LONG)
+                    .ok()?
+                    .1;
+                dump.contains(SERVER_ID).then_some(())
+            },
+        );
+        Some(fixture)
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives until drop")
+    }
+
+    /// `GET /` from inside `pod` to the reviews VIP on a new connection: the status line.
+    fn get(&self, pod: &Pod) -> Result<String, String> {
+        let addr = SocketAddr::from((self.vip, PORT));
+        pod.run_in(move || -> io::Result<String> {
+            let mut stream = StdTcpStream::connect_timeout(&addr, LONG)?;
+            stream.set_read_timeout(Some(LONG))?;
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            stream.read_to_string(&mut out)?;
+            Ok(out.lines().next().unwrap_or_default().to_owned())
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+        .and_then(|line| {
+            if line.is_empty() {
+                Err("closed without an answer".into())
+            } else {
+                Ok(line)
+            }
+        })
+    }
+
+    /// `GET /` from the plain pod straight to the server pod (no sidecar on its side).
+    fn get_plain(&self) -> Result<String, String> {
+        let addr = SocketAddr::from((self.server.ip(), PORT));
+        self.plain
+            .run_in(move || -> io::Result<String> {
+                let mut stream = StdTcpStream::connect_timeout(&addr, LONG)?;
+                stream.set_read_timeout(Some(LONG))?;
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                stream.read_to_string(&mut out)?;
+                Ok(out.lines().next().unwrap_or_default().to_owned())
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+            .and_then(|line| {
+                if line.is_empty() {
+                    Err("closed without an answer".into())
+                } else {
+                    Ok(line)
+                }
+            })
+    }
+
+    fn metrics(&self, pod: &Pod) -> String {
+        admin_get(pod, ADMIN_PORT, "/metrics", LONG)
+            .expect("sidecar /metrics")
+            .1
+    }
+
+    fn set_mode(&self, mode: v1::MtlsMode) {
+        self.rt().block_on(async {
+            admin(&self.cp_pod)
+                .await
+                .set_mtls_mode(v1::SetMtlsModeRequest {
+                    namespace: "default".into(),
+                    mode: mode as i32,
+                })
+                .await
+                .expect("SetMtlsMode")
+        });
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        for process in self.sidecars.drain(..).chain(self.cp.take()) {
+            let _ = process.kill();
+        }
+    }
+}
+
+fn start_control_plane(pod: &Pod, files: &Files) -> Process {
+    let store = files.dir.join("store").display().to_string();
+    let process = pod
+        .exec([
+            &files.bin("serin-control")[..],
+            "--grpc",
+            &format!("0.0.0.0:{CP_PORT}"),
+            "--http",
+            "0.0.0.0:15080",
+            "--store",
+            &store,
+        ])
+        .stdout(Redirect::Append(files.log("serin-control")))
+        .stderr(Redirect::Append(files.log("serin-control")))
+        .spawn()
+        .expect("spawn serin-control");
+    pod.wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], CP_PORT)), LONG)
+        .expect("serin-control listens");
+    process
+}
+
+fn start_sidecar(
+    files: &Files,
+    pod: &Pod,
+    cp: Ipv4Addr,
+    service: &str,
+    token: &str,
+    cert_ttl: &str,
+) -> Process {
+    pod.exec([
+        &files.bin("serin-proxy")[..],
+        "--control-plane",
+        &format!("http://{cp}:{CP_PORT}"),
+        "--pod-name",
+        pod.name(),
+        "--namespace",
+        "default",
+        "--pod-ip",
+        &pod.ip().to_string(),
+        "--service",
+        service,
+        "--version",
+        "v1",
+        "--service-account",
+        service,
+        "--identity-token",
+        token,
+        "--cert-ttl",
+        cert_ttl,
+        "--log-level",
+        "info,serin_proxy=debug",
+    ])
+    .user(PROXY_UID, PROXY_UID)
+    .stdout(Redirect::Append(files.log(pod.name())))
+    .stderr(Redirect::Append(files.log(pod.name())))
+    .spawn()
+    .expect("spawn serin-proxy")
+}
+
+/// An HTTP/1.1 app on `PORT` in `pod` answering `200 ok` (a plain loop, one connection at a
+/// time per task).
+fn start_app(rt: &tokio::runtime::Runtime, pod: &Pod) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let std = pod
+        .run_in(|| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
+        .unwrap()
+        .expect("bind the app");
+    std.set_nonblocking(true).unwrap();
+    let _guard = rt.enter();
+    let listener = tokio::net::TcpListener::from_std(std).unwrap();
+    rt.spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    let pod = pod.clone();
+    let stream = tokio::task::spawn_blocking(move || {
+        pod.run_in(|| StdTcpStream::connect_timeout(&addr, LONG))
+            .map_err(io::Error::other)?
+    })
+    .await
+    .map_err(io::Error::other)??;
+    stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+async fn admin(cp_pod: &Pod) -> v1::admin_client::AdminClient<Channel> {
+    let pod = cp_pod.clone();
+    let addr = SocketAddr::from(([127, 0, 0, 1], CP_PORT));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let pod = pod.clone();
+            async move { connect_in(&pod, addr).await.map(TokioIo::new) }
+        }))
+        .await
+        .expect("connect to the control plane's Admin API");
+    v1::admin_client::AdminClient::new(channel)
+}
+
+/// Registers `pod` as service `service` (service account of the same name): its bootstrap token.
+async fn register(cp_pod: &Pod, pod: &Pod, service: &str, port: u16) -> String {
+    admin(cp_pod)
+        .await
+        .register_workload(v1::RegisterWorkloadRequest {
+            workload: Some(v1::Workload {
+                pod_name: pod.name().to_owned(),
+                namespace: "default".into(),
+                addresses: vec![pod.ip().to_string()],
+                service: service.to_owned(),
+                version: "v1".into(),
+                ports: vec![v1::WorkloadPort {
+                    name: "http".into(),
+                    port: u32::from(port),
+                    protocol: v1::Protocol::Http1 as i32,
+                }],
+                service_account: service.to_owned(),
+                ..Default::default()
+            }),
+            ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RegisterWorkload {}: {e}", pod.name()))
+        .into_inner()
+        .bootstrap_token
+}
+
+async fn service_vip(cp_pod: &Pod, service: &str) -> Ipv4Addr {
+    admin(cp_pod)
+        .await
+        .list_services(v1::ListServicesRequest {
+            namespace: "default".into(),
+        })
+        .await
+        .expect("ListServices")
+        .into_inner()
+        .services
+        .iter()
+        .filter_map(|s| s.service.as_ref())
+        .filter(|s| s.name == service)
+        .flat_map(|s| s.vips.iter())
+        .find_map(|vip| vip.parse().ok())
+        .expect("an IPv4 VIP")
+}
+
+/// The sum of the samples of `name` whose labels contain each of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn meshed_pods_speak_mtls_and_plain_clients_follow_the_mode() {
+    let Some(f) = Fixture::new("modes", "1h", "1h") else {
+        return;
+    };
+    let wire = Wire::watch(&f.server, PORT);
+    for _ in 0..5 {
+        assert_eq!(f.get(&f.client).unwrap(), "HTTP/1.1 200 OK");
+    }
+    // Permissive (the default): the pod without a sidecar is served.
+    assert_eq!(f.get_plain().unwrap(), "HTTP/1.1 200 OK");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // On the wire: from the client pod a TLS handshake and records only, from the plain pod HTTP.
+    let meshed = wire.from(f.client.ip());
+    assert!(
+        !meshed.is_empty(),
+        "the client's traffic was seen on the wire"
+    );
+    assert_eq!(
+        &meshed[0][..3],
+        &[0x16, 0x03, 0x01],
+        "a TLS ClientHello record first"
+    );
+    for payload in &meshed {
+        let text = String::from_utf8_lossy(payload);
+        assert!(
+            !text.contains("HTTP/1.1") && !text.contains("GET /"),
+            "no plaintext HTTP from the meshed client: {text:?}"
+        );
+    }
+    let plain = wire.from(f.plain.ip());
+    assert!(
+        plain.iter().any(|p| p.starts_with(b"GET / HTTP/1.1")),
+        "the plain pod's request is HTTP on the wire"
+    );
+    note(&format!(
+        "wire: {} segments from the meshed client (first bytes {:02x?}), {} from the plain pod",
+        meshed.len(),
+        &meshed[0][..5],
+        plain.len()
+    ));
+
+    // The server sidecar names the client by its SPIFFE ID.
+    let metrics = f.metrics(&f.server);
+    let principal = format!("source_principal=\"{CLIENT_ID}\"");
+    assert!(
+        sample(
+            &metrics,
+            "serin_inbound_connections_total",
+            &["security=\"mtls\"", &principal]
+        ) >= 1,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "serin_inbound_connections_total",
+            &["security=\"plain\""]
+        ),
+        1,
+        "{metrics}"
+    );
+
+    // Strict: the plain pod is refused, the meshed client still served.
+    f.set_mode(v1::MtlsMode::Strict);
+    eventually("the plain pod refused in strict mode", LONG, || {
+        f.get_plain().is_err().then_some(())
+    });
+    for _ in 0..5 {
+        assert_eq!(f.get(&f.client).unwrap(), "HTTP/1.1 200 OK");
+    }
+    let metrics = f.metrics(&f.server);
+    assert!(
+        sample(
+            &metrics,
+            "serin_inbound_connections_refused_total",
+            &["reason=\"plaintext_in_strict_mode\""]
+        ) >= 1,
+        "{metrics}"
+    );
+    // Back to permissive.
+    f.set_mode(v1::MtlsMode::Permissive);
+    eventually("the plain pod served again", LONG, || {
+        f.get_plain().ok().filter(|l| l == "HTTP/1.1 200 OK")
+    });
+}
+
+#[test]
+fn certificates_renew_under_load_without_a_failed_request() {
+    // 3 s certificates: renewed every 2.1 s.
+    let Some(f) = Fixture::new("renewal", "3s", "3s") else {
+        return;
+    };
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    while start.elapsed() < Duration::from_secs(8) && ok < 200_000 {
+        match f.get(&f.client) {
+            Ok(line) if line == "HTTP/1.1 200 OK" => ok += 1,
+            other => failed.push(format!("{other:?}")),
+        }
+    }
+    note(&format!(
+        "renewal under load: {ok} requests ok, {} failed in {:?}",
+        failed.len(),
+        start.elapsed()
+    ));
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for pod in [&f.client, &f.server] {
+        let metrics = f.metrics(pod);
+        let renewals = sample(
+            &metrics,
+            "serin_identity_certificate_requests_total",
+            &["outcome=\"ok\""],
+        );
+        assert!(
+            renewals >= 4,
+            "{}: {renewals} certificates\n{metrics}",
+            pod.name()
+        );
+    }
+}
+
+#[test]
+fn the_ca_stopped_longer_than_a_renewal_period_breaks_nothing_before_expiry() {
+    // The client's certificates last 10 s (renewed at 7 s), the server's an hour.
+    let Some(mut f) = Fixture::new("ca-down", "10s", "1h") else {
+        return;
+    };
+    // Right after a renewal of the client's certificate, the control plane goes away.
+    let renewals = |f: &Fixture| {
+        sample(
+            &f.metrics(&f.client),
+            "serin_identity_certificate_requests_total",
+            &["outcome=\"ok\""],
+        )
+    };
+    let before = renewals(&f);
+    eventually("a renewal of the client's certificate", LONG, || {
+        (renewals(&f) > before).then_some(())
+    });
+    let renewed = Instant::now();
+    let _ = f.cp.take().expect("the control plane runs").kill();
+    // Past the renewal time (7 s), short of the expiry (10 s): every request is served.
+    let mut ok = 0u64;
+    while renewed.elapsed() < Duration::from_millis(9_000) {
+        assert_eq!(f.get(&f.client).unwrap(), "HTTP/1.1 200 OK");
+        ok += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = f.metrics(&f.client);
+    let failed = sample(
+        &metrics,
+        "serin_identity_certificate_requests_total",
+        &["outcome=\"failed\""],
+    );
+    note(&format!(
+        "CA down for 9 s: {ok} requests ok, {failed} renewal attempts failed"
+    ));
+    assert!(
+        failed >= 1,
+        "renewal was attempted while the CA was down\n{metrics}"
+    );
+    let server = f.metrics(&f.server);
+    assert_eq!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"plain\""]
+        ),
+        0,
+        "every connection mTLS\n{server}"
+    );
+}
