@@ -47,6 +47,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// The live traffic edges, busiest first, refreshed in place (`--once`: one snapshot).
     Top(TopArgs),
+    /// Show the mTLS modes, or set the namespace's (`-n`) or the mesh-wide one.
+    Mtls(MtlsArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Add the Serin sidecar to the pods and pod templates of Kubernetes manifests (offline).
@@ -233,6 +235,28 @@ pub struct ExplainArgs {
     /// User-Agent.
     #[arg(long)]
     pub user_agent: Option<String>,
+}
+
+/// An mTLS mode to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MtlsModeArg {
+    /// Accept plain and mTLS connections between pods.
+    Permissive,
+    /// Accept only mTLS connections from meshed sidecars.
+    Strict,
+    /// Remove the namespace's own mode (it follows the mesh-wide one).
+    Unset,
+}
+
+/// `mtls`.
+#[derive(Debug, Args)]
+pub struct MtlsArgs {
+    /// The mode to set; without it, show the modes.
+    #[arg(value_enum)]
+    pub mode: Option<MtlsModeArg>,
+    /// Set the mesh-wide default instead of the namespace's mode.
+    #[arg(long)]
+    pub mesh_wide: bool,
 }
 
 /// `top`.

@@ -121,6 +121,7 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Status => verbs::inspect::status(&mut cp, out).await,
         Command::Explain(args) => verbs::inspect::explain(&mut cp, ns, args, out).await,
         Command::Top(args) => verbs::top::top(&mut cp, ns, args, out).await,
+        Command::Mtls(args) => verbs::mtls::mtls(&mut cp, ns, args, out).await,
         Command::Completion(_)
         | Command::Up(_)
         | Command::Down(_)

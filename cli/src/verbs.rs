@@ -14,6 +14,7 @@ pub mod get;
 pub mod inject;
 pub mod inspect;
 pub mod local;
+pub mod mtls;
 pub mod top;
 
 /// How often a read-modify-write verb starts over when the policy changed under it.

@@ -459,3 +459,30 @@ fn canary_on_a_service_without_policy_splits_with_its_only_other_version() {
         "{yaml}"
     );
 }
+
+#[test]
+fn mtls_modes_are_set_per_namespace_and_mesh_wide_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    assert_eq!(cp.ok(&["mtls"]), "mesh-wide default: permissive (unset)\n");
+    assert_eq!(
+        cp.ok(&["mtls", "-n", "shop", "strict"]),
+        "mtls mode of the namespace shop set to strict\nmesh-wide default: permissive (unset)\nnamespace shop: strict\n"
+    );
+    assert_eq!(
+        cp.ok(&["mtls", "--mesh-wide", "permissive"]),
+        "mtls mode of the mesh-wide default set to permissive\nmesh-wide default: permissive\nnamespace shop: strict\n"
+    );
+    let store = cp.kill9();
+    let cp = ControlPlane::start(&store);
+    assert_eq!(
+        cp.ok(&["mtls"]),
+        "mesh-wide default: permissive\nnamespace shop: strict\n"
+    );
+    assert_eq!(
+        cp.ok(&["mtls", "-n", "shop", "unset"]),
+        "mtls mode of the namespace shop set to unset\nmesh-wide default: permissive\n"
+    );
+    let bad = cp.ctl(&["mtls", "sometimes"]);
+    assert!(!bad.status.success());
+}
