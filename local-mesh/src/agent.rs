@@ -634,6 +634,10 @@ impl Agent {
                 .args(["--pod-name", &spec.name, "--namespace", &spec.namespace])
                 .args(["--pod-ip", &pod_ips(pod)])
                 .args(["--service", &spec.service, "--version", &spec.version])
+                // Its certificate comes with the pod's registration (written there once the app
+                // listens and the pod is registered; until then its traffic is plain).
+                .arg("--identity-token-file")
+                .arg(self.dir.identity_token(&spec.name))
                 .user(PROXY_UID, PROXY_UID)
                 .stdout(Redirect::Append(log.clone()))
                 .stderr(Redirect::Append(log.clone()))
@@ -682,6 +686,26 @@ impl Agent {
         Ok((app, sidecar))
     }
 
+    /// Writes `pod`'s bootstrap token where its sidecar reads it (readable by the sidecar's uid
+    /// only). A failure is logged: the pod then runs without an identity (plain traffic).
+    fn write_identity_token(&self, pod: &str, token: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.dir.identity_token(pod);
+        let written = (|| -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(&path);
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, token)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            std::os::unix::fs::chown(&tmp, Some(PROXY_UID), Some(PROXY_UID))?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            tracing::warn!(%pod, path = %path.display(), error = %e, "cannot write the bootstrap token; the pod gets no workload certificate");
+        }
+    }
+
     async fn register_pod(
         self: &Arc<Self>,
         spec: &PodSpec,
@@ -691,6 +715,7 @@ impl Agent {
     ) -> Result<PodRecord, Error> {
         let workload = ControlPlane::workload(spec, pod.ip());
         let registration = self.control_plane.register(workload.clone()).await?;
+        self.write_identity_token(&spec.name, &registration.bootstrap_token);
         let lease_id = registration.lease_id.clone();
         let result = self
             .record_pod(spec, pod, app, sidecar, workload, registration)
@@ -837,6 +862,7 @@ impl Agent {
             match self.control_plane.register(workload.clone()).await {
                 Ok(r) => {
                     registration = r;
+                    self.write_identity_token(&pod, &registration.bootstrap_token);
                     let lease = registration.lease_id.clone();
                     let _ = self.update(|rec| {
                         if let Some(p) = rec.pods.iter_mut().find(|p| p.name == pod) {

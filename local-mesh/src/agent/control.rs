@@ -23,6 +23,8 @@ pub struct Registration {
     pub lease_id: String,
     /// The lease length granted.
     pub ttl: Duration,
+    /// The secret the pod's sidecar presents for its workload certificate.
+    pub bootstrap_token: String,
 }
 
 /// An Admin client.
@@ -83,6 +85,7 @@ impl ControlPlane {
         Ok(Registration {
             lease_id: response.lease_id,
             ttl,
+            bootstrap_token: response.bootstrap_token,
         })
     }
 

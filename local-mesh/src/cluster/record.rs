@@ -73,6 +73,11 @@ impl StateDir {
         self.log_dir().join(format!("{pod}.{kind}.log"))
     }
 
+    /// The file holding `pod`'s bootstrap token (read by its sidecar for its certificate).
+    pub fn identity_token(&self, pod: &str) -> PathBuf {
+        self.0.join("tokens").join(pod)
+    }
+
     /// The control plane's store.
     pub fn store(&self) -> PathBuf {
         self.0.join(STORE_DIR)
