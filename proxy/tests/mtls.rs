@@ -8,7 +8,9 @@
 //! (`source_principal`); a plain client is served in permissive mode and refused in strict mode;
 //! a server with the wrong identity or an untrusted root is refused by the client sidecar, and a
 //! client with an untrusted root by the server sidecar; certificates renew under load with no
-//! failed request; the CA stopped for longer than a renewal period breaks nothing.
+//! failed request; the CA stopped for longer than a renewal period breaks nothing; a root
+//! rotation (add, promote, drop the old root, each with a restart of the control plane) drops no
+//! live connection and new connections work at every step.
 
 #[path = "support/control_plane.rs"]
 mod control_plane;
@@ -31,14 +33,17 @@ use tokio::net::{TcpListener, TcpStream};
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Where the server sidecar's inbound listener is.
 const SERVER_INBOUND_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// The server pod's address in the test with impostors (no other test binds it).
+const IMPOSTOR_TEST_SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
 /// The client pod's address.
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
 
-/// An HTTP/1.1 app answering every request `200 ok`.
-async fn start_app(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(addr).await.unwrap();
+/// An HTTP/1.1 app on a free port of 127.0.0.1 answering every request `200 ok`: its address.
+async fn start_app() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -62,18 +67,23 @@ async fn start_app(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
                 }
             });
         }
-    })
+    });
+    addr
 }
 
 /// A TCP relay from `listen` to `to` that keeps the first bytes the client sent on each
 /// connection: the wire between the two sidecars.
 struct Relay {
     first_bytes: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Where it listens (the server's endpoint).
+    addr: SocketAddr,
 }
 
 impl Relay {
-    async fn start(listen: SocketAddr, to: Arc<Mutex<Option<SocketAddr>>>) -> Relay {
-        let listener = TcpListener::bind(listen).await.unwrap();
+    /// A relay on a free port of `ip`.
+    async fn start(ip: Ipv4Addr, to: Arc<Mutex<Option<SocketAddr>>>) -> Relay {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let first_bytes = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&first_bytes);
         tokio::spawn(async move {
@@ -98,7 +108,7 @@ impl Relay {
                 });
             }
         });
-        Relay { first_bytes }
+        Relay { first_bytes, addr }
     }
 
     fn first_bytes(&self) -> Vec<Vec<u8>> {
@@ -212,12 +222,14 @@ async fn get(addr: SocketAddr) -> Result<String, String> {
 /// Two meshed sidecars with certificates, a control plane, and the wire between them.
 struct Mesh {
     cp: Option<ControlPlaneProcess>,
+    /// The control plane's gRPC address (the same across restarts).
+    grpc: SocketAddr,
     client: Arc<Bound>,
     server: Arc<Bound>,
     relay: Relay,
     /// The server's endpoint (the relay).
     endpoint: SocketAddr,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl Mesh {
@@ -226,9 +238,12 @@ impl Mesh {
         let store = tempfile::tempdir().unwrap();
         let cp = ControlPlaneProcess::start(store.path(), free_addr()).await;
         let grpc = cp.grpc;
-        let port = free_addr().port();
-        let app_addr = free_addr();
-        let _app = start_app(app_addr).await;
+        let app_addr = start_app().await;
+        // The relay first: its port is the server's endpoint port.
+        let target = Arc::new(Mutex::new(None));
+        let relay = Relay::start(SERVER_IP, Arc::clone(&target)).await;
+        let endpoint = relay.addr;
+        let port = endpoint.port();
         let mut admin = cp.admin().await;
         let server_token = admin
             .register_workload(registration("reviews-0", "reviews", SERVER_IP, port))
@@ -261,9 +276,6 @@ impl Mesh {
 
         // The server sidecar: its inbound listener on its own address, the relay in front of it
         // on the endpoint address; it forwards to the app.
-        let target = Arc::new(Mutex::new(None));
-        let endpoint = SocketAddr::new(SERVER_IP.into(), port);
-        let relay = Relay::start(endpoint, Arc::clone(&target)).await;
         let server = sidecar(
             grpc,
             "reviews",
@@ -287,11 +299,12 @@ impl Mesh {
         .await;
         let mesh = Mesh {
             cp: Some(cp),
+            grpc,
             client,
             server,
             relay,
             endpoint,
-            _store: store,
+            store,
         };
         // Both hold certificates, and the client knows the server's endpoint is meshed.
         for (what, bound) in [("client", &mesh.client), ("server", &mesh.server)] {
@@ -506,10 +519,19 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
     let mut identity = v1::identity_client::IdentityClient::connect(format!("http://{}", cp.grpc))
         .await
         .unwrap();
-    let port = free_addr().port();
+    let port = std::net::TcpListener::bind((IMPOSTOR_TEST_SERVER_IP, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // reviews is registered and meshed (a certificate was signed for its token) ...
     let reviews_token = admin
-        .register_workload(registration("reviews-0", "reviews", SERVER_IP, port))
+        .register_workload(registration(
+            "reviews-0",
+            "reviews",
+            IMPOSTOR_TEST_SERVER_IP,
+            port,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -570,7 +592,7 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
         .unwrap()
         .into_inner();
     let completed = Arc::new(AtomicBool::new(false));
-    let endpoint = SocketAddr::new(SERVER_IP.into(), port);
+    let endpoint = SocketAddr::new(IMPOSTOR_TEST_SERVER_IP.into(), port);
     let server = impostor(
         endpoint,
         &signed.cert_chain_pem.concat(),
@@ -798,4 +820,100 @@ async fn the_ca_down_longer_than_a_renewal_period_breaks_nothing_before_expiry()
         0,
         "every request on mTLS\n{server}"
     );
+}
+
+impl Mesh {
+    /// Restarts the control plane on the same store and address taking `step` of a root
+    /// rotation, then waits until both sidecars renewed with the new trust bundle.
+    async fn rotate(&mut self, step: serin_control::identity::RotationStep) {
+        self.cp.take().unwrap().stop().await;
+        let cp = ControlPlaneProcess::start_with(self.store.path(), self.grpc, |c| {
+            c.ca.rotation = Some(step);
+        })
+        .await;
+        self.cp = Some(cp);
+        for bound in [&self.client, &self.server] {
+            let mut creds = bound.certificates.as_ref().unwrap().subscribe();
+            creds.borrow_and_update();
+            // Two renewals: the first may have been signed before the restart.
+            for _ in 0..2 {
+                tokio::time::timeout(LONG, creds.changed())
+                    .await
+                    .expect("a renewal in time")
+                    .unwrap();
+            }
+        }
+    }
+
+    /// A new mTLS connection to the server sidecar (straight to its inbound listener) with the
+    /// client sidecar's current certificate.
+    async fn mtls_connection(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let creds = self.client.certificates.as_ref().unwrap().subscribe();
+        let creds = creds.borrow().clone().expect("the client's certificate");
+        let tcp = TcpStream::connect(self.server.inbound_addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        creds
+            .connect(tcp, SERVER_ID, serin_proxy::tls::ALPN_HTTP1)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// One keep-alive `GET /` on `conn`: the status line (the app answers `ok`, 2 bytes).
+async fn get_on(conn: &mut tokio_rustls::client::TlsStream<TcpStream>) -> Result<String, String> {
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        while !out.windows(6).any(|w| w == b"\r\n\r\nok") {
+            let n = conn.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed".to_owned());
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(LONG, read)
+        .await
+        .map_err(|_| "no answer in time".to_owned())??;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_and_renewals_drop_no_live_connection() {
+    use serin_control::identity::RotationStep;
+    let mut mesh = Mesh::start(Some(Duration::from_secs(2))).await;
+    assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
+    // A connection opened with the first certificates (signed by the first root), kept open.
+    let mut held = mesh.mtls_connection().await.unwrap();
+    assert_eq!(get_on(&mut held).await.unwrap(), "HTTP/1.1 200 OK");
+    // Add (trust the new root), promote (sign with it), drop the old one: at every step the
+    // held connection still serves, requests through the sidecars work, and so do new
+    // connections with the newest certificates.
+    for step in [
+        RotationStep::Add,
+        RotationStep::Promote,
+        RotationStep::DropOld,
+    ] {
+        mesh.rotate(step).await;
+        assert_eq!(
+            get_on(&mut held).await.unwrap(),
+            "HTTP/1.1 200 OK",
+            "the live connection after {step:?}"
+        );
+        for _ in 0..20 {
+            assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK", "{step:?}");
+        }
+        let mut fresh = mesh.mtls_connection().await.unwrap();
+        assert_eq!(
+            get_on(&mut fresh).await.unwrap(),
+            "HTTP/1.1 200 OK",
+            "a new connection after {step:?}"
+        );
+    }
 }

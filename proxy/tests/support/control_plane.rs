@@ -68,7 +68,17 @@ pub struct ControlPlaneProcess {
 impl ControlPlaneProcess {
     /// Starts it on `grpc` with its store in `store`.
     pub async fn start(store: &Path, grpc: SocketAddr) -> ControlPlaneProcess {
+        Self::start_with(store, grpc, |_| {}).await
+    }
+
+    /// Starts it on `grpc` with its store in `store`, its config changed by `tweak` first.
+    pub async fn start_with(
+        store: &Path,
+        grpc: SocketAddr,
+        tweak: impl FnOnce(&mut serin_control::config::Config),
+    ) -> ControlPlaneProcess {
         let mut config = serin_control::config::Config::new(store.to_owned());
+        tweak(&mut config);
         config.grpc = grpc;
         config.http = "127.0.0.1:0".parse().unwrap();
         // A stopped control plane's writer thread lets go of the store a moment after its server
