@@ -541,6 +541,14 @@ under load with real sidecars), without nginx and HAProxy.
   mirroring; none of the copies answered when the target hangs), or the row shows why it was
   refused instead of figures. Verdicts against DESIGN.md: capacity ≥ 0.90× plain forwarding;
   primary p99 with the hanging target within ±10 % of the row above.
+- **mTLS.** Serin 2 hops, HTTP/1.1 keep-alive, right after the plain 2-hop row and with the
+  same runs, the two sidecars holding fixed workload certificates (`--tls-cert/--tls-key/
+  --tls-roots`, a root and two SPIFFE certificates made by serin-bench) and the server's
+  endpoint carrying its identity in the snapshot, so the hop between them is mTLS (TLS 1.3, one
+  handshake per pooled connection). The row gives capacity, CPU µs per request per hop and
+  latency at the fixed rate, and the deltas against the plaintext 2-hop row; it is refused
+  unless the server sidecar counted mTLS connections from the client's identity. Run it alone
+  with `sudo target/release/serin-bench --shape direct --shape serin-2 --workload http1`.
 - **Control plane.** `serin-control` (when built next to serin-bench) on loopback, pinned to
   the server CPU; simulated proxies are tonic clients of `serin.v1.Discovery` on the client CPU
   (100 streams per connection) that ACK every push at once. Propagation: 100 applies, 100 ms

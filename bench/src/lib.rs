@@ -11,6 +11,7 @@ pub mod flips;
 pub mod histogram;
 pub mod load;
 pub mod machine;
+pub mod mtls;
 pub mod peers;
 pub mod pinning;
 pub mod report;

@@ -135,6 +135,8 @@ pub fn run(
     };
     let mut routes_status = None;
     let mut baseline = None;
+    let mut two_hops_plain = None;
+    let mut mtls_row = None;
     for &shape in shapes {
         let unavailable = shape.proxy().and_then(|p| {
             env.unavailable
@@ -191,6 +193,9 @@ pub fn run(
                 routes_status = probe_routes(env, &stage);
                 baseline = figures.as_ref().ok().cloned();
             }
+            if shape == Shape::TwoHops(Proxy::Serin) && *workload == Workload::Http1KeepAlive {
+                two_hops_plain = figures.as_ref().ok().cloned();
+            }
             if let Some(points) = sweep {
                 measured.sweep.push((shape, points));
             }
@@ -202,6 +207,18 @@ pub fn run(
         if shape == Shape::OneHop(Proxy::Serin) {
             measured.features = feature_costs(plan, env, &stage, routes_status, baseline.as_ref());
         }
+        if shape == Shape::TwoHops(Proxy::Serin) {
+            let text = if stop.load(Ordering::SeqCst) {
+                INTERRUPTED.to_owned()
+            } else {
+                match mtls_cost(plan, env, &stage, two_hops_plain.as_ref()) {
+                    Ok(text) => text,
+                    Err(e) => format!("failed: {e:#}"),
+                }
+            };
+            eprintln!("serin-bench: {}: {text}", crate::mtls::NAME);
+            mtls_row = Some((crate::mtls::NAME.to_owned(), text));
+        }
     }
     if measured.features.is_empty() {
         let why = features::unsupported_reason(None).unwrap_or_default();
@@ -210,7 +227,113 @@ pub fn run(
             .map(|s| (s.name().to_owned(), why.clone()))
             .collect();
     }
+    measured.features.extend(mtls_row);
     measured
+}
+
+/// The mTLS row: the 2-hop HTTP/1.1 keep-alive workload with mTLS between the sidecars,
+/// against `plain` (the same shape and workload in plaintext, this run): capacity, proxy CPU
+/// per request per hop, latency at the fixed rate, and the deltas.
+fn mtls_cost(
+    plan: &Plan,
+    env: &Env,
+    stage: &Stage,
+    plain: Option<&Figures>,
+) -> anyhow::Result<String> {
+    let workload = Workload::Http1KeepAlive;
+    let dir = std::env::temp_dir().join(format!("serin-bench-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let certs = crate::mtls::Certs::write(&dir)?;
+    let snapshot = crate::mtls::snapshot(stage.client().ip().into(), stage.server().ip().into());
+    let proxies = stage.start_proxies(workload, &env.programs, Some(&snapshot), Some(&certs))?;
+    let pids = proxies.pids();
+    let closed = Spec {
+        workload,
+        target: stage.target(workload),
+        connections: plan.connections,
+        duration: plan.capacity,
+        mode: Mode::Closed,
+    };
+    drive::run(
+        stage.client(),
+        env.pinning.client,
+        Spec {
+            duration: plan.warmup,
+            ..closed
+        },
+    )?;
+    let cpu0 = resources::usage(&pids);
+    let started = std::time::Instant::now();
+    let capacity = drive::run(stage.client(), env.pinning.client, closed)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu1 = resources::usage(&pids);
+    let latency = drive::run(
+        stage.client(),
+        env.pinning.client,
+        Spec {
+            mode: Mode::Open(plan.rate),
+            duration: plan.latency,
+            ..closed
+        },
+    )?;
+    proxies.check_alive()?;
+    // The requests must have gone over mTLS: the server sidecar counts the client's identity.
+    let (status, metrics) = shape::admin_get(stage.server(), "/metrics")?;
+    if status != 200 {
+        anyhow::bail!("the server sidecar's /metrics answered {status}");
+    }
+    let principal = format!("source_principal=\"{}\"", crate::mtls::CLIENT_ID);
+    if !metrics
+        .lines()
+        .any(|l| l.starts_with("serin_inbound_connections_total") && l.contains(&principal))
+    {
+        anyhow::bail!(
+            "the server sidecar saw no mTLS connection from {}",
+            crate::mtls::CLIENT_ID
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let errors = capacity.errors + latency.errors;
+    if errors > 0 {
+        anyhow::bail!(
+            "{errors} failed requests (first: {})",
+            capacity
+                .first_error
+                .or(latency.first_error)
+                .unwrap_or_default()
+        );
+    }
+    let rps = capacity.ok as f64 / elapsed;
+    let cpu_us =
+        (capacity.ok > 0).then(|| (cpu1.cpu_us - cpu0.cpu_us) as f64 / capacity.ok as f64 / 2.0);
+    let summary = latency.latencies.summary();
+    let mut text = format!(
+        "capacity {rps:.0} rps; CPU {} µs per request per hop; latency at {} rps: p50 {} ms, p99 {} ms",
+        cpu_us.map_or("?".into(), |c| format!("{c:.1}")),
+        plan.rate,
+        crate::report::ms(summary.p50),
+        crate::report::ms(summary.p99),
+    );
+    if let Some(plain) = plain {
+        if plain.capacity > 0.0 {
+            text += &format!(
+                "; vs plaintext 2 hops: {:.2}× capacity",
+                rps / plain.capacity
+            );
+        }
+        if let (Some(c), Some(p)) = (cpu_us, plain.cpu_us_per_hop) {
+            text += &format!(", {:+.1} µs CPU per request per hop", c - p);
+        }
+        if let Some(l) = plain.latency {
+            let delta = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1000.0;
+            text += &format!(
+                ", p50 {:+.3} ms, p99 {:+.3} ms",
+                delta(summary.p50, l.p50),
+                delta(summary.p99, l.p99)
+            );
+        }
+    }
+    Ok(text)
 }
 
 type Measurement = (Result<Figures, String>, Option<Vec<SweepPoint>>);
@@ -222,7 +345,7 @@ fn measure(
     shape: Shape,
     workload: Workload,
 ) -> anyhow::Result<Measurement> {
-    let proxies = stage.start_proxies(workload, &env.programs, None)?;
+    let proxies = stage.start_proxies(workload, &env.programs, None, None)?;
     let pids = proxies.pids();
     let cpu = env.pinning.client;
     let target = stage.target(workload);
@@ -387,7 +510,7 @@ fn sweep_point(
 /// Asks the running Serin 1-hop sidecar whether it routes by policy: the status of `/routes`.
 fn probe_routes(env: &Env, stage: &Stage) -> Option<u16> {
     let proxies = stage
-        .start_proxies(Workload::Http1KeepAlive, &env.programs, None)
+        .start_proxies(Workload::Http1KeepAlive, &env.programs, None, None)
         .ok()?;
     let status = shape::admin_get(stage.client(), "/routes")
         .ok()
@@ -477,7 +600,7 @@ fn feature_cost(
         stage.server().ip().into(),
     );
     let workload = Workload::Http1KeepAlive;
-    let proxies = stage.start_proxies(workload, &env.programs, Some(&snapshot))?;
+    let proxies = stage.start_proxies(workload, &env.programs, Some(&snapshot), None)?;
     let closed = Spec {
         workload,
         target: stage.target(workload),

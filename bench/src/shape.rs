@@ -268,6 +268,7 @@ impl Stage {
         workload: Workload,
         programs: &Programs,
         serin_snapshot: Option<&str>,
+        serin_tls: Option<&crate::mtls::Certs>,
     ) -> anyhow::Result<Proxies> {
         let Some(proxy) = self.shape.proxy() else {
             return Ok(Proxies::default());
@@ -321,6 +322,9 @@ impl Stage {
                         ]
                         .map(str::to_owned),
                     );
+                    if let Some(certs) = serin_tls {
+                        argv.extend(certs.args(side));
+                    }
                 }
                 Proxy::Nginx => {
                     let conf = peers::nginx(

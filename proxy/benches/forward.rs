@@ -93,6 +93,7 @@ async fn setup() -> Setup {
         inbound_addr: any,
         drain_deadline: Duration::from_secs(1),
         proxy: ProxySettings::default(),
+        static_tls: None,
     };
     // Connections from 127.0.0.2 go to the HTTP port, from 127.0.0.4 to the routed service,
     // others to the TCP port.

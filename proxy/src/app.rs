@@ -62,6 +62,16 @@ pub struct Cli {
     /// renewed at 70 % of it.
     #[arg(long, env = ENV_CERT_TTL, value_parser = humantime::parse_duration)]
     pub cert_ttl: Option<Duration>,
+    /// A fixed workload certificate chain (PEM), instead of one from the control plane: for
+    /// `--config` and benchmarks; not renewed. Needs `--tls-key` and `--tls-roots`.
+    #[arg(long, env = ENV_TLS_CERT, requires_all = ["tls_key", "tls_roots"], conflicts_with_all = ["identity_token", "identity_token_file"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The PKCS#8 private key (PEM) of `--tls-cert`.
+    #[arg(long, env = ENV_TLS_KEY, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The roots (PEM) peers' certificates must chain to, with `--tls-cert`.
+    #[arg(long, env = ENV_TLS_ROOTS, requires = "tls_cert")]
+    pub tls_roots: Option<PathBuf>,
     /// A static snapshot (YAML or JSON, the proto3 JSON shape of serin.v1.Snapshot).
     #[arg(long, env = ENV_CONFIG)]
     pub config: Option<PathBuf>,
@@ -211,7 +221,12 @@ impl Cli {
             }),
             (None, None) => ConfigSource::None,
         };
+        let static_tls = match (self.tls_cert, self.tls_key, self.tls_roots) {
+            (Some(cert), Some(key), Some(roots)) => Some(StaticTls { cert, key, roots }),
+            _ => None,
+        };
         Config {
+            static_tls,
             identity: Identity {
                 pod_name: self.pod_name,
                 namespace: self.namespace,
@@ -258,6 +273,44 @@ pub fn init_logging(level: &str) {
         .try_init();
 }
 
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The `--tls-*` files could not be used.
+    #[error("cannot use the --tls-cert/--tls-key/--tls-roots files: {0}")]
+    Tls(String),
+}
+
+/// Loads a fixed workload certificate from its files.
+fn load_static_tls(files: &StaticTls) -> Result<crate::tls::Credentials, StartError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let key = match PrivateKeyDer::from_pem_slice(read(&files.key)?.as_bytes()) {
+        Ok(PrivateKeyDer::Pkcs8(key)) => key.secret_pkcs8_der().to_vec(),
+        Ok(_) => {
+            return Err(StartError::Tls(format!(
+                "{}: the key must be PKCS#8 (BEGIN PRIVATE KEY)",
+                files.key.display()
+            )));
+        }
+        Err(e) => return Err(StartError::Tls(format!("{}: {e}", files.key.display()))),
+    };
+    crate::tls::Credentials::new(
+        key,
+        &read(&files.cert)?,
+        &read(&files.roots)?,
+        std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))
+}
+
 /// A running proxy: its addresses, its config writer, and the drain trigger.
 #[derive(Debug)]
 pub struct Bound {
@@ -289,7 +342,7 @@ impl Bound {
     pub async fn start(
         config: &Config,
         orig_dst: Arc<dyn OrigDstLookup>,
-    ) -> Result<Bound, BindError> {
+    ) -> Result<Bound, StartError> {
         // 1. Metrics, the config channel (empty: not ready), the drain trigger.
         let metrics = Arc::new(Metrics::new());
         let (inputs_trigger, drain_watch) = drain::new();
@@ -305,10 +358,17 @@ impl Bound {
             }),
             _ => None,
         };
-        let tls = certificates.as_ref().map(|c| PoolTls {
-            credentials: c.subscribe(),
-            metrics: metrics.identity.clone(),
-        });
+        let tls = match (&config.static_tls, &certificates) {
+            (Some(files), _) => Some(PoolTls {
+                credentials: tokio::sync::watch::channel(Some(Arc::new(load_static_tls(files)?))).1,
+                metrics: metrics.identity.clone(),
+            }),
+            (None, Some(c)) => Some(PoolTls {
+                credentials: c.subscribe(),
+                metrics: metrics.identity.clone(),
+            }),
+            (None, None) => None,
+        };
         let (writer, tables) = ConfigWriter::new(tables_builder(config, &metrics, tls.clone()));
         let inputs = Arc::new(ProxyInputs::new(
             config.proxy,

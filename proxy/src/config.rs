@@ -63,6 +63,12 @@ pub const ENV_IDENTITY_TOKEN_FILE: &str = "SERIN_IDENTITY_TOKEN_FILE";
 pub const ENV_TRUST_DOMAIN: &str = "SERIN_TRUST_DOMAIN";
 /// `--cert-ttl`.
 pub const ENV_CERT_TTL: &str = "SERIN_CERT_TTL";
+/// `--tls-cert` (a fixed workload certificate chain, PEM).
+pub const ENV_TLS_CERT: &str = "SERIN_TLS_CERT";
+/// `--tls-key` (its PKCS#8 key, PEM).
+pub const ENV_TLS_KEY: &str = "SERIN_TLS_KEY";
+/// `--tls-roots` (the roots to trust, PEM).
+pub const ENV_TLS_ROOTS: &str = "SERIN_TLS_ROOTS";
 
 /// Admin HTTP port (`/ready`, `/live`, `/metrics`, `/config_dump`).
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
@@ -226,6 +232,20 @@ pub struct Config {
     pub drain_deadline: Duration,
     /// Forwarding limits and timeouts.
     pub proxy: ProxySettings,
+    /// A fixed workload certificate from files (no renewal; for `--config` and benchmarks);
+    /// `None`: from the control plane with a bootstrap token, or none.
+    pub static_tls: Option<StaticTls>,
+}
+
+/// A workload certificate, its key and the roots to trust, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticTls {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its PKCS#8 private key.
+    pub key: PathBuf,
+    /// The roots peers' chains must end at.
+    pub roots: PathBuf,
 }
 
 /// Limits and timeouts of the forwarding path.

@@ -68,6 +68,7 @@ impl Sidecar {
             inbound_addr: any,
             drain_deadline: Duration::from_secs(1),
             proxy: ProxySettings::default(),
+            static_tls: None,
         };
         let lookup = FromFn(|stream: &TcpStream| stream.local_addr());
         let bound = Arc::new(Bound::start(&config, Arc::new(lookup)).await.unwrap());

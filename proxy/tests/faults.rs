@@ -509,6 +509,7 @@ async fn a_taken_port_fails_the_start_loudly() {
         inbound_addr: "127.0.0.1:0".parse().unwrap(),
         drain_deadline: Duration::from_secs(1),
         proxy: ProxySettings::default(),
+        static_tls: None,
     };
     let err =
         serin_proxy::app::Bound::start(&config, std::sync::Arc::new(serin_proxy::orig_dst::Kernel))

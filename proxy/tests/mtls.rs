@@ -180,6 +180,7 @@ async fn sidecar(
         inbound_addr: inbound,
         drain_deadline: Duration::from_secs(1),
         proxy: ProxySettings::default(),
+        static_tls: None,
     };
     let lookup = FromFn(move |_: &TcpStream| Ok(orig));
     let bound = Arc::new(Bound::start(&config, Arc::new(lookup)).await.unwrap());

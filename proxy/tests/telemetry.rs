@@ -232,6 +232,7 @@ async fn the_control_plane_receives_exactly_the_requests_the_proxy_forwarded() {
         inbound_addr: any,
         drain_deadline: Duration::from_secs(1),
         proxy: ProxySettings::default(),
+        static_tls: None,
     };
     let bound = Arc::new(Bound::start(&config, Arc::new(lookup)).await.unwrap());
     assert!(bound.telemetry.is_some(), "telemetry is on by default");

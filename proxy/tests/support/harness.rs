@@ -88,6 +88,7 @@ impl TestProxy {
             inbound_addr: any,
             drain_deadline: Duration::from_secs(5),
             proxy: settings,
+            static_tls: None,
         };
         let routes: Routes = Arc::default();
         let lookup = {
