@@ -220,7 +220,7 @@ fn every_element_has_a_leading_comment() {
         missing.append(&mut check.missing);
         checked_files += 1;
     }
-    assert_eq!(checked_files, 5, "expected the five serin.v1 files");
+    assert_eq!(checked_files, 6, "expected the six serin.v1 files");
     assert!(
         missing.is_empty(),
         "elements without a leading comment:\n{}",

@@ -410,3 +410,64 @@ impl AsyncWrite for MeshIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first bytes a rustls client sends offering `alpn`.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        let name = ServerName::try_from("example.com").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_mesh_client_hello_is_told_from_plain_bytes_and_other_tls() {
+        let mesh = client_hello(&[ALPN_HTTP1]);
+        assert_eq!(classify_hello(&mesh), Hello::Mesh);
+        assert_eq!(
+            classify_hello(&client_hello(&[ALPN_TCP, b"h2"])),
+            Hello::Mesh
+        );
+        // The app's own TLS (no mesh ALPN, or none at all) is not ours.
+        assert_eq!(classify_hello(&client_hello(&[b"h2"])), Hello::OtherTls);
+        assert_eq!(classify_hello(&client_hello(&[])), Hello::OtherTls);
+        // Plain bytes.
+        assert_eq!(classify_hello(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
+        assert_eq!(classify_hello(b"PRI * HTTP/2.0"), Hello::NotTls);
+        // Partial: more bytes needed.
+        assert_eq!(classify_hello(b""), Hello::Incomplete);
+        assert_eq!(classify_hello(&mesh[..2]), Hello::Incomplete);
+        assert_eq!(classify_hello(&mesh[..mesh.len() / 2]), Hello::Incomplete);
+    }
+
+    #[test]
+    fn the_spiffe_id_is_read_from_the_uri_name() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![
+            rcgen::SanType::DnsName("reviews".try_into().unwrap()),
+            rcgen::SanType::URI("spiffe://cluster.local/ns/a/sa/b".try_into().unwrap()),
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            spiffe_id(cert.der()).as_deref(),
+            Some("spiffe://cluster.local/ns/a/sa/b")
+        );
+        let plain = rcgen::CertificateParams::new(vec!["reviews".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(spiffe_id(plain.der()), None);
+        assert_eq!(spiffe_id(b"not a certificate"), None);
+    }
+}
