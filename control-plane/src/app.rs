@@ -15,6 +15,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminService, Telemetry};
+use crate::auth::{AdminAuth, Authorized};
 use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
@@ -29,6 +30,7 @@ use crate::telemetry::{Clock, EdgeTable, RuleHitTable, TelemetryService};
 pub struct App {
     config: Config,
     store: Arc<Store>,
+    auth: AdminAuth,
     grpc: TcpListener,
     http: TcpListener,
     webhook: Option<Webhook>,
@@ -69,6 +71,12 @@ impl App {
         let dir = config.store.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
         tracing::info!(path = %store.path().display(), "store open");
+        // 1b. The admin credentials: the operator's file, or the store's (generated once).
+        let auth = AdminAuth::load(
+            config.admin_tokens.as_deref(),
+            &config.store,
+            config.admin_read_anonymous,
+        )?;
         // 2. The ports, now, so that a taken one fails at start with its address.
         let grpc = TcpListener::bind(config.grpc)
             .await
@@ -92,6 +100,7 @@ impl App {
         Ok(App {
             config,
             store: Arc::new(store),
+            auth,
             grpc,
             http,
             webhook,
@@ -101,6 +110,11 @@ impl App {
     /// The bound webhook address, when the webhook is on.
     pub fn webhook_addr(&self) -> Option<SocketAddr> {
         self.webhook.as_ref().map(Webhook::local_addr)
+    }
+
+    /// The admin tokens file in use.
+    pub fn admin_tokens_path(&self) -> &std::path::Path {
+        self.auth.path()
     }
 
     /// The bound gRPC address (useful with port 0).
@@ -126,6 +140,7 @@ impl App {
         let App {
             config,
             store,
+            auth,
             grpc,
             http,
             webhook,
@@ -162,7 +177,7 @@ impl App {
             },
             stop_rx.clone(),
         );
-        let admin = AdminServer::new(admin_service.clone());
+        let admin = Authorized::new(AdminServer::new(admin_service.clone()), auth.clone());
         let telemetry = TelemetryServer::new(TelemetryService::new(
             edges.clone(),
             rule_hits.clone(),
@@ -202,6 +217,7 @@ impl App {
                 ready: ready.clone(),
                 metrics: metrics.clone(),
                 admin: admin_service,
+                auth,
                 edges: edges.clone(),
                 shutdown: stop_rx.clone(),
             },

@@ -40,6 +40,14 @@ pub struct Args {
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "SERIN_STORE", default_value = DEFAULT_STORE)]
     pub store: PathBuf,
+    /// The admin API's credentials: one `read TOKEN`, `write TOKEN` or `ROLE sha256:HEX` per
+    /// line. Without it, `admin-tokens` in the store directory (generated at first start).
+    #[arg(long, env = "SERIN_ADMIN_TOKENS")]
+    pub admin_tokens: Option<PathBuf>,
+    /// Serve the admin API's reads (gRPC and the dashboard's /api/) without a credential;
+    /// writes still need a write token.
+    #[arg(long, env = "SERIN_ADMIN_READ_ANONYMOUS")]
+    pub admin_read_anonymous: bool,
     /// Take the registry and policies from a Kubernetes API server (not supported yet).
     #[arg(long)]
     pub kubernetes: bool,
@@ -103,6 +111,10 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// Where to write a generated webhook certificate.
     pub webhook_cert_out: Option<PathBuf>,
+    /// The operator's admin tokens file; `None`: `admin-tokens` in the store directory.
+    pub admin_tokens: Option<PathBuf>,
+    /// Admin reads need no credential.
+    pub admin_read_anonymous: bool,
 }
 
 impl Config {
@@ -117,6 +129,8 @@ impl Config {
             clock: Clock::System,
             webhook: None,
             webhook_cert_out: None,
+            admin_tokens: None,
+            admin_read_anonymous: false,
         }
     }
 }
@@ -157,6 +171,8 @@ impl TryFrom<&Args> for Config {
             clock: Clock::System,
             webhook,
             webhook_cert_out: a.webhook_cert_out.clone(),
+            admin_tokens: a.admin_tokens.clone(),
+            admin_read_anonymous: a.admin_read_anonymous,
         })
     }
 }

@@ -460,6 +460,23 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
         json!({"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": false}),
     )
     .await;
+    // The token the page would ask for once, kept in the tab's sessionStorage: put it there (on
+    // a page of the same origin) before the dashboard opens, as a user who typed it would have.
+    page.send(
+        "Page.navigate",
+        json!({"url": format!("http://{}/ready", h.http)}),
+    )
+    .await;
+    page.until(
+        "the same-origin page",
+        "location.pathname === '/ready' && document.readyState === 'complete'",
+    )
+    .await;
+    let token = h.token(serin_proto::auth::Role::Write);
+    page.eval(&format!(
+        "sessionStorage.setItem('serin-token', '{token}'), true"
+    ))
+    .await;
     page.send(
         "Page.navigate",
         json!({"url": format!("http://{}/", h.http)}),
