@@ -25,6 +25,9 @@ use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_local::{Mesh, Pod, Process, Redirect};
 use serin_tests::pods::{admin_get, apply_capture, built_binary};
 
+/// The write token the test gives the control plane (and serinctl, and its Admin clients).
+const ADMIN_TOKEN: &str = "serin-test-admin-token-0001";
+
 /// The sidecar's uid and gid.
 const PROXY_UID: u32 = 1337;
 /// The port `reviews` serves on (VIP and pods).
@@ -45,6 +48,10 @@ impl Files {
         let dir = std::env::temp_dir().join(format!("serin-control-plane-{}", std::process::id()));
         fs::create_dir_all(dir.join("store")).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        // The control plane's admin credential, given as an operator would.
+        let tokens = dir.join("admin-tokens");
+        fs::write(&tokens, format!("write {ADMIN_TOKEN}\n")).unwrap();
+        fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
         for bin in ["serin-proxy", "serin-control", "serinctl"] {
             fs::copy(built_binary(bin), dir.join(bin)).unwrap();
             fs::set_permissions(dir.join(bin), fs::Permissions::from_mode(0o755)).unwrap();
@@ -164,6 +171,8 @@ fn start_control_plane(pod: &Pod, files: &Files) -> Process {
             "0.0.0.0:15080",
             "--store",
             &store,
+            "--admin-tokens",
+            &files.dir.join("admin-tokens").display().to_string(),
         ])
         .stdout(Redirect::Append(files.log("serin-control")))
         .stderr(Redirect::Append(files.log("serin-control")))
@@ -207,10 +216,16 @@ fn start_sidecar(files: &Files, pod: &Pod, cp: Ipv4Addr, service: &str, version:
 /// `serinctl ARGS` inside the control plane's pod; its stdout (panics on failure).
 fn serinctl(pod: &Pod, files: &Files, args: &[&str]) -> String {
     let url = format!("http://127.0.0.1:{GRPC_PORT}");
-    let mut argv = vec![&files.bin("serinctl")[..], "--control-plane", &url[..]]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
+    let mut argv = vec![
+        &files.bin("serinctl")[..],
+        "--control-plane",
+        &url[..],
+        "--token",
+        ADMIN_TOKEN,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
     argv.extend(args.iter().map(|a| (*a).to_owned()));
     pod.exec(&argv).run().expect("serinctl")
 }
@@ -258,10 +273,14 @@ fn register(cp_pod: &Pod, pod: &Pod, version: &str) {
                 .unwrap();
             rt.block_on(async move {
                 use serin_proto::v1;
-                let mut admin =
-                    v1::admin_client::AdminClient::connect(format!("http://127.0.0.1:{GRPC_PORT}"))
+                let channel =
+                    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{GRPC_PORT}"))
+                        .unwrap()
+                        .connect()
                         .await
                         .expect("connect to the control plane");
+                let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
+                let mut admin = serin_proto::auth::admin_client(channel, token);
                 admin
                     .register_workload(v1::RegisterWorkloadRequest {
                         workload: Some(v1::Workload {

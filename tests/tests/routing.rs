@@ -38,6 +38,9 @@ use serin_local::{Mesh, Pod, Process, Redirect};
 use serin_proto::v1;
 use serin_tests::echo::{Echo, EchoClient, EchoReply, EchoRequest, EchoServer};
 use serin_tests::pods::{admin_get, apply_capture, built_binary};
+
+/// The write token the test gives the control plane (and serinctl, and its Admin clients).
+const ADMIN_TOKEN: &str = "serin-test-admin-token-0001";
 use tokio::net::TcpStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
@@ -87,6 +90,10 @@ impl Files {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("store")).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        // The control plane's admin credential, given as an operator would.
+        let tokens = dir.join("admin-tokens");
+        fs::write(&tokens, format!("write {ADMIN_TOKEN}\n")).unwrap();
+        fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
         for bin in ["serin-proxy", "serin-control", "serinctl"] {
             fs::copy(built_binary(bin), dir.join(bin)).unwrap();
             fs::set_permissions(dir.join(bin), fs::Permissions::from_mode(0o755)).unwrap();
@@ -437,7 +444,13 @@ impl Fixture {
     /// `serinctl ARGS` in the control plane's pod: its stdout and stderr (panics on failure).
     fn serinctl(&self, args: &[&str]) -> (String, String) {
         let url = format!("http://127.0.0.1:{CP_PORT}");
-        let mut argv = vec![self.files.bin("serinctl"), "--control-plane".into(), url];
+        let mut argv = vec![
+            self.files.bin("serinctl"),
+            "--control-plane".into(),
+            url,
+            "--token".into(),
+            ADMIN_TOKEN.into(),
+        ];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let out = self.cp_pod.exec(&argv).output().expect("run serinctl");
         let (stdout, stderr) = (
@@ -610,6 +623,8 @@ fn start_control_plane(pod: &Pod, files: &Files) -> Process {
             "0.0.0.0:15080",
             "--store",
             &store,
+            "--admin-tokens",
+            &files.dir.join("admin-tokens").display().to_string(),
         ])
         .stdout(Redirect::Append(files.log("serin-control")))
         .stderr(Redirect::Append(files.log("serin-control")))
@@ -661,7 +676,7 @@ async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// The control plane's Admin API, reached inside its pod.
-async fn admin(cp_pod: &Pod) -> v1::admin_client::AdminClient<Channel> {
+async fn admin(cp_pod: &Pod) -> serin_proto::auth::AuthorizedAdmin {
     let pod = cp_pod.clone();
     let addr = SocketAddr::from(([127, 0, 0, 1], CP_PORT));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -672,7 +687,8 @@ async fn admin(cp_pod: &Pod) -> v1::admin_client::AdminClient<Channel> {
         }))
         .await
         .expect("connect to the control plane's Admin API");
-    v1::admin_client::AdminClient::new(channel)
+    let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
+    serin_proto::auth::admin_client(channel, token)
 }
 
 /// Registers `pod` as the `version` endpoint of `service` under a one-hour lease (the test ends

@@ -129,8 +129,9 @@ fn api_get(path: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
-/// `METHOD path` with a JSON `body` on the control plane's HTTP port: the JSON answer of a 200.
-fn api_send(method: &str, path: &str, body: &str) -> Value {
+/// `METHOD path` with a JSON `body` and the write `token` on the control plane's HTTP port: the
+/// JSON answer of a 200.
+fn api_send(token: &str, method: &str, path: &str, body: &str) -> Value {
     let addr = SocketAddr::from(([127, 0, 0, 1], HTTP_PORT));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream
@@ -138,7 +139,7 @@ fn api_send(method: &str, path: &str, body: &str) -> Value {
         .unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: dashboard\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: dashboard\r\nConnection: close\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -191,7 +192,10 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
 
     // A 70/30 split of reviews, through the dashboard's API, in productpage's sidecar (the one
     // that routes reviews and counts the hits) before any traffic.
+    // The dashboard's reads are open in the local mesh; a change needs the write token.
+    let token = cluster.admin_token().expect("the local mesh's admin token");
     let changed = api_send(
+        &token,
         "POST",
         &format!("/api/services/reviews/weights?namespace={NAMESPACE}"),
         r#"{"weights":[{"version":"v1","weight":70},{"version":"v2","weight":30}]}"#,

@@ -353,6 +353,11 @@ fn write_guide(
     )?;
     writeln!(out)?;
     writeln!(out, "Dashboard: {}", cluster.dashboard_url())?;
+    writeln!(
+        out,
+        "  (changes made in the page ask for the write token: sudo grep ^write {})",
+        cluster.admin_tokens_path().display()
+    )?;
     writeln!(out)?;
     writeln!(
         out,

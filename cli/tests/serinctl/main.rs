@@ -2,6 +2,7 @@
 //! loopback ports, each with its own temporary store; and (`local`, root) the local-mesh verbs
 //! against a real local mesh; (`walkthrough`, root) a whole gray release through serinctl alone.
 
+mod auth;
 mod durability;
 mod kubernetes;
 mod local;
