@@ -144,9 +144,10 @@ impl AdminAuth {
                 path
             }
         };
-        // A warning, not a refusal: Kubernetes mounts Secrets 0644 unless told otherwise.
+        // A warning, not a refusal: Kubernetes mounts Secrets 0644 unless told otherwise (and
+        // group-readable for the pod's fsGroup is how a non-root container reads one).
         if let Ok(meta) = std::fs::metadata(&path)
-            && meta.permissions().mode() & 0o077 != 0
+            && meta.permissions().mode() & 0o007 != 0
         {
             tracing::warn!(
                 path = %path.display(),
