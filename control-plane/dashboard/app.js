@@ -365,7 +365,7 @@ function keepToken(t) {
 }
 if (token()) keepToken(token());
 function askToken(why) {
-  const t = window.prompt(`${why}\n\nEnter an admin token (serin-control's admin-tokens file; serinctl token shows it):`, "");
+  const t = window.prompt(`${why}\n\nEnter an admin token (the admin-tokens file in serin-control's store; serinctl up prints where it is):`, "");
   if (!t || !t.trim()) return false;
   keepToken(t.trim());
   return true;
