@@ -1,5 +1,6 @@
 //! `serin-control` wired together, step by step: open the store, bind both ports (a taken port
-//! fails here, naming the address), then serve until shutdown.
+//! fails here, naming the address), then serve until shutdown. In Kubernetes mode there is no
+//! store: the ports are bound, then the cluster is listed, and the API server is the store.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
 use crate::inject::webhook::Webhook;
+use crate::kubernetes::mode::KubernetesMode;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::snapshot::Publisher;
@@ -28,7 +30,7 @@ use crate::telemetry::{Clock, EdgeTable, RuleHitTable, TelemetryService};
 /// A control plane with its store open and its ports bound, not serving yet.
 pub struct App {
     config: Config,
-    store: Arc<Store>,
+    source: Source,
     grpc: TcpListener,
     http: TcpListener,
     webhook: Option<Webhook>,
@@ -43,6 +45,14 @@ impl std::fmt::Debug for App {
             .field("webhook", &self.webhook.as_ref().map(Webhook::local_addr))
             .finish_non_exhaustive()
     }
+}
+
+/// Where the registry and the policies live.
+enum Source {
+    /// The embedded store.
+    Store(Arc<Store>),
+    /// The Kubernetes API server, listed and watched.
+    Kubernetes(Box<KubernetesMode>),
 }
 
 /// Handles a running control plane shares (for in-process tests).
@@ -63,12 +73,18 @@ pub struct Handles {
 }
 
 impl App {
-    /// Opens the store and binds the listeners.
+    /// Opens the store (or, in Kubernetes mode, lists the cluster) and binds the listeners.
     pub async fn new(config: Config) -> anyhow::Result<App> {
         // 1. The store: everything else starts from what it holds.
-        let dir = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
-        tracing::info!(path = %store.path().display(), "store open");
+        let store = match &config.kubernetes {
+            None => {
+                let dir = config.store.clone();
+                let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
+                tracing::info!(path = %store.path().display(), "store open");
+                Some(store)
+            }
+            Some(_) => None,
+        };
         // 2. The ports, now, so that a taken one fails at start with its address.
         let grpc = TcpListener::bind(config.grpc)
             .await
@@ -89,9 +105,20 @@ impl App {
             }
             None => None,
         };
+        // 2c. Kubernetes mode: the API server, with everything listed before anything is served.
+        let source = match (store, &config.kubernetes) {
+            (Some(store), _) => Source::Store(Arc::new(store)),
+            (None, k) => {
+                let k = k.as_ref().context("neither a store nor Kubernetes mode")?;
+                let client = crate::kubernetes::mode::client(k).await?;
+                Source::Kubernetes(Box::new(
+                    KubernetesMode::start(client, config.debounce).await,
+                ))
+            }
+        };
         Ok(App {
             config,
-            store: Arc::new(store),
+            source,
             grpc,
             http,
             webhook,
@@ -125,7 +152,7 @@ impl App {
     ) -> anyhow::Result<(Handles, impl Future<Output = anyhow::Result<()>> + Send)> {
         let App {
             config,
-            store,
+            source,
             grpc,
             http,
             webhook,
@@ -134,8 +161,15 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        // 3. The writer, loaded from the store, and the snapshots it feeds.
-        let mesh = Mesh::start(store, config.leases).context("cannot load the store")?;
+        // 3. The writer, loaded from the store (or the cluster's view and its policy writer), and
+        //    the snapshots it feeds.
+        let (mesh, mut kubernetes) = match source {
+            Source::Store(store) => (
+                Mesh::start(store, config.leases).context("cannot load the store")?,
+                None,
+            ),
+            Source::Kubernetes(k) => (k.mesh(), Some(k)),
+        };
         let snapshots = Publisher {
             debounce: config.debounce,
         }
@@ -143,6 +177,15 @@ impl App {
 
         // 4. The gRPC services.
         let proxies = Arc::new(ProxyTable::default());
+        // 4b. Kubernetes mode: the TrafficPolicy status counts this replica's proxies in sync.
+        if let (Some(k), Some(kc)) = (&mut kubernetes, &config.kubernetes) {
+            k.write_status(crate::kubernetes::status::StatusSource {
+                replica: kc.replica.clone(),
+                proxies: proxies.clone(),
+                snapshots: snapshots.clone(),
+                interval: kc.status_interval,
+            });
+        }
         let edges = Arc::new(EdgeTable::default());
         let rule_hits = Arc::new(RuleHitTable::default());
         let discovery = DiscoveryServer::new(Discovery::new(
@@ -251,6 +294,8 @@ impl App {
             if let Some(task) = webhook_task {
                 task.await.context("the webhook task failed")?;
             }
+            // The watchers stop with it.
+            drop(kubernetes);
             tracing::info!("stopped");
             Ok(())
         };
