@@ -631,7 +631,7 @@ async fn webhook_edge_cases_of_faults_item_28() {
             doc["apiVersion"].as_str().unwrap(),
             doc["kind"].as_str().unwrap(),
         ) {
-            Some(pointer) if pointer.is_empty() => doc.clone(),
+            Some("") => doc.clone(),
             Some(pointer) => json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": doc.pointer(pointer).unwrap()["metadata"].clone(),
                 "spec": doc.pointer(pointer).unwrap()["spec"].clone()}),
