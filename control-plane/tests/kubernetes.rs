@@ -1305,3 +1305,71 @@ async fn kubernetes_mode_pushes_the_cluster_to_sidecars_and_serinctl_writes_poli
     drop(admin);
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn two_replicas_write_one_status_without_fighting() {
+    use mode::*;
+    tracing();
+    let fake = FakeApi::start().await;
+    fake.apply(SERVICES, service("reviews", "10.96.0.10"));
+    fake.apply(PODS, pod("reviews-v1-a", "v1"));
+    fake.apply(PODS, pod("reviews-v2-b", "v2"));
+    fake.apply(SLICES, reviews_slice_v1_v2(true));
+    fake.apply(POLICIES, policy("reviews", 1, 100));
+
+    // Two replicas, each with one sidecar of reviews (and b with one of another service).
+    let a = ControlPlane::start(&fake, "serin-control-a").await;
+    let b = ControlPlane::start(&fake, "serin-control-b").await;
+    let mut on_a = Sidecar::connect(&a, "reviews-v1-a", "reviews").await;
+    let mut on_b = Sidecar::connect(&b, "reviews-v2-b", "reviews").await;
+    let mut other = Sidecar::connect(&b, "productpage-a", "productpage").await;
+    for s in [&mut on_a, &mut on_b, &mut other] {
+        s.until("generation 1", |s| {
+            reviews_policy(s).is_some_and(|(g, _)| g == 1)
+        })
+        .await;
+    }
+    let status = || fake.stored("shop/reviews")["status"].clone();
+    let settled = |generation: i64| {
+        move |s: &Value| {
+            s["observedGeneration"] == generation
+                && s["proxiesInSync"] == 2
+                && s["proxiesTotal"] == 2
+                && s["lastError"] == ""
+                && s["replicas"]["serin-control-a"]["proxiesInSync"] == 1
+                && s["replicas"]["serin-control-b"]["proxiesInSync"] == 1
+                && s["replicas"]["serin-control-b"]["proxiesTotal"] == 1
+        }
+    };
+    let first = settled(1);
+    eventually("both replicas' entries and the sums", || first(&status())).await;
+    // Settled: ten passes of each replica (50 ms apart) write nothing more.
+    let written = fake.patches("shop/reviews").len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.patches("shop/reviews").len(),
+        written,
+        "the replicas agree and stop writing: {:#}",
+        status()
+    );
+    assert!(first(&status()));
+
+    // A new generation: each replica counts its sidecar again once it ACKs.
+    fake.apply(POLICIES, policy("reviews", 2, 100));
+    let second = settled(2);
+    eventually("generation 2 observed, not yet in sync", || {
+        let s = status();
+        s["observedGeneration"] == 2 && s["proxiesInSync"] == 0
+    })
+    .await;
+    for s in [&mut on_a, &mut on_b] {
+        s.until("generation 2", |s| {
+            reviews_policy(s).is_some_and(|(g, _)| g == 2)
+        })
+        .await;
+    }
+    eventually("both in sync at generation 2", || second(&status())).await;
+    drop((on_a, on_b, other));
+    a.stop().await;
+    b.stop().await;
+}
