@@ -1,5 +1,6 @@
 //! `serin-control` wired together, step by step: open the store, bind both ports (a taken port
-//! fails here, naming the address), then serve until shutdown.
+//! fails here, naming the address), then serve until shutdown. In Kubernetes mode there is no
+//! store: the ports are bound, then the cluster is listed, and the API server is the store.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
 use crate::inject::webhook::Webhook;
+use crate::kubernetes::mode::KubernetesMode;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::snapshot::Publisher;
@@ -29,8 +31,8 @@ use crate::telemetry::{Clock, EdgeTable, RuleHitTable, TelemetryService};
 /// A control plane with its store open and its ports bound, not serving yet.
 pub struct App {
     config: Config,
-    store: Arc<Store>,
     auth: AdminAuth,
+    source: Source,
     grpc: TcpListener,
     http: TcpListener,
     webhook: Option<Webhook>,
@@ -45,6 +47,14 @@ impl std::fmt::Debug for App {
             .field("webhook", &self.webhook.as_ref().map(Webhook::local_addr))
             .finish_non_exhaustive()
     }
+}
+
+/// Where the registry and the policies live.
+enum Source {
+    /// The embedded store.
+    Store(Arc<Store>),
+    /// The Kubernetes API server, listed and watched.
+    Kubernetes(Box<KubernetesMode>),
 }
 
 /// Handles a running control plane shares (for in-process tests).
@@ -65,13 +75,26 @@ pub struct Handles {
 }
 
 impl App {
-    /// Opens the store and binds the listeners.
+    /// Opens the store (or, in Kubernetes mode, lists the cluster) and binds the listeners.
     pub async fn new(config: Config) -> anyhow::Result<App> {
         // 1. The store: everything else starts from what it holds.
-        let dir = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
-        tracing::info!(path = %store.path().display(), "store open");
-        // 1b. The admin credentials: the operator's file, or the store's (generated once).
+        let store = match &config.kubernetes {
+            None => {
+                let dir = config.store.clone();
+                let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
+                tracing::info!(path = %store.path().display(), "store open");
+                Some(store)
+            }
+            Some(_) => None,
+        };
+        // 1b. The admin credentials: the operator's file, or the store's (generated once). The
+        // replicas of Kubernetes mode have no store: they share the operator's file.
+        if config.kubernetes.is_some() && config.admin_tokens.is_none() {
+            anyhow::bail!(
+                "Kubernetes mode needs --admin-tokens FILE (the replicas share one tokens file, \
+                 e.g. mounted from the Secret serin-admin-tokens)"
+            );
+        }
         let auth = AdminAuth::load(
             config.admin_tokens.as_deref(),
             &config.store,
@@ -97,10 +120,21 @@ impl App {
             }
             None => None,
         };
+        // 2c. Kubernetes mode: the API server, with everything listed before anything is served.
+        let source = match (store, &config.kubernetes) {
+            (Some(store), _) => Source::Store(Arc::new(store)),
+            (None, k) => {
+                let k = k.as_ref().context("neither a store nor Kubernetes mode")?;
+                let client = crate::kubernetes::mode::client(k).await?;
+                Source::Kubernetes(Box::new(
+                    KubernetesMode::start(client, config.debounce).await,
+                ))
+            }
+        };
         Ok(App {
             config,
-            store: Arc::new(store),
             auth,
+            source,
             grpc,
             http,
             webhook,
@@ -139,8 +173,8 @@ impl App {
     ) -> anyhow::Result<(Handles, impl Future<Output = anyhow::Result<()>> + Send)> {
         let App {
             config,
-            store,
             auth,
+            source,
             grpc,
             http,
             webhook,
@@ -149,8 +183,15 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        // 3. The writer, loaded from the store, and the snapshots it feeds.
-        let mesh = Mesh::start(store, config.leases).context("cannot load the store")?;
+        // 3. The writer, loaded from the store (or the cluster's view and its policy writer), and
+        //    the snapshots it feeds.
+        let (mesh, mut kubernetes) = match source {
+            Source::Store(store) => (
+                Mesh::start(store, config.leases).context("cannot load the store")?,
+                None,
+            ),
+            Source::Kubernetes(k) => (k.mesh(), Some(k)),
+        };
         let snapshots = Publisher {
             debounce: config.debounce,
         }
@@ -158,6 +199,15 @@ impl App {
 
         // 4. The gRPC services.
         let proxies = Arc::new(ProxyTable::default());
+        // 4b. Kubernetes mode: the TrafficPolicy status counts this replica's proxies in sync.
+        if let (Some(k), Some(kc)) = (&mut kubernetes, &config.kubernetes) {
+            k.write_status(crate::kubernetes::status::StatusSource {
+                replica: kc.replica.clone(),
+                proxies: proxies.clone(),
+                snapshots: snapshots.clone(),
+                interval: kc.status_interval,
+            });
+        }
         let edges = Arc::new(EdgeTable::default());
         let rule_hits = Arc::new(RuleHitTable::default());
         let discovery = DiscoveryServer::new(Discovery::new(
@@ -267,6 +317,8 @@ impl App {
             if let Some(task) = webhook_task {
                 task.await.context("the webhook task failed")?;
             }
+            // The watchers stop with it.
+            drop(kubernetes);
             tracing::info!("stopped");
             Ok(())
         };

@@ -81,6 +81,45 @@ impl ControlPlane {
         cp
     }
 
+    /// Starts `serin-control --kubernetes` with `kubeconfig` and waits until /ready answers
+    /// 200 (it is ready once the cluster is listed).
+    pub fn start_kubernetes(kubeconfig: &Path, replica: &str) -> ControlPlane {
+        tracing();
+        // The replicas share the operator's tokens file (there is no store to generate one in).
+        let dir = kubeconfig.parent().expect("the kubeconfig's directory");
+        let token = "serin-test-kubernetes-write-token-0001".to_owned();
+        let tokens = dir.join("admin-tokens");
+        std::fs::write(&tokens, format!("write {token}\n")).unwrap();
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(control_bin())
+            .args([
+                "--grpc",
+                &grpc.to_string(),
+                "--http",
+                &http.to_string(),
+                "--admin-tokens",
+                &tokens.display().to_string(),
+                "--kubernetes",
+                "--replica",
+                replica,
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .env("SERIN_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut cp = ControlPlane {
+            grpc,
+            http,
+            child,
+            store: PathBuf::new(),
+            token,
+        };
+        cp.wait_ready();
+        cp
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -121,15 +121,19 @@ impl Writer {
         change.put_registration(&registration(&workload, &lease))?;
         change.commit()?;
         if let Some(s) = service {
-            tracing::info!(service = %service_key, vip = %s.vip, "service registered");
+            tracing::info!(service = %service_key, vips = ?s.vips, "service registered");
             self.view.services.insert(service_key, Arc::new(s));
         }
         // Registering a registered workload again replaces it and revokes its previous lease.
         self.leases.insert(lease.clone());
         tracing::info!(workload = %format_args!("{}/{}", lease.key.namespace, lease.key.pod_name), ttl = ?ttl, "workload registered");
+        let workload = Arc::new(workload);
+        if let Some(old) = self.registered.insert(lease.key.clone(), workload.clone()) {
+            self.view.workloads.remove(&old.endpoint_key());
+        }
         self.view
             .workloads
-            .insert(lease.key.clone(), Arc::new(workload));
+            .insert(workload.endpoint_key(), workload);
         self.dirty = true;
         Ok(lease)
     }
@@ -153,16 +157,11 @@ impl Writer {
             ttl,
             ..old
         };
-        let workload = self
-            .view
-            .workloads
-            .get(&lease.key)
-            .cloned()
-            .ok_or_else(|| {
-                MeshError::NotFound(format!(
-                    "lease {lease_id} has no workload; register it again"
-                ))
-            })?;
+        let workload = self.registered.get(&lease.key).cloned().ok_or_else(|| {
+            MeshError::NotFound(format!(
+                "lease {lease_id} has no workload; register it again"
+            ))
+        })?;
         let mut change = self.change()?;
         change.put_registration(&registration(&workload, &lease))?;
         change.commit()?;
@@ -202,7 +201,9 @@ impl Writer {
         change.commit()?;
         for lease in leases {
             self.leases.remove_id(&lease.id);
-            self.view.workloads.remove(&lease.key);
+            if let Some(old) = self.registered.remove(&lease.key) {
+                self.view.workloads.remove(&old.endpoint_key());
+            }
         }
         self.dirty = true;
         Ok(())
