@@ -143,7 +143,7 @@ pub async fn serve(
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
-                () = drain.signaled() => {
+                () = drain.signaled_in_task() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -177,7 +177,7 @@ pub async fn serve(
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
-                () = drain.signaled() => {
+                () = drain.signaled_in_task() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
