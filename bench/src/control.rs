@@ -5,13 +5,13 @@
 //! under load run real sidecars fed by the control plane ([`crate::flips`]).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use serin_proto::auth::{BearerToken, Role, TOKENS_FILE, Tokens, admin_client};
 use serin_proto::v1;
-use serin_proto::v1::admin_client::AdminClient;
 use serin_proto::v1::discovery_client::DiscoveryClient;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -127,6 +127,8 @@ pub fn run(
 struct ControlPlane {
     child: Child,
     grpc: SocketAddr,
+    /// The admin tokens file serin-control generates in its store.
+    tokens: PathBuf,
     _store: Scratch,
 }
 
@@ -158,6 +160,7 @@ fn start(binary: &Path, cpu: usize) -> anyhow::Result<ControlPlane> {
     Ok(ControlPlane {
         child,
         grpc,
+        tokens: store.path().join("store").join(TOKENS_FILE),
         _store: store,
     })
 }
@@ -171,6 +174,7 @@ fn measure(
     let mut control = start(binary, server_cpu)?;
     let pid = control.child.id();
     let grpc = control.grpc;
+    let tokens = control.tokens.clone();
     let rows = std::thread::scope(|scope| {
         scope
             .spawn(move || -> anyhow::Result<Vec<(String, String)>> {
@@ -178,7 +182,7 @@ fn measure(
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                runtime.block_on(scenarios(grpc, pid, plan))
+                runtime.block_on(scenarios(grpc, &tokens, pid, plan))
             })
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the control-plane driver panicked")))
@@ -205,10 +209,20 @@ async fn channel(grpc: SocketAddr) -> anyhow::Result<Channel> {
 
 async fn scenarios(
     grpc: SocketAddr,
+    tokens: &Path,
     pid: u32,
     plan: &ControlPlan,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let mut admin = AdminClient::new(channel(grpc).await?);
+    // Connected: serin-control wrote its tokens before it listened.
+    let channel = channel(grpc).await?;
+    let token = Tokens::read(tokens)?
+        .plain(Role::Write)
+        .context("no write token in serin-control's admin tokens file")?
+        .to_owned();
+    let mut admin = admin_client(
+        channel,
+        BearerToken::new(&token).map_err(anyhow::Error::msg)?,
+    );
     let mut rows = Vec::new();
     let mut generation = 0u32;
     for &n in &plan.proxies {

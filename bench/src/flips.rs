@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serin_local::{Ipv6, Mesh, MeshOptions, Pod, Process, Redirect};
+use serin_proto::auth::{AuthorizedAdmin, BearerToken, Role, TOKENS_FILE, Tokens, admin_client};
 use serin_proto::v1;
-use serin_proto::v1::admin_client::AdminClient;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::control;
 use crate::drive::{self, Mode, Spec};
@@ -318,7 +318,13 @@ fn scenario(
                 .connect()
                 .await
                 .context("connect to serin-control")?;
-            let mut admin = AdminClient::new(channel);
+            // Connected: serin-control wrote its tokens before it listened.
+            let tokens = Tokens::read(&store.join("store").join(TOKENS_FILE))?;
+            let token = tokens
+                .plain(Role::Write)
+                .context("no write token in serin-control's admin tokens file")?;
+            let token = BearerToken::new(token).map_err(anyhow::Error::msg)?;
+            let mut admin = admin_client(channel, token);
             for (pod, version) in servers.iter().zip(["v1", "v2"]) {
                 register(&mut admin, pod, version, port).await?;
             }
@@ -389,7 +395,7 @@ fn scenario(
 
 /// The flips themselves, with the load running.
 async fn flips(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AuthorizedAdmin,
     plan: &FlipPlan,
     upstreams: &[Upstream; 2],
 ) -> anyhow::Result<Flipped> {
@@ -459,7 +465,7 @@ async fn flips(
 }
 
 /// The client sidecar's last ACKed snapshot version and whether it is in sync.
-async fn client_ack(admin: &mut AdminClient<Channel>) -> anyhow::Result<(String, bool)> {
+async fn client_ack(admin: &mut AuthorizedAdmin) -> anyhow::Result<(String, bool)> {
     let proxies = admin
         .list_proxies(v1::ListProxiesRequest {
             namespace: "default".into(),
@@ -475,7 +481,7 @@ async fn client_ack(admin: &mut AdminClient<Channel>) -> anyhow::Result<(String,
     Ok((status.acked_version.clone(), status.in_sync))
 }
 
-async fn apply(admin: &mut AdminClient<Channel>, generation: u32) -> anyhow::Result<()> {
+async fn apply(admin: &mut AuthorizedAdmin, generation: u32) -> anyhow::Result<()> {
     admin
         .apply_policy(v1::ApplyPolicyRequest {
             policy: Some(control::policy(generation)),
@@ -490,7 +496,7 @@ async fn apply(admin: &mut AdminClient<Channel>, generation: u32) -> anyhow::Res
 /// Registers `pod` as the `version` endpoint of service `bench` (an hour's lease: the run ends
 /// long before, and the control plane with it).
 async fn register(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AuthorizedAdmin,
     pod: &Pod,
     version: &str,
     port: u16,
@@ -521,7 +527,7 @@ async fn register(
 }
 
 /// The IPv4 VIP serin-control gave service `bench`.
-async fn service_vip(admin: &mut AdminClient<Channel>) -> anyhow::Result<Ipv4Addr> {
+async fn service_vip(admin: &mut AuthorizedAdmin) -> anyhow::Result<Ipv4Addr> {
     let services = admin
         .list_services(v1::ListServicesRequest {
             namespace: "default".into(),

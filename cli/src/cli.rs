@@ -14,6 +14,15 @@ pub struct Cli {
     /// gRPC address of serin-control.
     #[arg(long, global = true, env = "SERIN_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
     pub control_plane: String,
+    /// Admin token sent to serin-control (role write for changes, read enough for get, status,
+    /// explain and top). Without it: --token-file, then the local mesh's when the control plane
+    /// is on this host's loopback.
+    #[arg(long, global = true, env = "SERIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the admin token: a bare token, or a tokens file (`write TOKEN` lines; its
+    /// first write token is used, else its first read token).
+    #[arg(long, global = true, value_name = "FILE", env = "SERIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Namespace of the services and policies named on the command line.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     pub namespace: String,

@@ -1,9 +1,10 @@
-//! The connection to serin-control.
+//! The connection to serin-control, with the admin token it asks for.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serin_proto::v1::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use serin_proto::auth::{AuthorizedAdmin, BearerToken, Role, Tokens, admin_client};
+use tonic::transport::Endpoint;
 
 use crate::error::{CliError, root_cause};
 
@@ -17,13 +18,87 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ControlPlane {
     /// Where it is.
     pub url: String,
-    /// The client.
-    pub admin: AdminClient<Channel>,
+    /// The client (sending the admin token, if one was found).
+    pub admin: AuthorizedAdmin,
+}
+
+/// Where serinctl looks for the admin token, first match wins.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSource {
+    /// `--token` / `SERIN_TOKEN`.
+    pub token: Option<String>,
+    /// `--token-file` / `SERIN_TOKEN_FILE`.
+    pub file: Option<PathBuf>,
+    /// The local mesh's state directory: its tokens file is used for a control plane on
+    /// loopback when neither of the above is given.
+    pub local_state_dir: Option<PathBuf>,
+}
+
+impl TokenSource {
+    /// The token to send for `url`, if any; an unreadable `--token-file` is an error.
+    pub fn resolve(&self, url: &str) -> Result<Option<String>, CliError> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        if let Some(file) = &self.file {
+            return read_token_file(file).map(Some);
+        }
+        // The local mesh's token, only for a control plane on this host: never send it away.
+        if let Some(dir) = &self.local_state_dir
+            && is_loopback(url)
+        {
+            let path = serin_local::cluster::StateDir(dir.clone()).admin_tokens();
+            if let Ok(tokens) = Tokens::read(&path) {
+                return Ok(tokens.plain(Role::Write).map(str::to_owned));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A token file: a tokens file (its first write token, else its first read one) or a bare token.
+fn read_token_file(path: &Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Input(format!(
+            "cannot read the token file {} (--token-file / SERIN_TOKEN_FILE): {e}",
+            path.display()
+        ))
+    })?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if let [token] = words[..] {
+        return Ok(token.to_owned());
+    }
+    let tokens = Tokens::parse(&path.display().to_string(), &text)
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    tokens
+        .plain(Role::Write)
+        .or_else(|| tokens.plain(Role::Read))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            CliError::Input(format!(
+                "the token file {} holds only sha256: hashes, no token to send",
+                path.display()
+            ))
+        })
+}
+
+/// Whether `url` names this host's loopback.
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl ControlPlane {
-    /// Connects, or says why not in one line.
-    pub async fn connect(url: &str) -> Result<ControlPlane, CliError> {
+    /// Connects, sending the token `source` finds, or says why not in one line.
+    pub async fn connect(url: &str, source: &TokenSource) -> Result<ControlPlane, CliError> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| CliError::BadUrl {
                 url: url.to_owned(),
@@ -37,6 +112,10 @@ impl ControlPlane {
                 reason: "it must start with http:// or https://".into(),
             });
         }
+        let token = match source.resolve(url)? {
+            Some(token) => BearerToken::new(&token).map_err(CliError::Input)?,
+            None => BearerToken::none(),
+        };
         let channel = endpoint
             .connect()
             .await
@@ -46,12 +125,70 @@ impl ControlPlane {
             })?;
         Ok(ControlPlane {
             url: url.to_owned(),
-            admin: AdminClient::new(channel),
+            admin: admin_client(channel, token),
         })
     }
 
     /// A status of a request made for `context`, as a CliError.
     pub fn error(&self, context: impl Into<String>, status: &tonic::Status) -> CliError {
         CliError::status(&self.url, context, status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_urls_are_recognised() {
+        assert!(is_loopback("http://127.0.0.1:15010"));
+        assert!(is_loopback("http://localhost:15010"));
+        assert!(is_loopback("http://[::1]:15010/"));
+        assert!(!is_loopback("http://10.0.0.1:15010"));
+        assert!(!is_loopback("https://serin-control.example:15010"));
+    }
+
+    #[test]
+    fn token_files_may_be_bare_or_tokens_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("bare");
+        std::fs::write(&bare, "  abcdef0123456789abcdef\n").unwrap();
+        assert_eq!(read_token_file(&bare).unwrap(), "abcdef0123456789abcdef");
+        let file = dir.path().join("tokens");
+        std::fs::write(
+            &file,
+            "read reader-0123456789ab\nwrite writer-0123456789ab\n",
+        )
+        .unwrap();
+        assert_eq!(read_token_file(&file).unwrap(), "writer-0123456789ab");
+        let e = read_token_file(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the token file"), "{e}");
+    }
+
+    #[test]
+    fn the_local_mesh_token_is_only_sent_to_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("admin-tokens"), "write local-writer-000000001\n").unwrap();
+        let source = TokenSource {
+            local_state_dir: Some(dir.path().to_owned()),
+            ..TokenSource::default()
+        };
+        assert_eq!(
+            source.resolve("http://127.0.0.1:15010").unwrap().as_deref(),
+            Some("local-writer-000000001")
+        );
+        assert_eq!(source.resolve("http://10.1.2.3:15010").unwrap(), None);
+        let given = TokenSource {
+            token: Some("given".into()),
+            ..source
+        };
+        assert_eq!(
+            given.resolve("http://127.0.0.1:15010").unwrap().as_deref(),
+            Some("given")
+        );
     }
 }

@@ -97,6 +97,16 @@ impl CliError {
         } else {
             one_line(status.message())
         };
+        // Say how to give serinctl a credential.
+        let message = match status.code() {
+            tonic::Code::Unauthenticated => format!(
+                "{message} (give serinctl the token with --token, SERIN_TOKEN or --token-file)"
+            ),
+            tonic::Code::PermissionDenied => format!(
+                "{message} (give serinctl a write token with --token, SERIN_TOKEN or --token-file)"
+            ),
+            _ => message,
+        };
         CliError::Refused {
             context: context.into(),
             message,

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
-use crate::connect::ControlPlane;
+use crate::connect::{ControlPlane, TokenSource};
 use crate::error::CliError;
 
 /// Starts tracing into the test's captured output (once per test binary).
@@ -108,7 +108,12 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Convert(args) => return verbs::convert::convert(ns, args, out),
         _ => {}
     }
-    let mut cp = ControlPlane::connect(&cli.control_plane).await?;
+    let tokens = TokenSource {
+        token: cli.token.clone(),
+        file: cli.token_file.clone(),
+        local_state_dir: Some(serin_local::cluster::default_state_dir()),
+    };
+    let mut cp = ControlPlane::connect(&cli.control_plane, &tokens).await?;
     match &cli.command {
         Command::Apply(args) => verbs::apply::apply(&mut cp, ns, args, out).await,
         Command::Get(args) => verbs::get::get(&mut cp, ns, args, out).await,

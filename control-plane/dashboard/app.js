@@ -352,9 +352,48 @@ function fitView() {
 // ---------------------------------------------------------------------------------------------
 // live updates
 
-function connect() {
+// ---------------------------------------------------------------------------------------------
+// admin credentials: the control plane may want a token (401) or a write token (403). The page
+// asks once and keeps it in sessionStorage; writes send it in the Authorization header, reads
+// also as a cookie (EventSource cannot send a header; the server never takes a cookie for writes).
+
+const TOKEN_KEY = "serin-token";
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+function keepToken(t) {
+  sessionStorage.setItem(TOKEN_KEY, t);
+  document.cookie = `serin-token=${t}; path=/api; SameSite=Strict`;
+}
+if (token()) keepToken(token());
+function askToken(why) {
+  const t = window.prompt(`${why}\n\nEnter an admin token (the admin-tokens file in serin-control's store; serinctl up prints where it is):`, "");
+  if (!t || !t.trim()) return false;
+  keepToken(t.trim());
+  return true;
+}
+async function api(url, init) {
+  const send = () => {
+    const headers = { ...((init && init.headers) || {}) };
+    if (token()) headers.authorization = `Bearer ${token()}`;
+    return fetch(url, { ...(init || {}), headers });
+  };
+  let r = await send();
+  if (r.status === 401 || r.status === 403) {
+    const why = r.status === 401 ? "This needs an admin token." : "This change needs a token with role write.";
+    if (askToken(why)) r = await send();
+  }
+  return r;
+}
+
+async function connect() {
   if (state.source) state.source.close();
   const q = new URLSearchParams({ window: state.window, namespace: state.namespace });
+  // The stream cannot show a 401: make sure the reads are allowed (asking for a token) first.
+  const probe = await api("/api/topology?" + q).catch(() => null);
+  if (probe && (probe.status === 401 || probe.status === 403)) {
+    $("live").className = "live off";
+    $("live").textContent = "needs an admin token: reload to enter one";
+    return;
+  }
   const src = new EventSource("/api/stream?" + q);
   state.source = src;
   src.addEventListener("topology", (ev) => {
@@ -405,7 +444,7 @@ async function refreshPanel() {
   state.panelAt = Date.now();
   const q = new URLSearchParams({ namespace: sel.namespace, window: state.window });
   try {
-    const r = await fetch(`/api/services/${encodeURIComponent(sel.service)}?${q}`);
+    const r = await api(`/api/services/${encodeURIComponent(sel.service)}?${q}`);
     const body = await r.json();
     if (state.selected !== sel) return;
     if (!r.ok) { $("panel-body").innerHTML = `<div class="note">${esc(body.error || r.statusText)}</div>`; return; }
@@ -540,7 +579,7 @@ function toast(text, error) {
 async function post(action, body) {
   const sel = state.selected;
   const q = new URLSearchParams({ namespace: sel.namespace });
-  const r = await fetch(`/api/services/${encodeURIComponent(sel.service)}/${action}?${q}`, {
+  const r = await api(`/api/services/${encodeURIComponent(sel.service)}/${action}?${q}`, {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
   });
   const answer = await r.json();

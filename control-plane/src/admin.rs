@@ -118,6 +118,7 @@ impl From<MeshError> for Status {
             MeshError::Aborted(m) => Status::aborted(m),
             MeshError::FailedPrecondition(m) => Status::failed_precondition(m),
             MeshError::Store(e) => Status::internal(e.to_string()),
+            MeshError::Kubernetes(m) => Status::unavailable(m),
             e @ (MeshError::Stopped | MeshError::Thread(_)) => Status::unavailable(e.to_string()),
         }
     }

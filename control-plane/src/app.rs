@@ -1,5 +1,6 @@
 //! `serin-control` wired together, step by step: open the store, bind both ports (a taken port
-//! fails here, naming the address), then serve until shutdown.
+//! fails here, naming the address), then serve until shutdown. In Kubernetes mode there is no
+//! store: the ports are bound, then the cluster is listed, and the API server is the store.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,12 +17,14 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{AdminService, Telemetry};
+use crate::auth::{AdminAuth, Authorized};
 use crate::ca::Authority;
 use crate::config::{Config, GRPC_KEEPALIVE_INTERVAL, GRPC_KEEPALIVE_TIMEOUT};
 use crate::discovery::{Discovery, DiscoveryServer, ProxyTable};
 use crate::http::HttpState;
 use crate::identity::IdentityService;
 use crate::inject::webhook::Webhook;
+use crate::kubernetes::mode::KubernetesMode;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::snapshot::Publisher;
@@ -31,7 +34,8 @@ use crate::telemetry::{Clock, EdgeTable, RuleHitTable, TelemetryService};
 /// A control plane with its store open and its ports bound, not serving yet.
 pub struct App {
     config: Config,
-    store: Arc<Store>,
+    auth: AdminAuth,
+    source: Source,
     ca: Arc<Authority>,
     grpc: TcpListener,
     http: TcpListener,
@@ -47,6 +51,14 @@ impl std::fmt::Debug for App {
             .field("webhook", &self.webhook.as_ref().map(Webhook::local_addr))
             .finish_non_exhaustive()
     }
+}
+
+/// Where the registry and the policies live.
+enum Source {
+    /// The embedded store.
+    Store(Arc<Store>),
+    /// The Kubernetes API server, listed and watched.
+    Kubernetes(Box<KubernetesMode>),
 }
 
 /// Handles a running control plane shares (for in-process tests).
@@ -67,14 +79,34 @@ pub struct Handles {
 }
 
 impl App {
-    /// Opens the store and binds the listeners.
+    /// Opens the store (or, in Kubernetes mode, lists the cluster) and binds the listeners.
     pub async fn new(config: Config) -> anyhow::Result<App> {
         // 1. The store: everything else starts from what it holds.
-        let dir = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
-        tracing::info!(path = %store.path().display(), "store open");
-        // 1b. The certificate authority: the operator's root, the stored one, or a new one.
-        let ca = crate::identity::load_authority(&store, &config.ca)
+        let store = match &config.kubernetes {
+            None => {
+                let dir = config.store.clone();
+                let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
+                tracing::info!(path = %store.path().display(), "store open");
+                Some(store)
+            }
+            Some(_) => None,
+        };
+        // 1b. The admin credentials: the operator's file, or the store's (generated once). The
+        // replicas of Kubernetes mode have no store: they share the operator's file.
+        if config.kubernetes.is_some() && config.admin_tokens.is_none() {
+            anyhow::bail!(
+                "Kubernetes mode needs --admin-tokens FILE (the replicas share one tokens file, \
+                 e.g. mounted from the Secret serin-admin-tokens)"
+            );
+        }
+        let auth = AdminAuth::load(
+            config.admin_tokens.as_deref(),
+            &config.store,
+            config.admin_read_anonymous,
+        )?;
+        // 1c. The certificate authority: the operator's root, the stored one, or a new one (kept
+        //     in the store; Kubernetes mode has none: the operator's root, else one in memory).
+        let ca = crate::identity::load_authority(store.as_ref(), &config.ca)
             .context("cannot set up the certificate authority")?;
         // 2. The ports, now, so that a taken one fails at start with its address.
         let grpc = TcpListener::bind(config.grpc)
@@ -96,9 +128,21 @@ impl App {
             }
             None => None,
         };
+        // 2c. Kubernetes mode: the API server, with everything listed before anything is served.
+        let source = match (store, &config.kubernetes) {
+            (Some(store), _) => Source::Store(Arc::new(store)),
+            (None, k) => {
+                let k = k.as_ref().context("neither a store nor Kubernetes mode")?;
+                let client = crate::kubernetes::mode::client(k).await?;
+                Source::Kubernetes(Box::new(
+                    KubernetesMode::start(client, config.debounce).await,
+                ))
+            }
+        };
         Ok(App {
             config,
-            store: Arc::new(store),
+            auth,
+            source,
             ca: Arc::new(ca),
             grpc,
             http,
@@ -109,6 +153,11 @@ impl App {
     /// The bound webhook address, when the webhook is on.
     pub fn webhook_addr(&self) -> Option<SocketAddr> {
         self.webhook.as_ref().map(Webhook::local_addr)
+    }
+
+    /// The admin tokens file in use.
+    pub fn admin_tokens_path(&self) -> &std::path::Path {
+        self.auth.path()
     }
 
     /// The bound gRPC address (useful with port 0).
@@ -133,7 +182,8 @@ impl App {
     ) -> anyhow::Result<(Handles, impl Future<Output = anyhow::Result<()>> + Send)> {
         let App {
             config,
-            store,
+            auth,
+            source,
             ca,
             grpc,
             http,
@@ -143,8 +193,15 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        // 3. The writer, loaded from the store, and the snapshots it feeds.
-        let mesh = Mesh::start(store, config.leases).context("cannot load the store")?;
+        // 3. The writer, loaded from the store (or the cluster's view and its policy writer), and
+        //    the snapshots it feeds.
+        let (mesh, mut kubernetes) = match source {
+            Source::Store(store) => (
+                Mesh::start(store, config.leases).context("cannot load the store")?,
+                None,
+            ),
+            Source::Kubernetes(k) => (k.mesh(), Some(k)),
+        };
         let snapshots = Publisher {
             debounce: config.debounce,
         }
@@ -152,6 +209,15 @@ impl App {
 
         // 4. The gRPC services.
         let proxies = Arc::new(ProxyTable::default());
+        // 4b. Kubernetes mode: the TrafficPolicy status counts this replica's proxies in sync.
+        if let (Some(k), Some(kc)) = (&mut kubernetes, &config.kubernetes) {
+            k.write_status(crate::kubernetes::status::StatusSource {
+                replica: kc.replica.clone(),
+                proxies: proxies.clone(),
+                snapshots: snapshots.clone(),
+                interval: kc.status_interval,
+            });
+        }
         let edges = Arc::new(EdgeTable::default());
         let rule_hits = Arc::new(RuleHitTable::default());
         let discovery = DiscoveryServer::new(Discovery::new(
@@ -171,7 +237,7 @@ impl App {
             },
             stop_rx.clone(),
         );
-        let admin = AdminServer::new(admin_service.clone());
+        let admin = Authorized::new(AdminServer::new(admin_service.clone()), auth.clone());
         let telemetry = TelemetryServer::new(TelemetryService::new(
             edges.clone(),
             rule_hits.clone(),
@@ -217,6 +283,7 @@ impl App {
                 ready: ready.clone(),
                 metrics: metrics.clone(),
                 admin: admin_service,
+                auth,
                 edges: edges.clone(),
                 shutdown: stop_rx.clone(),
             },
@@ -267,6 +334,8 @@ impl App {
             if let Some(task) = webhook_task {
                 task.await.context("the webhook task failed")?;
             }
+            // The watchers stop with it.
+            drop(kubernetes);
             tracing::info!("stopped");
             Ok(())
         };

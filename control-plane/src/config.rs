@@ -41,9 +41,26 @@ pub struct Args {
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "SERIN_STORE", default_value = DEFAULT_STORE)]
     pub store: PathBuf,
-    /// Take the registry and policies from a Kubernetes API server (not supported yet).
-    #[arg(long)]
+    /// The admin API's credentials: one `read TOKEN`, `write TOKEN` or `ROLE sha256:HEX` per
+    /// line. Without it, `admin-tokens` in the store directory (generated at first start).
+    #[arg(long, env = "SERIN_ADMIN_TOKENS")]
+    pub admin_tokens: Option<PathBuf>,
+    /// Serve the admin API's reads (gRPC and the dashboard's /api/) without a credential;
+    /// writes still need a write token.
+    #[arg(long, env = "SERIN_ADMIN_READ_ANONYMOUS")]
+    pub admin_read_anonymous: bool,
+    /// Take the registry (Services, EndpointSlices, Pods) and the policies (TrafficPolicy
+    /// objects) from a Kubernetes API server instead of the embedded store.
+    #[arg(long, env = "SERIN_KUBERNETES")]
     pub kubernetes: bool,
+    /// Kubernetes mode: the kubeconfig to use; without it the in-cluster service account (or
+    /// `KUBECONFIG`, or ~/.kube/config) is used.
+    #[arg(long, env = "SERIN_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: this replica's name in the TrafficPolicy status (its pod name; default:
+    /// the host name).
+    #[arg(long, env = "SERIN_REPLICA", requires = "kubernetes")]
+    pub replica: Option<String>,
     /// The shortest time between two pushes (ms): a change after a quiet period is pushed at
     /// once, later ones within this interval are coalesced into one push at its end.
     #[arg(long, env = "SERIN_PUSH_DEBOUNCE_MS", default_value_t = DEFAULT_DEBOUNCE.as_millis() as u64)]
@@ -97,9 +114,41 @@ pub struct Args {
 /// Why the command line cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// `--kubernetes`.
-    #[error("--kubernetes is not supported yet: run with the embedded store (--store DIR)")]
-    KubernetesNotSupported,
+    /// `--replica` is empty or not a DNS label.
+    #[error("--replica {0:?}: must be a DNS label (lowercase letters, digits and '-', at most 63)")]
+    BadReplica(String),
+}
+
+/// Kubernetes mode: where the API server is and who this replica is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file; `None`: inferred (in-cluster, `KUBECONFIG`, ~/.kube/config).
+    pub kubeconfig: Option<PathBuf>,
+    /// This replica's name (its entry in TrafficPolicy status).
+    pub replica: String,
+    /// The shortest time between two status writes of one policy by this replica.
+    pub status_interval: Duration,
+}
+
+/// Default shortest interval between two status writes of one policy by one replica.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The host name (the pod name in a cluster), else "serin-control".
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| is_dns_label(h))
+        .unwrap_or_else(|| "serin-control".to_owned())
 }
 
 /// The control plane's configuration.
@@ -121,6 +170,12 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// Where to write a generated webhook certificate.
     pub webhook_cert_out: Option<PathBuf>,
+    /// The operator's admin tokens file; `None`: `admin-tokens` in the store directory.
+    pub admin_tokens: Option<PathBuf>,
+    /// Admin reads need no credential.
+    pub admin_read_anonymous: bool,
+    /// Kubernetes mode (registry and policies from the API server; no store is opened).
+    pub kubernetes: Option<KubernetesConfig>,
     /// The certificate authority.
     pub ca: CaConfig,
 }
@@ -137,6 +192,9 @@ impl Config {
             clock: Clock::System,
             webhook: None,
             webhook_cert_out: None,
+            admin_tokens: None,
+            admin_read_anonymous: false,
+            kubernetes: None,
             ca: CaConfig::default(),
         }
     }
@@ -146,9 +204,15 @@ impl TryFrom<&Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: &Args) -> Result<Config, ConfigError> {
-        if a.kubernetes {
-            return Err(ConfigError::KubernetesNotSupported);
-        }
+        let kubernetes = match (a.kubernetes, &a.replica) {
+            (false, _) => None,
+            (true, Some(r)) if !is_dns_label(r) => return Err(ConfigError::BadReplica(r.clone())),
+            (true, replica) => Some(KubernetesConfig {
+                kubeconfig: a.kubeconfig.clone(),
+                replica: replica.clone().unwrap_or_else(host_name),
+                status_interval: DEFAULT_STATUS_INTERVAL,
+            }),
+        };
         let webhook = a.webhook_addr.map(|addr| WebhookConfig {
             addr,
             tls: match (&a.webhook_cert, &a.webhook_key) {
@@ -178,6 +242,9 @@ impl TryFrom<&Args> for Config {
             clock: Clock::System,
             webhook,
             webhook_cert_out: a.webhook_cert_out.clone(),
+            admin_tokens: a.admin_tokens.clone(),
+            admin_read_anonymous: a.admin_read_anonymous,
+            kubernetes,
             ca: CaConfig {
                 trust_domain: a.trust_domain.clone(),
                 root_files: a.ca_cert.clone().zip(a.ca_key.clone()),

@@ -458,7 +458,7 @@ async fn service(
         "service": name,
         "window_seconds": graph.window_seconds,
         "registered": record.is_some(),
-        "vip": record.as_ref().map(|r| r.vip.to_string()),
+        "vip": record.as_ref().and_then(|r| r.vips.first()).map(ToString::to_string),
         "policy": policy_json,
         "rule_hits": rule_hits,
         "observed_rps": primary_rps,

@@ -17,9 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::AdminService;
+use crate::auth::{AdminAuth, Denied};
 use crate::dashboard::{self, ApiError, Query};
 use crate::metrics::Metrics;
 use crate::telemetry::EdgeTable;
+use serin_proto::auth::Role;
 
 /// Largest JSON body the API takes.
 const MAX_BODY: usize = 64 * 1024;
@@ -36,6 +38,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The admin service: the API's reads and writes go through the same code as gRPC's.
     pub admin: AdminService,
+    /// Who may read and write through `/api/`.
+    pub auth: AdminAuth,
     /// The telemetry windows (for `/metrics`).
     pub edges: Arc<EdgeTable>,
     /// Turns true at shutdown: live streams end.
@@ -62,6 +66,15 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body>
     if method == Method::POST {
         if !path.starts_with("/api/") {
             return not_allowed();
+        }
+        // Writes take the credential from the Authorization header only, never from a cookie:
+        // a cross-site page cannot set that header.
+        if let Err(denied) = state.auth.check(
+            header(&req, hyper::header::AUTHORIZATION),
+            Role::Write,
+            &format!("POST {path}"),
+        ) {
+            return refused(&denied);
         }
         // Only JSON: a cross-site form cannot send it without a CORS preflight, which this
         // server never grants.
@@ -96,6 +109,17 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body>
     if let Some(asset) = dashboard::asset(&path) {
         return full(StatusCode::OK, asset.content_type, asset.body);
     }
+    if path.starts_with("/api/") {
+        // Reads also take the page's cookie: EventSource cannot send a header.
+        let cookie = cookie_token(&req).map(|t| format!("Bearer {t}"));
+        let authorization = header(&req, hyper::header::AUTHORIZATION).or(cookie.as_deref());
+        if let Err(denied) = state
+            .auth
+            .check(authorization, Role::Read, &format!("GET {path}"))
+        {
+            return refused(&denied);
+        }
+    }
     match path.as_str() {
         "/ready" if state.ready.load(Ordering::Acquire) => full(StatusCode::OK, PLAIN, "ready\n"),
         "/ready" => full(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n"),
@@ -122,6 +146,41 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body>
              /api/services/NAME, /ready and /metrics\n",
         ),
     }
+}
+
+/// The cookie the dashboard page sets for its reads.
+pub const TOKEN_COOKIE: &str = "serin-token";
+
+fn header<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn cookie_token<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == TOKEN_COOKIE && !value.is_empty()).then_some(value)
+        })
+}
+
+/// 401 (with `WWW-Authenticate`) for a missing or unknown token, 403 for a read-only one.
+fn refused(denied: &Denied) -> Response<Body> {
+    let status = match denied {
+        Denied::Missing | Denied::Invalid => StatusCode::UNAUTHORIZED,
+        Denied::ReadOnly { .. } => StatusCode::FORBIDDEN,
+    };
+    let mut response = api_error(ApiError::new(status, denied.to_string()));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer realm=\"serin-admin\""),
+        );
+    }
+    response
 }
 
 fn not_allowed() -> Response<Body> {

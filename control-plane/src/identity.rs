@@ -54,7 +54,10 @@ pub enum RotationStep {
 }
 
 /// Loads the authority: the operator's root, else the stored one, else a new one (stored).
-pub fn load_authority(store: &Store, config: &CaConfig) -> anyhow::Result<Authority> {
+/// Without a store (Kubernetes mode) and without the operator's root, a root is generated in
+/// memory: it lasts as long as the process, and replicas do not share it (give every replica
+/// the same `--ca-cert`/`--ca-key`).
+pub fn load_authority(store: Option<&Store>, config: &CaConfig) -> anyhow::Result<Authority> {
     use anyhow::Context as _;
     if let Some((cert, key)) = &config.root_files {
         let read = |path: &PathBuf| {
@@ -69,6 +72,13 @@ pub fn load_authority(store: &Store, config: &CaConfig) -> anyhow::Result<Author
         tracing::info!(cert = %cert.display(), trust_domain = %config.trust_domain, "CA root from the operator's files");
         return Ok(authority);
     }
+    let Some(store) = store else {
+        tracing::warn!("no store and no --ca-cert/--ca-key: the CA root lives in memory only");
+        let roots = StoredRoots {
+            roots: vec![ca::generate_root(&config.trust_domain)?],
+        };
+        return Ok(Authority::new(&config.trust_domain, roots)?);
+    };
     let stored: Option<StoredRoots> = store.setting(CA_ROOTS)?;
     let authority = match stored {
         Some(roots) if !roots.roots.is_empty() => {

@@ -1,8 +1,13 @@
-//! Kubernetes mode, first part: the registry from the API server ([`cluster`]: what the objects
-//! mean, [`watch`]: kube-rs watchers that keep it current) and TrafficPolicies as custom resources
-//! with their status ([`policies`]). Not wired into the discovery push yet (`--kubernetes` is
-//! still refused): see the crate README.
+//! Kubernetes mode (`serin-control --kubernetes`): the registry from the API server
+//! ([`cluster`]: what the objects mean, [`watch`]: kube-rs watchers that keep it current),
+//! TrafficPolicies as custom resources with their status ([`policies`]), both merged into the
+//! same [`crate::model::MeshView`] the embedded mode publishes ([`view`]), the Admin API's
+//! writes as object writes ([`objects`]), and the whole put together ([`mode`]).
 
 pub mod cluster;
+pub mod mode;
+pub mod objects;
 pub mod policies;
+pub mod status;
+pub mod view;
 pub mod watch;

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod dashboard;

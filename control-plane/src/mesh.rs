@@ -6,8 +6,8 @@
 //! store about which generation is the latest), keeps blocking redb commits off the async
 //! runtime, and doubles as the lease timer: it sleeps until the next lease runs out.
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
@@ -24,7 +24,8 @@ use crate::store::{Change, Store, StoreError};
 mod policies;
 mod registry;
 
-pub use policies::{Applied, Outcome, PolicyWarning};
+pub(crate) use policies::checked;
+pub use policies::{Applied, Outcome, PolicyWarning, invalid};
 pub use registry::{Lease, allocate_vip};
 
 /// Why a change was refused or failed. Each message is one lowercase line naming the resource.
@@ -54,6 +55,9 @@ pub enum MeshError {
     /// The writer thread is gone (shutting down).
     #[error("the control plane's store writer has stopped")]
     Stopped,
+    /// Kubernetes mode: the API server could not be reached or failed the request.
+    #[error("{0}")]
+    Kubernetes(String),
 }
 
 /// Lease lengths the registry grants.
@@ -80,19 +84,45 @@ impl Default for LeaseLimits {
 type Command = Box<dyn FnOnce(&mut Writer) + Send>;
 
 /// Handle to the writer; cheap to clone. The writer thread stops when the last handle is dropped.
+///
+/// In Kubernetes mode ([`Mesh::kubernetes`]) the same handle writes TrafficPolicy objects on the
+/// API server instead, its view follows the API server, and workload registration is refused
+/// (the registry is the cluster's).
 #[derive(Clone)]
 pub struct Mesh {
-    commands: mpsc::Sender<Command>,
+    backend: Backend,
     view: watch::Receiver<Arc<MeshView>>,
-    store: Arc<Store>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Embedded {
+        commands: mpsc::Sender<Command>,
+        store: Arc<Store>,
+    },
+    Kubernetes(Arc<crate::kubernetes::objects::PolicyObjects>),
 }
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mesh")
-            .field("store", &self.store.path())
-            .finish_non_exhaustive()
+        match &self.backend {
+            Backend::Embedded { store, .. } => f
+                .debug_struct("Mesh")
+                .field("store", &store.path())
+                .finish_non_exhaustive(),
+            Backend::Kubernetes(_) => f
+                .debug_struct("Mesh")
+                .field("store", &"kubernetes")
+                .finish_non_exhaustive(),
+        }
     }
+}
+
+/// Why a registration call fails in Kubernetes mode.
+fn no_registration() -> MeshError {
+    MeshError::FailedPrecondition(
+        "this control plane runs in Kubernetes mode: its registry is the API server's Services and EndpointSlices, workloads cannot be registered".into(),
+    )
 }
 
 impl Mesh {
@@ -117,6 +147,7 @@ impl Mesh {
         }
         view.mtls = store.setting(crate::store::MTLS_MODES)?.unwrap_or_default();
         let mut leases = registry::Leases::default();
+        let mut registered = HashMap::new();
         for r in loaded.registrations {
             // Workloads could not renew while the control plane was down: give each a full lease
             // from now rather than emptying the mesh on a restart.
@@ -128,8 +159,10 @@ impl Mesh {
                 expires_at,
                 bootstrap_token: r.bootstrap_token,
             });
+            let workload = Arc::new(r.workload);
             view.workloads
-                .insert(r.workload.key(), Arc::new(r.workload));
+                .insert(workload.endpoint_key(), workload.clone());
+            registered.insert(workload.key(), workload);
         }
         let (view_tx, view_rx) = watch::channel(Arc::new(view.clone()));
         let (tx, rx) = mpsc::channel::<Command>();
@@ -139,6 +172,7 @@ impl Mesh {
             view_tx,
             dirty: false,
             leases,
+            registered,
             limits,
         };
         std::thread::Builder::new()
@@ -146,10 +180,24 @@ impl Mesh {
             .spawn(move || writer.run(&rx))
             .map_err(MeshError::Thread)?;
         Ok(Mesh {
-            commands: tx,
+            backend: Backend::Embedded {
+                commands: tx,
+                store,
+            },
             view: view_rx,
-            store,
         })
+    }
+
+    /// Kubernetes mode: the view is `view` (built from the API server's objects), policy changes
+    /// are written by `objects`.
+    pub fn kubernetes(
+        objects: crate::kubernetes::objects::PolicyObjects,
+        view: watch::Receiver<Arc<MeshView>>,
+    ) -> Mesh {
+        Mesh {
+            backend: Backend::Kubernetes(Arc::new(objects)),
+            view,
+        }
     }
 
     /// The latest view.
@@ -162,9 +210,12 @@ impl Mesh {
         self.view.clone()
     }
 
-    /// The store, for reads (history, past generations).
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+    /// The embedded store, for reads (history, past generations); `None` in Kubernetes mode.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        match &self.backend {
+            Backend::Embedded { store, .. } => Some(store),
+            Backend::Kubernetes(_) => None,
+        }
     }
 
     /// Runs `f` on the writer thread and returns its result.
@@ -172,6 +223,9 @@ impl Mesh {
         &self,
         f: impl FnOnce(&mut Writer) -> Result<R, MeshError> + Send + 'static,
     ) -> Result<R, MeshError> {
+        let Backend::Embedded { commands, .. } = &self.backend else {
+            return Err(no_registration());
+        };
         let (tx, rx) = oneshot::channel();
         let command: Command = Box::new(move |w: &mut Writer| {
             let result = f(w);
@@ -179,9 +233,7 @@ impl Mesh {
             w.publish();
             let _ = tx.send(result);
         });
-        self.commands
-            .send(command)
-            .map_err(|_| MeshError::Stopped)?;
+        commands.send(command).map_err(|_| MeshError::Stopped)?;
         rx.await.map_err(|_| MeshError::Stopped)?
     }
 
@@ -192,6 +244,9 @@ impl Mesh {
         if_generation: Option<u64>,
         dry_run: bool,
     ) -> Result<Applied, MeshError> {
+        if let Backend::Kubernetes(k) = &self.backend {
+            return k.apply(draft, if_generation, dry_run).await;
+        }
         self.call(move |w| w.apply(draft, if_generation, dry_run))
             .await
     }
@@ -202,6 +257,9 @@ impl Mesh {
         key: PolicyKey,
         if_generation: Option<u64>,
     ) -> Result<(Arc<StoredPolicy>, u64), MeshError> {
+        if let Backend::Kubernetes(k) = &self.backend {
+            return k.delete(key, if_generation).await;
+        }
         self.call(move |w| w.delete(&key, if_generation)).await
     }
 
@@ -214,6 +272,9 @@ impl Mesh {
         if_generation: Option<u64>,
     ) -> Result<Applied, MeshError> {
         let (ns, service) = (namespace_or_default(namespace), service.to_owned());
+        if let Backend::Kubernetes(k) = &self.backend {
+            return k.set_weights(&ns, &service, weights, if_generation).await;
+        }
         self.call(move |w| w.set_weights(&ns, &service, weights, if_generation))
             .await
     }
@@ -232,6 +293,11 @@ impl Mesh {
             service.to_owned(),
             version.to_owned(),
         );
+        if let Backend::Kubernetes(k) = &self.backend {
+            return k
+                .promote(&ns, &service, &version, if_generation, force)
+                .await;
+        }
         self.call(move |w| w.promote(&ns, &service, &version, if_generation, force))
             .await
     }
@@ -246,6 +312,11 @@ impl Mesh {
         if_generation: Option<u64>,
     ) -> Result<(Applied, u64), MeshError> {
         let (ns, service) = (namespace_or_default(namespace), service.to_owned());
+        if let Backend::Kubernetes(k) = &self.backend {
+            return k
+                .rollback(&ns, &service, to_generation, if_generation)
+                .await;
+        }
         self.call(move |w| w.rollback(&ns, &service, to_generation, if_generation))
             .await
     }
@@ -302,7 +373,10 @@ impl Mesh {
 
     /// Revisions of a policy, newest first (a blocking store read, off the runtime).
     pub async fn history(&self, key: PolicyKey, limit: usize) -> Result<Vec<Revision>, MeshError> {
-        let store = self.store.clone();
+        let store = match &self.backend {
+            Backend::Embedded { store, .. } => store.clone(),
+            Backend::Kubernetes(k) => return Ok(k.history(&key, limit)),
+        };
         tokio::task::spawn_blocking(move || store.history(&key, limit))
             .await
             .map_err(|_| MeshError::Stopped)?
@@ -315,7 +389,10 @@ impl Mesh {
         key: PolicyKey,
         generation: u64,
     ) -> Result<Option<Revision>, MeshError> {
-        let store = self.store.clone();
+        let store = match &self.backend {
+            Backend::Embedded { store, .. } => store.clone(),
+            Backend::Kubernetes(k) => return Ok(k.revision(&key, generation)),
+        };
         tokio::task::spawn_blocking(move || store.revision(&key, generation))
             .await
             .map_err(|_| MeshError::Stopped)?
@@ -331,6 +408,8 @@ struct Writer {
     /// The view changed since it was last published.
     dirty: bool,
     leases: registry::Leases,
+    /// The registered workloads by (namespace, pod): the view keys them by service too.
+    registered: HashMap<WorkloadKey, Arc<Workload>>,
     limits: LeaseLimits,
 }
 
@@ -369,7 +448,11 @@ impl Writer {
 }
 
 /// The default route of a policy with only a split, named after its service.
-fn policy_for(namespace: &str, service: &str, route: Vec<VersionWeight>) -> TrafficPolicy {
+pub(crate) fn policy_for(
+    namespace: &str,
+    service: &str,
+    route: Vec<VersionWeight>,
+) -> TrafficPolicy {
     TrafficPolicy {
         api_version: serin_policy::model::API_VERSION.to_owned(),
         kind: serin_policy::model::KIND.to_owned(),
@@ -402,6 +485,7 @@ fn merged_ports(service: &[ServicePort], workload: &Workload) -> Vec<ServicePort
                 port: p.port,
                 name: p.name.clone(),
                 protocol: p.protocol,
+                target_port: 0,
             });
         }
     }
@@ -409,16 +493,23 @@ fn merged_ports(service: &[ServicePort], workload: &Workload) -> Vec<ServicePort
     out
 }
 
-/// The used VIPs of a view.
+/// The used IPv4 VIPs of a view.
 fn used_vips(view: &MeshView) -> BTreeSet<Ipv4Addr> {
-    view.services.values().map(|s| s.vip).collect()
+    view.services
+        .values()
+        .flat_map(|s| &s.vips)
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// A new service record for the first workload of a service.
 fn new_service(view: &MeshView, workload: &Workload) -> ServiceRecord {
     let key = workload.service_key();
     ServiceRecord {
-        vip: allocate_vip(&key, &used_vips(view)),
+        vips: vec![IpAddr::V4(allocate_vip(&key, &used_vips(view)))],
         namespace: key.namespace,
         name: key.name,
         ports: merged_ports(&[], workload),

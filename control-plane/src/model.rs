@@ -5,7 +5,7 @@
 //! the wire API carries and the policy crate does not model (annotations, times).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -182,7 +182,9 @@ pub struct WorkloadKey {
     pub pod_name: String,
 }
 
-/// A workload registered without a Kubernetes API: one endpoint of one service.
+/// One endpoint of one service: a workload registered without a Kubernetes API, or (Kubernetes
+/// mode) an endpoint of an EndpointSlice with its pod's labels. A pod behind two Services is two
+/// of these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     /// Workload name, unique in the namespace.
@@ -207,6 +209,15 @@ pub struct Workload {
     /// one): peers then reach it over mTLS.
     #[serde(default)]
     pub identity: String,
+    /// Ready to take new requests. A registration is ready while its lease lives (it is removed
+    /// when the lease runs out); an EndpointSlice endpoint is ready when its `ready` condition
+    /// says so (a terminating one is not: it drains).
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+}
+
+fn ready_by_default() -> bool {
+    true
 }
 
 impl Workload {
@@ -218,6 +229,15 @@ impl Workload {
         }
     }
 
+    /// Its key in [`MeshView::workloads`].
+    pub fn endpoint_key(&self) -> EndpointKey {
+        EndpointKey {
+            namespace: self.namespace.clone(),
+            service: self.service.clone(),
+            pod_name: self.pod_name.clone(),
+        }
+    }
+
     /// The key of its service.
     pub fn service_key(&self) -> ServiceKey {
         ServiceKey {
@@ -225,6 +245,18 @@ impl Workload {
             name: self.service.clone(),
         }
     }
+}
+
+/// Identity of one endpoint of one service: (namespace, service, pod name). A pod behind several
+/// Services has one endpoint in each.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointKey {
+    /// Namespace of the service and the pod.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Pod (workload) name.
+    pub pod_name: String,
 }
 
 /// A workload under a lease.
@@ -267,6 +299,9 @@ pub struct ServicePort {
     pub name: String,
     /// Protocol.
     pub protocol: Protocol,
+    /// A numeric target port (Kubernetes Services); 0 when the endpoints' ports say it.
+    #[serde(default)]
+    pub target_port: u16,
 }
 
 /// A service, created by the first registration of one of its workloads and kept (with its VIP)
@@ -277,10 +312,27 @@ pub struct ServiceRecord {
     pub namespace: String,
     /// Name.
     pub name: String,
-    /// Virtual IP from the service range, allocated once.
-    pub vip: Ipv4Addr,
+    /// Virtual IPs: in the embedded registry one IPv4 address from the service range, allocated
+    /// once; in Kubernetes mode the Service's ClusterIPs (both families for dual-stack, none for a
+    /// headless Service). Stored records of the embedded mode that hold one `vip` read as one.
+    #[serde(alias = "vip", deserialize_with = "one_or_more_ips")]
+    pub vips: Vec<IpAddr>,
     /// Ports, from its workloads' ports.
     pub ports: Vec<ServicePort>,
+}
+
+/// `"10.96.0.3"` (a record stored before services had several VIPs) or a list.
+fn one_or_more_ips<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(IpAddr),
+        More(Vec<IpAddr>),
+    }
+    Ok(match OneOrMore::deserialize(d)? {
+        OneOrMore::One(ip) => vec![ip],
+        OneOrMore::More(ips) => ips,
+    })
 }
 
 impl ServiceRecord {
@@ -297,7 +349,7 @@ impl ServiceRecord {
 /// Endpoint counts of one version of a service.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VersionCounts {
-    /// Endpoints that are ready (hold a live lease).
+    /// Endpoints that are ready (a live lease, or ready in their EndpointSlice).
     pub ready: u32,
     /// All endpoints.
     pub total: u32,
@@ -311,9 +363,10 @@ pub struct MeshView {
     pub policies: BTreeMap<PolicyKey, Arc<StoredPolicy>>,
     /// Services.
     pub services: BTreeMap<ServiceKey, Arc<ServiceRecord>>,
-    /// Registered workloads with a live lease (lease times stay with the writer, so that a
-    /// renewal changes nothing readers see).
-    pub workloads: BTreeMap<WorkloadKey, Arc<Workload>>,
+    /// Endpoints by (namespace, service, pod): registered workloads with a live lease (lease
+    /// times stay with the writer, so that a renewal changes nothing readers see), or the
+    /// cluster's endpoints in Kubernetes mode.
+    pub workloads: BTreeMap<EndpointKey, Arc<Workload>>,
     /// The mTLS modes.
     pub mtls: MtlsModes,
 }
@@ -360,13 +413,12 @@ impl MeshView {
             .find(|p| p.policy.metadata.namespace == namespace && p.service() == service)
     }
 
-    /// Endpoint counts per version of a service (every registered endpoint is ready: a workload
-    /// is removed when its lease runs out).
+    /// Endpoint counts per version of a service.
     pub fn versions(&self, namespace: &str, service: &str) -> BTreeMap<String, VersionCounts> {
         let mut out: BTreeMap<String, VersionCounts> = BTreeMap::new();
         for w in self.workloads_of(namespace, service) {
             let c = out.entry(w.version.clone()).or_default();
-            c.ready += 1;
+            c.ready += u32::from(w.ready);
             c.total += 1;
         }
         out
@@ -385,8 +437,14 @@ impl MeshView {
         namespace: &'a str,
         service: &'a str,
     ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
+        let first = EndpointKey {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            pod_name: String::new(),
+        };
         self.workloads
-            .values()
-            .filter(move |w| w.namespace == namespace && w.service == service)
+            .range(first..)
+            .take_while(move |(k, _)| k.namespace == namespace && k.service == service)
+            .map(|(_, w)| w)
     }
 }

@@ -295,6 +295,8 @@ impl TryFrom<v1::Workload> for Workload {
             labels,
             service_account: w.service_account,
             node_name: w.node_name,
+            // A registration is live until its lease runs out; then it is removed.
+            ready: true,
             // Set by the certificate authority when the workload's sidecar gets a certificate.
             identity: String::new(),
         })
@@ -306,7 +308,7 @@ impl From<&ServiceRecord> for v1::Service {
         v1::Service {
             name: s.name.clone(),
             namespace: s.namespace.clone(),
-            vips: vec![s.vip.to_string()],
+            vips: s.vips.iter().map(ToString::to_string).collect(),
             hostnames: s.hostnames(),
             ports: s
                 .ports
@@ -315,7 +317,7 @@ impl From<&ServiceRecord> for v1::Service {
                     port: u32::from(p.port),
                     name: p.name.clone(),
                     protocol: v1::Protocol::from(p.protocol) as i32,
-                    target_port: 0,
+                    target_port: u32::from(p.target_port),
                 })
                 .collect(),
             labels: Default::default(),
@@ -338,8 +340,7 @@ impl From<&Workload> for v1::Endpoint {
             pod_name: w.pod_name.clone(),
             version: w.version.clone(),
             labels: w.labels.clone().into_iter().collect(),
-            // A registration is live until its lease runs out; then it is removed.
-            ready: true,
+            ready: w.ready,
             weight: 1,
             service_account: w.service_account.clone(),
             node_name: w.node_name.clone(),

@@ -18,7 +18,7 @@ use serin_proto::v1;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::model::{MeshView, ServiceKey};
+use crate::model::{MeshView, PolicyKey, ServiceKey};
 
 /// One snapshot, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct EncodedSnapshot {
     pub endpoints: usize,
     /// Number of policies in it.
     pub policies: usize,
+    /// The generation of each policy in it (what a proxy that ACKed it serves).
+    pub policy_generations: Arc<BTreeMap<PolicyKey, u64>>,
 }
 
 impl EncodedSnapshot {
@@ -53,6 +55,12 @@ impl EncodedSnapshot {
             services: view.services.len(),
             endpoints: view.workloads.len(),
             policies: view.policies.len(),
+            policy_generations: Arc::new(
+                view.policies
+                    .iter()
+                    .map(|(k, p)| (k.clone(), p.generation()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -174,16 +182,17 @@ mod tests {
             .into(),
             service_account: String::new(),
             node_name: String::new(),
+            ready: true,
             identity: String::new(),
         };
         let s = ServiceRecord {
             namespace: "default".into(),
             name: "reviews".into(),
-            vip: Ipv4Addr::new(10, 96, 3, 4),
+            vips: vec![Ipv4Addr::new(10, 96, 3, 4).into()],
             ports: Vec::new(),
         };
         v.services.insert(w.service_key(), Arc::new(s));
-        v.workloads.insert(w.key(), Arc::new(w));
+        v.workloads.insert(w.endpoint_key(), Arc::new(w));
         v
     }
 

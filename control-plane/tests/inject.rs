@@ -550,3 +550,127 @@ async fn a_renewed_certificate_is_served_from_the_next_handshake() {
         .unwrap()
         .unwrap();
 }
+
+/// FAULTS.md item 28 over the real HTTPS webhook, each as the API server sends it: a
+/// `generateName`-only pod in a request whose namespace is empty (and whose object has none)
+/// is injected; the injected pod sent again comes back allowed with no patch (re-injection adds
+/// nothing); an already-injected pod, a hostNetwork pod, a DELETE (object null) and an UPDATE
+/// are allowed unchanged; huge managedFields, wrong Content-Type and an empty body are in the
+/// two tests above.
+#[tokio::test]
+async fn webhook_edge_cases_of_faults_item_28() {
+    let webhook = start_webhook(DEFAULT_MAX_BODY).await;
+    let answer = |text: &str| {
+        serde_json::from_str::<AdmissionReview>(text)
+            .unwrap_or_else(|e| panic!("not an AdmissionReview ({e}): {text}"))
+            .response
+            .expect("a response")
+    };
+
+    // generateName only, no namespace anywhere.
+    let mut pod =
+        documents(&std::fs::read_to_string(golden_dir().join("generate-name.in.yaml")).unwrap())
+            .remove(0);
+    if let Some(meta) = pod["metadata"].as_object_mut() {
+        meta.remove("namespace");
+        meta.remove("name");
+    }
+    assert!(pod["metadata"]["generateName"].is_string(), "{pod}");
+    let mut review = admission_review(&pod, "");
+    review["request"]["name"] = json!("");
+    let (status, text) = webhook
+        .post(
+            Some("application/json"),
+            serde_json::to_vec(&review).unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let response = answer(&text);
+    assert!(response.allowed, "{text}");
+    let mut injected = pod.clone();
+    json_patch::patch(&mut injected, &decoded_patch(&response).unwrap()).unwrap();
+    let containers = |p: &Value, field: &str| -> Vec<String> {
+        p["spec"][field]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        containers(&injected, "initContainers").contains(&"serin-proxy".to_owned()),
+        "{injected}"
+    );
+
+    // The injected pod again: nothing added.
+    let (status, text) = webhook
+        .post(
+            Some("application/json"),
+            serde_json::to_vec(&admission_review(&injected, "")).unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let response = answer(&text);
+    assert!(
+        response.allowed && response.patch.is_none() && response.patch_type.is_none(),
+        "re-injection added something: {text}"
+    );
+
+    // Already injected (by annotation and containers) and hostNetwork pods: unchanged.
+    for (scenario, namespace) in [
+        ("already-injected", "bookinfo"),
+        ("host-network", "monitoring"),
+    ] {
+        let doc = documents(
+            &std::fs::read_to_string(golden_dir().join(format!("{scenario}.in.yaml"))).unwrap(),
+        )
+        .remove(0);
+        let pod = match pod_template_pointer(
+            doc["apiVersion"].as_str().unwrap(),
+            doc["kind"].as_str().unwrap(),
+        ) {
+            Some("") => doc.clone(),
+            Some(pointer) => json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": doc.pointer(pointer).unwrap()["metadata"].clone(),
+                "spec": doc.pointer(pointer).unwrap()["spec"].clone()}),
+            None => panic!("{scenario} has no pod"),
+        };
+        let (status, text) = webhook
+            .post(
+                Some("application/json"),
+                serde_json::to_vec(&admission_review(&pod, namespace)).unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{scenario}: {text}");
+        let response = answer(&text);
+        assert!(
+            response.allowed && response.patch.is_none(),
+            "{scenario} should be left alone: {text}"
+        );
+    }
+
+    // A DELETE (no object, the old one in oldObject) and an UPDATE: allowed unchanged.
+    let mut delete = admission_review(&pod, "shop");
+    delete["request"]["operation"] = json!("DELETE");
+    delete["request"]["oldObject"] = delete["request"]["object"].take();
+    let mut update = admission_review(&pod, "shop");
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = update["request"]["object"].clone();
+    for (what, review) in [("DELETE", delete), ("UPDATE", update)] {
+        let (status, text) = webhook
+            .post(
+                Some("application/json"),
+                serde_json::to_vec(&review).unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{what}: {text}");
+        let response = answer(&text);
+        assert!(
+            response.allowed && response.patch.is_none(),
+            "{what} should be allowed unchanged: {text}"
+        );
+    }
+    webhook.stop().await;
+}

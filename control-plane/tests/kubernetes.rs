@@ -3,333 +3,30 @@
 //! what the "API server" says: events, a watch that ends (resumed from its resourceVersion), and
 //! a watch that expires (410 Gone: listed again, and what changed unseen is picked up).
 
-use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use serin_control::kubernetes::cluster::ClusterView;
 use serin_control::kubernetes::watch::ClusterRegistry;
 use serin_control::model::ServiceKey;
-use tokio::sync::broadcast;
 
-const SERVICES: &str = "/api/v1/services";
-const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
-const PODS: &str = "/api/v1/pods";
-const POLICIES: &str = "/apis/serin.io/v1/trafficpolicies";
+#[path = "support/fake_api.rs"]
+mod fake_api;
+use fake_api::*;
+
+/// A kube client of the fake.
+fn client(fake: &FakeApi) -> kube::Client {
+    let config = kube::Config::new(format!("http://{}", fake.addr).parse().unwrap());
+    kube::Client::try_from(config).unwrap()
+}
 
 fn tracing() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("debug,hyper=info,kube_client=info")
         .try_init();
-}
-
-/// What the fake API server holds.
-#[derive(Default)]
-struct State {
-    resource_version: u64,
-    /// Objects by collection path, then by namespace/name.
-    items: HashMap<&'static str, BTreeMap<String, Value>>,
-    /// Every event sent, for watches that resume from an older resourceVersion.
-    log: Vec<(u64, &'static str, Bytes)>,
-    /// Every request, `path?query`.
-    requests: Vec<String>,
-    /// Every status patch: (namespace/name, body).
-    patches: Vec<(String, Value)>,
-}
-
-#[derive(Clone, Debug)]
-enum Live {
-    Event(u64, &'static str, Bytes),
-    /// Every open watch ends (as when the API server's timeout passes).
-    End,
-    /// Every open watch gets 410 Gone (its resourceVersion is too old) and ends.
-    Expire,
-}
-
-#[derive(Clone)]
-struct FakeApi {
-    addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    live: broadcast::Sender<Live>,
-}
-
-fn key_of(object: &Value) -> String {
-    format!(
-        "{}/{}",
-        object["metadata"]["namespace"].as_str().unwrap_or(""),
-        object["metadata"]["name"].as_str().unwrap()
-    )
-}
-
-impl FakeApi {
-    async fn start() -> FakeApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (live, _) = broadcast::channel(256);
-        let fake = FakeApi {
-            addr: listener.local_addr().unwrap(),
-            state: Arc::new(Mutex::new(State::default())),
-            live,
-        };
-        for path in [SERVICES, SLICES, PODS, POLICIES] {
-            fake.state
-                .lock()
-                .unwrap()
-                .items
-                .insert(path, BTreeMap::new());
-        }
-        let server = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let server = server.clone();
-                        async move {
-                            if req.method() == hyper::Method::PATCH {
-                                let path = req.uri().path().to_owned();
-                                let body = req
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                return Ok::<_, Infallible>(server.patch_status(&path, &body));
-                            }
-                            Ok::<_, Infallible>(server.handle(&req))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        fake
-    }
-
-    fn handle(&self, req: &Request<hyper::body::Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
-        let path = req.uri().path().to_owned();
-        let query = req.uri().query().unwrap_or("").to_owned();
-        let params: HashMap<&str, &str> = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
-        let mut state = self.state.lock().unwrap();
-        state.requests.push(format!("{path}?{query}"));
-        let Some((&collection, items)) = state.items.get_key_value(path.as_str()) else {
-            return json_response(
-                404,
-                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-            );
-        };
-        if params
-            .get("watch")
-            .is_some_and(|w| *w == "true" || *w == "1")
-        {
-            let since: u64 = params
-                .get("resourceVersion")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            // Subscribe first, then replay what the log has after `since`: nothing is missed.
-            let live = self.live.subscribe();
-            let replay: Vec<Bytes> = state
-                .log
-                .iter()
-                .filter(|(rv, p, _)| *rv > since && *p == collection)
-                .map(|(_, _, line)| line.clone())
-                .collect();
-            let replayed_up_to = state.resource_version;
-            let live = tokio_stream::wrappers::BroadcastStream::new(live)
-                .filter_map(|m| async move { m.ok() })
-                .take_while(|m| {
-                    let go_on = !matches!(m, Live::End);
-                    async move { go_on }
-                })
-                .scan(false, move |expired, m| {
-                    let out = if *expired {
-                        None
-                    } else if let Live::Expire = m {
-                        *expired = true;
-                        Some(Some(Bytes::from_static(b"{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"too old resource version\",\"reason\":\"Expired\",\"code\":410}}\n")))
-                    } else if let Live::Event(rv, p, line) = m {
-                        Some((p == collection && rv > replayed_up_to).then_some(line))
-                    } else {
-                        Some(None)
-                    };
-                    async move { out }
-                })
-                .filter_map(|line| async move { line });
-            let body = futures::stream::iter(replay)
-                .chain(live)
-                .map(|line| Ok::<_, Infallible>(Frame::data(line)));
-            return Response::builder()
-                .header("content-type", "application/json")
-                .body(BodyExt::boxed(StreamBody::new(body)))
-                .unwrap();
-        }
-        let list_kind = match collection {
-            SERVICES => "ServiceList",
-            SLICES => "EndpointSliceList",
-            _ => "PodList",
-        };
-        let api_version = if collection == SLICES {
-            "discovery.k8s.io/v1"
-        } else {
-            "v1"
-        };
-        json_response(
-            200,
-            &json!({
-                "apiVersion": api_version,
-                "kind": list_kind,
-                "metadata": {"resourceVersion": state.resource_version.to_string()},
-                "items": items.values().cloned().collect::<Vec<_>>(),
-            }),
-        )
-    }
-
-    /// Stores `object` (a new resourceVersion) and sends the event to open watches, if `tell`.
-    fn change(&self, collection: &'static str, kind: &str, mut object: Value, tell: bool) {
-        let mut state = self.state.lock().unwrap();
-        state.resource_version += 1;
-        let rv = state.resource_version;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = key_of(&object);
-        let items = state.items.get_mut(collection).unwrap();
-        // Status is a subresource: writing the object keeps the status it has.
-        if collection == POLICIES
-            && object.get("status").is_none()
-            && let Some(status) = items.get(&key).and_then(|o| o.get("status"))
-        {
-            object["status"] = status.clone();
-        }
-        let event_type = match kind {
-            "DELETED" => {
-                items.remove(&key);
-                "DELETED"
-            }
-            _ if items.insert(key, object.clone()).is_some() => "MODIFIED",
-            _ => "ADDED",
-        };
-        if !tell {
-            return;
-        }
-        let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap();
-        line.push(b'\n');
-        let line = Bytes::from(line);
-        state.log.push((rv, collection, line.clone()));
-        let _ = self.live.send(Live::Event(rv, collection, line));
-    }
-
-    /// `PATCH .../namespaces/NS/trafficpolicies/NAME/status` with a merge patch: the status is
-    /// merged into the stored object, which is sent to the watches as MODIFIED.
-    fn patch_status(&self, path: &str, body: &[u8]) -> Response<BoxBody<Bytes, Infallible>> {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let [
-            "apis",
-            "serin.io",
-            "v1",
-            "namespaces",
-            ns,
-            "trafficpolicies",
-            name,
-            "status",
-        ] = parts[..]
-        else {
-            return json_response(
-                404,
-                &json!({"kind": "Status", "apiVersion": "v1", "code": 404}),
-            );
-        };
-        let patch: Value = serde_json::from_slice(body).unwrap();
-        let key = format!("{ns}/{name}");
-        let mut object = {
-            let mut state = self.state.lock().unwrap();
-            state.patches.push((key.clone(), patch.clone()));
-            state.items[POLICIES]
-                .get(&key)
-                .cloned()
-                .expect("a stored policy")
-        };
-        object["status"] = patch["status"].clone();
-        self.apply(POLICIES, object.clone());
-        json_response(200, &object)
-    }
-
-    fn patches(&self, key: &str) -> Vec<Value> {
-        let state = self.state.lock().unwrap();
-        state
-            .patches
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, p)| p.clone())
-            .collect()
-    }
-
-    fn apply(&self, collection: &'static str, object: Value) {
-        self.change(collection, "APPLY", object, true);
-    }
-
-    fn requests(&self, what: impl Fn(&str) -> bool) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .filter(|r| what(r))
-            .count()
-    }
-
-    fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
-        kube::Client::try_from(config).unwrap()
-    }
-}
-
-fn json_response(code: u16, value: &Value) -> Response<BoxBody<Bytes, Infallible>> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(value).unwrap())).boxed())
-        .unwrap()
-}
-
-fn service(name: &str, ip: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
-           "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}})
-}
-
-fn pod(name: &str, version: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": "shop", "labels": {"app": "reviews", "version": version}},
-           "spec": {"containers": [{"name": "app", "image": "reviews"}]}})
-}
-
-/// The EndpointSlice of `reviews` with these (pod, address, ready) endpoints.
-fn slice(endpoints: &[(&str, &str, bool)]) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": "reviews-abcde", "namespace": "shop", "labels": {"kubernetes.io/service-name": "reviews"}},
-           "addressType": "IPv4",
-           "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
-           "endpoints": endpoints.iter().map(|(pod, ip, ready)| json!({
-               "addresses": [ip], "conditions": {"ready": ready},
-               "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}})).collect::<Vec<_>>()})
 }
 
 /// Waits (up to 20 s) until the view passes `check`.
@@ -379,7 +76,7 @@ async fn the_registry_follows_the_api_server_through_watch_restarts() {
     fake.apply(PODS, pod("reviews-v1-a", "v1"));
     fake.apply(SLICES, slice(&[("reviews-v1-a", "10.244.0.7", true)]));
 
-    let registry = ClusterRegistry::start(&fake.client(), Duration::from_millis(5));
+    let registry = ClusterRegistry::start(&client(&fake), Duration::from_millis(5));
     let mut view = registry.watch();
     until(&mut view, "the listed state", |v| {
         versions(v) == [("v1".to_owned(), true)]
@@ -478,12 +175,6 @@ async fn the_registry_follows_the_api_server_through_watch_restarts() {
     drop(registry);
 }
 
-fn policy(name: &str, generation: i64, weight: i64) -> Value {
-    json!({"apiVersion": "serin.io/v1", "kind": "TrafficPolicy",
-           "metadata": {"name": name, "namespace": "shop", "generation": generation, "uid": format!("uid-{name}")},
-           "spec": {"service": name, "default": {"route": [{"version": "v1", "weight": weight}]}}})
-}
-
 #[tokio::test]
 async fn traffic_policies_are_read_validated_and_given_a_status() {
     use serin_control::kubernetes::policies::{ClusterPolicies, PolicyWatcher};
@@ -492,7 +183,7 @@ async fn traffic_policies_are_read_validated_and_given_a_status() {
     let fake = FakeApi::start().await;
     fake.apply(POLICIES, policy("reviews", 1, 100));
     fake.apply(POLICIES, policy("ratings", 1, -5));
-    let watcher = PolicyWatcher::start(&fake.client(), Duration::from_millis(5));
+    let watcher = PolicyWatcher::start(&client(&fake), Duration::from_millis(5));
     let mut view = watcher.watch();
     let state = |v: &ClusterPolicies, name: &str| {
         v.by_key
@@ -588,4 +279,654 @@ async fn traffic_policies_are_read_validated_and_given_a_status() {
         "reviews' status was right: not written again"
     );
     drop(watcher);
+}
+
+// ------------------------------------------------------------------------------------------------
+// `serin-control --kubernetes` as a whole: sidecars subscribe through Discovery, the Admin API
+// writes TrafficPolicy objects.
+
+mod mode {
+    use super::*;
+    use serin_control::app::App;
+    use serin_control::config::{Config, KubernetesConfig};
+    use serin_proto::auth::{AuthorizedAdmin, BearerToken, admin_client};
+    use serin_proto::v1;
+
+    /// The write token in the tokens file the replicas share.
+    const ADMIN_TOKEN: &str = "serin-test-kubernetes-write-token-0001";
+    use serin_proto::v1::discovery_client::DiscoveryClient;
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_stream::wrappers::ReceiverStream;
+
+    /// A control plane in Kubernetes mode on 127.0.0.1:0 whose kubeconfig names the fake.
+    pub struct ControlPlane {
+        pub grpc: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        run: tokio::task::JoinHandle<anyhow::Result<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl ControlPlane {
+        pub async fn start(fake: &FakeApi, replica: &str) -> ControlPlane {
+            let dir = tempfile::tempdir().unwrap();
+            let kubeconfig = dir.path().join("kubeconfig");
+            std::fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+                    fake.addr
+                ),
+            )
+            .unwrap();
+            // The replicas share the operator's tokens file.
+            let tokens = dir.path().join("admin-tokens");
+            std::fs::write(&tokens, format!("write {ADMIN_TOKEN}\n")).unwrap();
+            let config = Config {
+                admin_tokens: Some(tokens),
+                grpc: "127.0.0.1:0".parse().unwrap(),
+                http: "127.0.0.1:0".parse().unwrap(),
+                debounce: Duration::from_millis(5),
+                kubernetes: Some(KubernetesConfig {
+                    kubeconfig: Some(kubeconfig),
+                    replica: replica.to_owned(),
+                    status_interval: Duration::from_millis(50),
+                }),
+                ..Config::new(dir.path().join("unused-store"))
+            };
+            let app = tokio::time::timeout(Duration::from_secs(20), App::new(config))
+                .await
+                .expect("the cluster is listed within 20 s")
+                .unwrap();
+            assert!(
+                !dir.path().join("unused-store").exists(),
+                "no embedded store in Kubernetes mode"
+            );
+            let grpc = app.grpc_addr();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let (_, run) = app
+                .start(async move {
+                    let _ = stopped.await;
+                })
+                .unwrap();
+            ControlPlane {
+                grpc,
+                stop: Some(stop),
+                run: tokio::spawn(run),
+                _dir: dir,
+            }
+        }
+
+        /// An Admin client with the write token.
+        pub async fn admin(&self) -> AuthorizedAdmin {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            admin_client(channel, BearerToken::new(ADMIN_TOKEN).unwrap())
+        }
+
+        pub async fn stop(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            tokio::time::timeout(Duration::from_secs(10), &mut self.run)
+                .await
+                .expect("stops within 10 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// A simulated sidecar on the Discovery stream.
+    pub struct Sidecar {
+        tx: mpsc::Sender<v1::SubscribeRequest>,
+        rx: tonic::Streaming<v1::SubscribeResponse>,
+    }
+
+    impl Sidecar {
+        pub async fn connect(cp: &ControlPlane, pod: &str, service: &str) -> Sidecar {
+            let mut client = DiscoveryClient::connect(format!("http://{}", cp.grpc))
+                .await
+                .unwrap();
+            let (tx, requests) = mpsc::channel(16);
+            tx.send(v1::SubscribeRequest {
+                kind: Some(v1::subscribe_request::Kind::Hello(v1::Hello {
+                    proxy: Some(v1::ProxyIdentity {
+                        pod_name: pod.into(),
+                        namespace: "shop".into(),
+                        pod_ips: vec!["10.244.0.99".into()],
+                        service: service.into(),
+                        version: "v1".into(),
+                        proxy_version: "test".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+            let rx = client
+                .subscribe(ReceiverStream::new(requests))
+                .await
+                .unwrap()
+                .into_inner();
+            Sidecar { tx, rx }
+        }
+
+        /// Reads (and ACKs) pushes until one satisfies `check`, within 20 s.
+        pub async fn until(
+            &mut self,
+            what: &str,
+            check: impl Fn(&v1::Snapshot) -> bool,
+        ) -> v1::Snapshot {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let msg = tokio::time::timeout(left, self.rx.message())
+                    .await
+                    .unwrap_or_else(|_| panic!("timed out waiting for a push with {what}"))
+                    .unwrap()
+                    .expect("the stream is open");
+                self.ack(&msg).await;
+                let Some(v1::subscribe_response::Payload::Snapshot(snapshot)) = msg.payload else {
+                    panic!("a push without a snapshot");
+                };
+                if check(&snapshot) {
+                    return snapshot;
+                }
+            }
+        }
+    }
+
+    impl Sidecar {
+        async fn ack(&self, msg: &v1::SubscribeResponse) {
+            self.tx
+                .send(v1::SubscribeRequest {
+                    kind: Some(v1::subscribe_request::Kind::Ack(v1::SnapshotAck {
+                        version: msg.version.clone(),
+                        nonce: msg.nonce.clone(),
+                    })),
+                })
+                .await
+                .unwrap();
+        }
+
+        /// NACKs the first push that satisfies `check` (within 20 s), naming shop/reviews'
+        /// policy; the pushes before it are ACKed.
+        pub async fn nack_when(&mut self, check: impl Fn(&v1::Snapshot) -> bool) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let msg = loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let msg = tokio::time::timeout(left, self.rx.message())
+                    .await
+                    .expect("the push to NACK within 20 s")
+                    .unwrap()
+                    .expect("the stream is open");
+                match &msg.payload {
+                    Some(v1::subscribe_response::Payload::Snapshot(s)) if check(s) => break msg,
+                    _ => self.ack(&msg).await,
+                }
+            };
+            self.tx
+                .send(v1::SubscribeRequest {
+                    kind: Some(v1::subscribe_request::Kind::Nack(v1::SnapshotNack {
+                        version: msg.version,
+                        nonce: msg.nonce,
+                        errors: vec![v1::ResourceError {
+                            kind: v1::ResourceKind::TrafficPolicy as i32,
+                            namespace: "shop".into(),
+                            name: "reviews".into(),
+                            field: "spec.default".into(),
+                            reason: "test rejection".into(),
+                        }],
+                    })),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// (version, ready) of each endpoint of shop/reviews in a snapshot.
+    pub fn reviews_endpoints(s: &v1::Snapshot) -> Vec<(String, bool)> {
+        s.endpoints
+            .iter()
+            .filter(|e| e.namespace == "shop" && e.service == "reviews")
+            .flat_map(|e| e.endpoints.iter().map(|ep| (ep.version.clone(), ep.ready)))
+            .collect()
+    }
+
+    /// The default route of shop/reviews' policy in a snapshot: (generation, [(version, weight)]).
+    pub fn reviews_policy(s: &v1::Snapshot) -> Option<(u64, Vec<(String, u32)>)> {
+        s.policies
+            .iter()
+            .find(|p| {
+                p.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name == "reviews" && m.namespace == "shop")
+            })
+            .map(|p| {
+                (
+                    p.metadata.as_ref().map_or(0, |m| m.generation),
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.default.as_ref())
+                        .map(|d| {
+                            d.route
+                                .iter()
+                                .map(|w| (w.version.clone(), w.weight))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
+            })
+    }
+
+    pub fn split(pairs: &[(&str, u32)]) -> Vec<(String, u32)> {
+        pairs.iter().map(|(v, w)| ((*v).to_owned(), *w)).collect()
+    }
+}
+
+fn reviews_slice_v1_v2(v2_ready: bool) -> Value {
+    slice(&[
+        ("reviews-v1-a", "10.244.0.7", true),
+        ("reviews-v2-b", "10.244.0.8", v2_ready),
+    ])
+}
+
+#[tokio::test]
+async fn kubernetes_mode_pushes_the_cluster_to_sidecars_and_serinctl_writes_policy_objects() {
+    use mode::*;
+    use serin_proto::v1;
+    tracing();
+    let fake = FakeApi::start().await;
+    fake.apply(SERVICES, service("reviews", "10.96.0.10"));
+    fake.apply(PODS, pod("reviews-v1-a", "v1"));
+    fake.apply(PODS, pod("reviews-v2-b", "v2"));
+    fake.apply(SLICES, reviews_slice_v1_v2(true));
+    let mut reviews = policy("reviews", 1, 100);
+    reviews["metadata"]["creationTimestamp"] = json!("2026-11-26T12:00:00Z");
+    fake.apply(POLICIES, reviews);
+
+    let cp = ControlPlane::start(&fake, "serin-control-a").await;
+    let mut sidecar = Sidecar::connect(&cp, "productpage-a", "productpage").await;
+
+    // The first push is the whole cluster: the Service with its ClusterIP, both endpoints, the
+    // policy at the object's generation.
+    let first = sidecar
+        .until("the listed cluster", |s| {
+            reviews_endpoints(s).len() == 2 && reviews_policy(s).is_some()
+        })
+        .await;
+    let svc = first.services.iter().find(|s| s.name == "reviews").unwrap();
+    assert_eq!(svc.vips, ["10.96.0.10"]);
+    assert_eq!(svc.ports[0].protocol, v1::Protocol::Http1 as i32);
+    assert_eq!(
+        reviews_endpoints(&first),
+        [("v1".to_owned(), true), ("v2".to_owned(), true)]
+    );
+    assert_eq!(reviews_policy(&first), Some((1, split(&[("v1", 100)]))));
+
+    // The status: the sidecar of reviews ACKed generation 1, so this replica writes 1 of 1 in
+    // its own entry and in the totals.
+    let mut reviews_sidecar = Sidecar::connect(&cp, "reviews-v1-a", "reviews").await;
+    reviews_sidecar.until("the first push", |_| true).await;
+    let in_sync = |p: &Value| {
+        p["status"]["proxiesInSync"] == 1
+            && p["status"]["proxiesTotal"] == 1
+            && p["status"]["observedGeneration"] == 1
+            && p["status"]["replicas"]["serin-control-a"]["proxiesInSync"] == 1
+    };
+    eventually("the status says 1 of 1 in sync", || {
+        fake.patches("shop/reviews").iter().any(in_sync)
+    })
+    .await;
+    let written = fake.patches("shop/reviews").len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.patches("shop/reviews").len(),
+        written,
+        "a status already right is not written again"
+    );
+
+    // A watch event: v2's endpoint terminates (not ready: it drains, no new requests).
+    eventually("every watch open", || {
+        fake.requests(|r| r.contains("watch=true")) >= 4
+    })
+    .await;
+    fake.apply(SLICES, reviews_slice_v1_v2(false));
+    sidecar
+        .until("v2 not ready", |s| {
+            reviews_endpoints(s) == [("v1".to_owned(), true), ("v2".to_owned(), false)]
+        })
+        .await;
+
+    // A policy edited with kubectl (generation 2) is pushed.
+    fake.apply(POLICIES, {
+        let mut p = policy("reviews", 2, 100);
+        p["spec"]["default"]["route"] =
+            json!([{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]);
+        p
+    });
+    sidecar
+        .until("generation 2", |s| {
+            reviews_policy(s) == Some((2, split(&[("v1", 90), ("v2", 10)])))
+        })
+        .await;
+
+    // The sidecar of reviews NACKs generation 2: the status says so, 0 of 1 in sync.
+    reviews_sidecar
+        .nack_when(|s| reviews_policy(s).is_some_and(|(g, _)| g == 2))
+        .await;
+    eventually("the NACK in the status", || {
+        fake.patches("shop/reviews").iter().any(|p| {
+            p["status"]["observedGeneration"] == 2
+                && p["status"]["proxiesInSync"] == 0
+                && p["status"]["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("reviews-v1-a: spec.default: test rejection"))
+        })
+    })
+    .await;
+    drop(reviews_sidecar);
+
+    // Every watch ends; a change made meanwhile arrives through the resumed watches.
+    let _ = fake.live.send(Live::End);
+    fake.apply(SLICES, reviews_slice_v1_v2(true));
+    sidecar
+        .until("v2 ready after the watch restart", |s| {
+            reviews_endpoints(s) == [("v1".to_owned(), true), ("v2".to_owned(), true)]
+        })
+        .await;
+
+    // Every watch expires (410 Gone) while a Service was added unseen: listed again, pushed.
+    fake.change(SERVICES, "ADDED", service("ratings", "10.96.0.11"), false);
+    let _ = fake.live.send(Live::Expire);
+    sidecar
+        .until("ratings after the re-list", |s| {
+            s.services.iter().any(|svc| svc.name == "ratings")
+        })
+        .await;
+
+    // `serinctl canary reviews v2 --weight 30`: SetWeights at the generation it read. The
+    // object is replaced with the resourceVersion it was read at; the generation it replaces
+    // goes into the history annotation.
+    let mut admin = cp.admin().await;
+    let canary = admin
+        .set_weights(v1::SetWeightsRequest {
+            namespace: "shop".into(),
+            service: "reviews".into(),
+            weights: vec![
+                v1::VersionWeight {
+                    version: "v1".into(),
+                    weight: 70,
+                },
+                v1::VersionWeight {
+                    version: "v2".into(),
+                    weight: 30,
+                },
+            ],
+            if_generation: Some(2),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(canary.policy.unwrap().metadata.unwrap().generation, 3);
+    let writes = fake.writes();
+    let (method, key, body) = writes.last().unwrap();
+    assert_eq!((method.as_str(), key.as_str()), ("PUT", "shop/reviews"));
+    assert_eq!(
+        body["spec"]["default"]["route"],
+        json!([{"version": "v1", "weight": 70}, {"version": "v2", "weight": 30}])
+    );
+    assert!(body["metadata"]["resourceVersion"].is_string(), "{body}");
+    let history: Value = serde_json::from_str(
+        body["metadata"]["annotations"]["serin.io/history"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(history[0]["generation"], 2, "{history}");
+    sidecar
+        .until("the canary", |s| {
+            reviews_policy(s) == Some((3, split(&[("v1", 70), ("v2", 30)])))
+        })
+        .await;
+    // The caller reads its own write from the cache.
+    let got = admin
+        .get_policy(v1::GetPolicyRequest {
+            namespace: "shop".into(),
+            name: "reviews".into(),
+            generation: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(got.metadata.unwrap().generation, 3);
+
+    // A stale if_generation is refused, naming the current one; nothing is written.
+    let before = fake.writes().len();
+    let stale = admin
+        .set_weights(v1::SetWeightsRequest {
+            namespace: "shop".into(),
+            service: "reviews".into(),
+            weights: vec![v1::VersionWeight {
+                version: "v1".into(),
+                weight: 100,
+            }],
+            if_generation: Some(2),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted, "{stale:?}");
+    assert!(stale.message().contains("generation 3"), "{stale:?}");
+    assert_eq!(fake.writes().len(), before);
+
+    // `serinctl promote reviews v2` loses a race with another writer once (409 Conflict):
+    // read again, written again.
+    fake.state.lock().unwrap().race_next_put = true;
+    let promoted = admin
+        .promote(v1::PromoteRequest {
+            namespace: "shop".into(),
+            service: "reviews".into(),
+            version: "v2".into(),
+            if_generation: None,
+            force: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(promoted.policy.unwrap().metadata.unwrap().generation, 4);
+    let puts: Vec<_> = fake.writes()[before..]
+        .iter()
+        .filter(|(m, _, _)| m == "PUT")
+        .cloned()
+        .collect();
+    assert_eq!(puts.len(), 2, "the conflicting PUT and the retry");
+    assert_eq!(
+        puts[1].2["spec"]["default"]["route"],
+        json!([{"version": "v2", "weight": 100}])
+    );
+    assert_eq!(
+        puts[1].2["metadata"]["labels"],
+        json!({"touched-by": "another-writer"}),
+        "the retry starts from the other writer's object"
+    );
+    sidecar
+        .until("the promotion", |s| {
+            reviews_policy(s) == Some((4, split(&[("v2", 100)])))
+        })
+        .await;
+
+    // `serinctl apply -f details.yaml`: a new object is created.
+    let details: serin_policy::TrafficPolicy = serde_yaml_ng::from_str(
+        "apiVersion: serin.io/v1\nkind: TrafficPolicy\nmetadata: {name: details, namespace: shop}\nspec:\n  service: details\n  default: {route: [{version: v1, weight: 100}]}\n",
+    )
+    .unwrap();
+    let applied = admin
+        .apply_policy(v1::ApplyPolicyRequest {
+            policy: Some(v1::TrafficPolicy::from(&details)),
+            if_generation: Some(0),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.outcome, v1::ApplyOutcome::Created as i32);
+    let (method, key, body) = fake.writes().last().unwrap().clone();
+    assert_eq!((method.as_str(), key.as_str()), ("POST", "shop/details"));
+    assert_eq!(body["spec"]["service"], "details");
+
+    // The control plane restarts: `serinctl rollback reviews` still finds generation 3 in the
+    // object's history annotation and restores it as generation 5.
+    drop(admin);
+    drop(sidecar);
+    cp.stop().await;
+    let cp = ControlPlane::start(&fake, "serin-control-b").await;
+    let mut admin = cp.admin().await;
+    let rolled = admin
+        .rollback(v1::RollbackRequest {
+            namespace: "shop".into(),
+            service: "reviews".into(),
+            to_generation: None,
+            if_generation: Some(4),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rolled.restored_generation, 3);
+    assert_eq!(rolled.policy.unwrap().metadata.unwrap().generation, 5);
+    let (method, _, body) = fake.writes().last().unwrap().clone();
+    assert_eq!(method, "PUT");
+    assert_eq!(
+        body["spec"]["default"]["route"],
+        json!([{"version": "v1", "weight": 70}, {"version": "v2", "weight": 30}])
+    );
+    let history = admin
+        .policy_history(v1::PolicyHistoryRequest {
+            namespace: "shop".into(),
+            name: "reviews".into(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revisions;
+    assert_eq!(
+        history.iter().map(|r| r.generation).collect::<Vec<_>>(),
+        [5, 4, 3, 2],
+        "the current generation, then what serin replaced (kubectl's generation 1 was never replaced through serin)"
+    );
+    assert_eq!(history[0].cause, v1::ChangeCause::Rollback as i32);
+    let mut sidecar = Sidecar::connect(&cp, "productpage-a", "productpage").await;
+    sidecar
+        .until("the rollback", |s| {
+            reviews_policy(s) == Some((5, split(&[("v1", 70), ("v2", 30)])))
+        })
+        .await;
+
+    // Registration belongs to the API server in this mode.
+    let refused = admin
+        .register_workload(v1::RegisterWorkloadRequest {
+            workload: Some(v1::Workload {
+                pod_name: "x".into(),
+                namespace: "shop".into(),
+                addresses: vec!["10.244.1.1".into()],
+                service: "reviews".into(),
+                ..Default::default()
+            }),
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+
+    // `serinctl delete policy details`.
+    admin
+        .delete_policy(v1::DeletePolicyRequest {
+            namespace: "shop".into(),
+            name: "details".into(),
+            if_generation: Some(1),
+        })
+        .await
+        .unwrap();
+    let (method, key, _) = fake.writes().last().unwrap().clone();
+    assert_eq!((method.as_str(), key.as_str()), ("DELETE", "shop/details"));
+    drop(sidecar);
+    drop(admin);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_write_one_status_without_fighting() {
+    use mode::*;
+    tracing();
+    let fake = FakeApi::start().await;
+    fake.apply(SERVICES, service("reviews", "10.96.0.10"));
+    fake.apply(PODS, pod("reviews-v1-a", "v1"));
+    fake.apply(PODS, pod("reviews-v2-b", "v2"));
+    fake.apply(SLICES, reviews_slice_v1_v2(true));
+    fake.apply(POLICIES, policy("reviews", 1, 100));
+
+    // Two replicas, each with one sidecar of reviews (and b with one of another service).
+    let a = ControlPlane::start(&fake, "serin-control-a").await;
+    let b = ControlPlane::start(&fake, "serin-control-b").await;
+    let mut on_a = Sidecar::connect(&a, "reviews-v1-a", "reviews").await;
+    let mut on_b = Sidecar::connect(&b, "reviews-v2-b", "reviews").await;
+    let mut other = Sidecar::connect(&b, "productpage-a", "productpage").await;
+    for s in [&mut on_a, &mut on_b, &mut other] {
+        s.until("generation 1", |s| {
+            reviews_policy(s).is_some_and(|(g, _)| g == 1)
+        })
+        .await;
+    }
+    let status = || fake.stored("shop/reviews")["status"].clone();
+    let settled = |generation: i64| {
+        move |s: &Value| {
+            s["observedGeneration"] == generation
+                && s["proxiesInSync"] == 2
+                && s["proxiesTotal"] == 2
+                && s["lastError"] == ""
+                && s["replicas"]["serin-control-a"]["proxiesInSync"] == 1
+                && s["replicas"]["serin-control-b"]["proxiesInSync"] == 1
+                && s["replicas"]["serin-control-b"]["proxiesTotal"] == 1
+        }
+    };
+    let first = settled(1);
+    eventually("both replicas' entries and the sums", || first(&status())).await;
+    // Settled: ten passes of each replica (50 ms apart) write nothing more.
+    let written = fake.patches("shop/reviews").len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.patches("shop/reviews").len(),
+        written,
+        "the replicas agree and stop writing: {:#}",
+        status()
+    );
+    assert!(first(&status()));
+
+    // A new generation: each replica counts its sidecar again once it ACKs.
+    fake.apply(POLICIES, policy("reviews", 2, 100));
+    let second = settled(2);
+    eventually("generation 2 observed, not yet in sync", || {
+        let s = status();
+        s["observedGeneration"] == 2 && s["proxiesInSync"] == 0
+    })
+    .await;
+    for s in [&mut on_a, &mut on_b] {
+        s.until("generation 2", |s| {
+            reviews_policy(s).is_some_and(|(g, _)| g == 2)
+        })
+        .await;
+    }
+    eventually("both in sync at generation 2", || second(&status())).await;
+    drop((on_a, on_b, other));
+    a.stop().await;
+    b.stop().await;
 }

@@ -208,7 +208,11 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
     let agent = Arc::new(Agent {
         dir: dir.clone(),
         bin_dir: args.bin_dir.clone(),
-        control_plane: ControlPlane::new(&format!("http://127.0.0.1:{}", args.grpc_port))?,
+        // The control plane generated its tokens in the store before listening.
+        control_plane: ControlPlane::new(
+            &format!("http://127.0.0.1:{}", args.grpc_port),
+            &dir.admin_token()?,
+        )?,
         control_plane_ip: cp_pod.ip(),
         mesh: Arc::try_unwrap(mesh).map_err(|_| anyhow::anyhow!("mesh still shared"))?,
         record: Mutex::new(record),
@@ -288,6 +292,9 @@ fn spawn_control_plane(pod: &Pod, bin: &Path, store: &Path, log: &Path) -> Resul
         .args(["--http", &format!("0.0.0.0:{HTTP_PORT}")])
         .arg("--store")
         .arg(store)
+        // Reads are open on the host's loopback forward (the dashboard needs no token to look);
+        // writes need the write token generated in the store, which only root can read.
+        .arg("--admin-read-anonymous")
         .stdout(Redirect::Append(log.to_owned()))
         .stderr(Redirect::Append(log.to_owned()))
         .spawn()?;

@@ -600,6 +600,16 @@ impl Cluster {
         })
     }
 
+    /// The control plane's admin tokens file.
+    pub fn admin_tokens_path(&self) -> PathBuf {
+        self.dir.admin_tokens()
+    }
+
+    /// The control plane's write token (only root can read it).
+    pub fn admin_token(&self) -> Result<String, Error> {
+        self.dir.admin_token()
+    }
+
     /// The control plane's gRPC URL on the host (`http://127.0.0.1:15010` by default).
     pub fn control_plane_url(&self) -> String {
         self.record.control_plane_url()

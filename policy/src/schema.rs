@@ -74,7 +74,20 @@ pub fn crd() -> Value {
             "observedGeneration": {"type": "integer", "format": "int64", "description": "The generation the control plane last pushed."},
             "proxiesInSync": {"type": "integer", "format": "int64", "description": "Proxies of the service that acknowledged it."},
             "proxiesTotal": {"type": "integer", "format": "int64", "description": "Proxies of the service."},
-            "lastError": {"type": "string", "description": "The last rejection (validation or NACK), empty when none."}
+            "lastError": {"type": "string", "description": "The last rejection (validation or NACK), empty when none."},
+            "replicas": {
+                "type": "object",
+                "description": "Each control-plane replica's own counts (its connected proxies); the totals above are their sums.",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "proxiesInSync": {"type": "integer", "format": "int64"},
+                        "proxiesTotal": {"type": "integer", "format": "int64"},
+                        "lastError": {"type": "string"},
+                        "heartbeat": {"type": "integer", "format": "int64", "description": "Unix seconds of the replica's last write."}
+                    }
+                }
+            }
         }
     });
     let mut properties = Map::new();

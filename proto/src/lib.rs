@@ -23,3 +23,5 @@ pub mod v1 {
 /// API of a running control plane.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/serin_v1_descriptor.bin"));
+
+pub mod auth;

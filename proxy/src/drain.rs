@@ -2,6 +2,9 @@
 //! connection. `Trigger::drain` tells every watcher to wind down, then waits until all of them
 //! are dropped or the deadline passes.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -73,6 +76,38 @@ impl Watch {
     pub fn is_draining(&self) -> bool {
         *self.signal.borrow()
     }
+
+    /// [`Watch::signaled`] for a future polled on every wake of a busy task (a connection): once
+    /// the first poll has registered the task's waker, later polls only look whether the channel
+    /// changed (an atomic load) instead of registering again (a lock). A drain, or the trigger
+    /// going away, wakes the task through the waker registered first, which stays the task's.
+    pub fn signaled_in_task(&self) -> Signaled<'_> {
+        Signaled {
+            watch: self,
+            wait: Box::pin(self.signaled()),
+            registered: false,
+        }
+    }
+}
+
+/// See [`Watch::signaled_in_task`].
+pub struct Signaled<'a> {
+    watch: &'a Watch,
+    wait: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    registered: bool,
+}
+
+impl Future for Signaled<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // `has_changed` is `Ok(false)` while nothing was sent and the trigger lives.
+        if self.registered && matches!(self.watch.signal.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        self.registered = true;
+        self.wait.as_mut().poll(cx)
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +125,39 @@ mod tests {
         });
         assert!(trigger.drain(Duration::from_secs(5)).await);
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn signaled_in_task_wakes_on_a_drain_and_when_the_trigger_goes() {
+        for drop_trigger in [false, true] {
+            let (trigger, watch) = new();
+            let worker = watch.clone();
+            let task = tokio::spawn(async move {
+                // Polled many times before the drain, as a busy connection polls it.
+                let mut signaled = std::pin::pin!(worker.signaled_in_task());
+                for _ in 0..3 {
+                    assert!(futures_poll_once(signaled.as_mut()).await.is_pending());
+                }
+                signaled.await;
+            });
+            tokio::task::yield_now().await;
+            if drop_trigger {
+                drop(trigger);
+            } else {
+                let _ = trigger.signal.send(true);
+            }
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("the watch woke its task")
+                .unwrap();
+            drop(watch);
+        }
+    }
+
+    /// Polls `fut` once.
+    async fn futures_poll_once<F: Future + Unpin>(fut: F) -> Poll<F::Output> {
+        let mut fut = fut;
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::ProxySettings;
@@ -143,7 +143,7 @@ pub async fn serve(
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
-                () = drain.signaled() => {
+                () = drain.signaled_in_task() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -169,11 +169,15 @@ pub async fn serve(
                 .max_send_buf_size(settings.h2_max_send_buffer)
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_CONN_WINDOW);
+            // Each stream's future is boxed where it starts: hyper runs every stream as a task
+            // of its own, and tokio moves a task's future (several KiB unboxed) a few times
+            // between spawn and completion; an HTTP/1 request's is polled in place instead.
+            let service = service_fn(move |req| Box::pin(service.call(req)));
             let conn = builder.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
-                () = drain.signaled() => {
+                () = drain.signaled_in_task() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -355,7 +359,11 @@ async fn route_admitted(req: Request<Incoming>, downstream: &Downstream) -> Resp
             match attempt(req, &backend.state, metrics, start, kept).await {
                 Ok(response) => response,
                 Err(failed) => match retry {
-                    Some(again) => retry_elsewhere(again, failed, destination, &routed, kept).await,
+                    // Boxed: a rare path, which would otherwise double the size of every
+                    // request's future (it holds a second `attempt`).
+                    Some(again) => {
+                        Box::pin(retry_elsewhere(again, failed, destination, &routed, kept)).await
+                    }
                     None => {
                         if eligible {
                             destination.metrics.registry().retry(
@@ -567,9 +575,11 @@ async fn send_http1(
 ) -> Result<Response<Incoming>, ForwardError> {
     let pool = &endpoint.pool;
     let is_connect = req.method() == Method::CONNECT;
+    // A new connection's connect and handshake are boxed: kept out of every request's future
+    // (moved and copied as the request goes), they cost an allocation only when they happen.
     let (mut sender, reused) = match kept.take(endpoint).or_else(|| pool.idle_http1()) {
         Some(sender) => (sender, true),
-        None => (pool.new_http1().await?, false),
+        None => (Box::pin(pool.new_http1()).await?, false),
     };
     let response = match sender.try_send_request(req).await {
         Ok(response) => response,
@@ -577,7 +587,7 @@ async fn send_http1(
             // The idle connection was closed under us before the request went out.
             Some(req) if reused => {
                 tracing::debug!(addr = %pool.addr(), "pooled connection closed, retrying on a new one");
-                sender = pool.new_http1().await?;
+                sender = Box::pin(pool.new_http1()).await?;
                 sender
                     .send_request(req)
                     .await
@@ -607,14 +617,18 @@ async fn send_http2(
     endpoint: &Arc<EndpointState>,
 ) -> Result<Response<Incoming>, ForwardError> {
     let pool = &endpoint.pool;
-    let mut sender = pool.http2().await?;
+    // The shared connection, or (boxed, as in `send_http1`) a new one.
+    let mut sender = match pool.live_http2() {
+        Some(sender) => sender,
+        None => Box::pin(pool.http2()).await?,
+    };
     match sender.try_send_request(req).await {
         Ok(response) => Ok(response),
         Err(mut e) => match e.take_message() {
             Some(req) => {
                 // The shared connection went away (GOAWAY) before this stream started.
                 pool.forget_http2();
-                let mut sender = pool.http2().await?;
+                let mut sender = Box::pin(pool.http2()).await?;
                 sender
                     .send_request(req)
                     .await

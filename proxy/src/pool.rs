@@ -334,7 +334,8 @@ impl Pool {
         *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn live_http2(&self) -> Option<http2::SendRequest<RequestBody>> {
+    /// The shared HTTP/2 connection if it is open (no connect: see [`Pool::http2`]).
+    pub fn live_http2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut shared = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         match &*shared {
             Some(sender) if !sender.is_closed() => Some(sender.clone()),

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use control_plane::{ControlPlaneProcess, eventually, free_addr, init_tracing};
+use serin_proto::auth::AuthorizedAdmin;
 use serin_proto::v1;
-use serin_proto::v1::admin_client::AdminClient;
 use serin_proto::v1::discovery_server::{Discovery as DiscoveryService, DiscoveryServer};
 use serin_proxy::app::Bound;
 use serin_proxy::config::{Config, ConfigSource, ControlPlane, Identity, ProxySettings};
@@ -22,7 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::Channel;
 
 /// A proxy following the control plane at `grpc`, with short backoffs; its Discovery client
 /// runs on a task aborted on drop.
@@ -111,7 +110,7 @@ impl Sidecar {
 }
 
 /// This proxy's entry in ListProxies.
-async fn proxy_status(admin: &mut AdminClient<Channel>) -> Option<v1::ProxyStatus> {
+async fn proxy_status(admin: &mut AuthorizedAdmin) -> Option<v1::ProxyStatus> {
     let proxies = admin
         .list_proxies(v1::ListProxiesRequest::default())
         .await

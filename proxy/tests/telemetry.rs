@@ -184,9 +184,7 @@ async fn the_control_plane_receives_exactly_the_requests_the_proxy_forwarded() {
         start_app(v1_ip, port, "v1").await,
         start_app(v2_ip, port, "v2").await,
     ];
-    let mut admin = v1::admin_client::AdminClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+    let mut admin = cp.admin().await;
     for (pod, version, ip) in [("reviews-v1-0", "v1", v1_ip), ("reviews-v2-0", "v2", v2_ip)] {
         admin
             .register_workload(workload(pod, version, ip, port))

@@ -2,6 +2,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cdp;
+pub mod cluster;
 pub mod echo;
 pub mod netprobe;
 pub mod pods;
+pub mod shares;

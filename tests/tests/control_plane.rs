@@ -17,67 +17,19 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
-use serin_local::{Mesh, Pod, Process, Redirect};
-use serin_tests::pods::{admin_get, apply_capture, built_binary};
+use serin_local::{Mesh, Pod};
+use serin_tests::pods::{
+    ADMIN_TOKEN, CONTROL_PLANE_PORT as GRPC_PORT, Files, admin_get, apply_capture,
+    start_control_plane, start_sidecar,
+};
 
-/// The sidecar's uid and gid.
-const PROXY_UID: u32 = 1337;
 /// The port `reviews` serves on (VIP and pods).
 const PORT: u16 = 9080;
-/// The control plane's gRPC port.
-const GRPC_PORT: u16 = 15010;
 /// Generous bound for what should happen promptly.
 const LONG: Duration = Duration::from_secs(30);
-
-/// A directory every uid can read: copies of the binaries (the build directory may be closed to
-/// uid 1337), the control plane's store, the logs. Shows the logs of a failed test, then goes.
-struct Files {
-    dir: PathBuf,
-}
-
-impl Files {
-    fn new() -> Files {
-        let dir = std::env::temp_dir().join(format!("serin-control-plane-{}", std::process::id()));
-        fs::create_dir_all(dir.join("store")).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        for bin in ["serin-proxy", "serin-control", "serinctl"] {
-            fs::copy(built_binary(bin), dir.join(bin)).unwrap();
-            fs::set_permissions(dir.join(bin), fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Files { dir }
-    }
-
-    fn bin(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let text = fs::read_to_string(entry.path()).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                    eprintln!("----- {} (last lines) -----", entry.path().display());
-                    for line in tail.iter().rev() {
-                        eprintln!("{line}");
-                    }
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A tiny HTTP/1.1 app in `pod` on `PORT` (bound inside the pod, served by a thread of this
 /// process): every request gets `200` with the pod's name.
@@ -152,65 +104,19 @@ fn traffic_flows(client: &Pod, vip: Ipv4Addr, servers: [&Pod; 2]) {
     }
 }
 
-/// Starts `serin-control` in `pod` on the store of `files`.
-fn start_control_plane(pod: &Pod, files: &Files) -> Process {
-    let store = files.dir.join("store").display().to_string();
-    let process = pod
-        .exec([
-            &files.bin("serin-control")[..],
-            "--grpc",
-            &format!("0.0.0.0:{GRPC_PORT}"),
-            "--http",
-            "0.0.0.0:15080",
-            "--store",
-            &store,
-        ])
-        .stdout(Redirect::Append(files.log("serin-control")))
-        .stderr(Redirect::Append(files.log("serin-control")))
-        .spawn()
-        .expect("spawn serin-control");
-    pod.wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], GRPC_PORT)), LONG)
-        .expect("serin-control listens");
-    process
-}
-
-/// Starts `serin-proxy` in `pod` as uid 1337, following the control plane at `cp`.
-fn start_sidecar(files: &Files, pod: &Pod, cp: Ipv4Addr, service: &str, version: &str) -> Process {
-    pod.exec([
-        &files.bin("serin-proxy")[..],
-        "--control-plane",
-        &format!("http://{cp}:{GRPC_PORT}"),
-        "--pod-name",
-        pod.name(),
-        "--namespace",
-        "default",
-        "--pod-ip",
-        &pod.ip().to_string(),
-        "--service",
-        service,
-        "--version",
-        version,
-        "--service-account",
-        "default",
-        "--node-name",
-        "serin-test",
-        "--log-level",
-        "info,serin_proxy=debug",
-    ])
-    .user(PROXY_UID, PROXY_UID)
-    .stdout(Redirect::Append(files.log(pod.name())))
-    .stderr(Redirect::Append(files.log(pod.name())))
-    .spawn()
-    .expect("spawn serin-proxy")
-}
-
 /// `serinctl ARGS` inside the control plane's pod; its stdout (panics on failure).
 fn serinctl(pod: &Pod, files: &Files, args: &[&str]) -> String {
     let url = format!("http://127.0.0.1:{GRPC_PORT}");
-    let mut argv = vec![&files.bin("serinctl")[..], "--control-plane", &url[..]]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
+    let mut argv = vec![
+        &files.bin("serinctl")[..],
+        "--control-plane",
+        &url[..],
+        "--token",
+        ADMIN_TOKEN,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
     argv.extend(args.iter().map(|a| (*a).to_owned()));
     pod.exec(&argv).run().expect("serinctl")
 }
@@ -258,10 +164,14 @@ fn register(cp_pod: &Pod, pod: &Pod, version: &str) {
                 .unwrap();
             rt.block_on(async move {
                 use serin_proto::v1;
-                let mut admin =
-                    v1::admin_client::AdminClient::connect(format!("http://127.0.0.1:{GRPC_PORT}"))
+                let channel =
+                    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{GRPC_PORT}"))
+                        .unwrap()
+                        .connect()
                         .await
                         .expect("connect to the control plane");
+                let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
+                let mut admin = serin_proto::auth::admin_client(channel, token);
                 admin
                     .register_workload(v1::RegisterWorkloadRequest {
                         workload: Some(v1::Workload {
@@ -320,7 +230,7 @@ fn sidecars_follow_the_control_plane_through_a_policy_a_kill_and_a_restart() {
         return;
     }
     init_tracing();
-    let files = Files::new();
+    let files = Files::new("control-plane");
     let mesh = Mesh::create().expect("create mesh");
     let cp_pod = mesh
         .add_pod("serin-control")

@@ -14,11 +14,8 @@
 //! Needs the binaries: `cargo build --bins -p serin-proxy -p serin-control`. Skipped, with a
 //! printed reason, without root. One scenario at a time (one lock).
 
-use std::fs;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,8 +24,7 @@ use hyper_util::rt::TokioIo;
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_local::{Mesh, Pod, Process, Redirect};
 use serin_proto::v1;
-use serin_tests::pods::{admin_get, apply_capture, built_binary};
-use tonic::transport::Channel;
+use serin_tests::pods::{ADMIN_TOKEN, Files, admin_get, apply_capture, start_control_plane};
 
 const PROXY_UID: u32 = 1337;
 /// The port of the reviews app (and of its service).
@@ -43,51 +39,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn note(line: &str) {
     let _ = io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-/// Copies of the binaries every uid can run, the store and the logs (shown when a test fails).
-struct Files {
-    dir: PathBuf,
-}
-
-impl Files {
-    fn new(test: &str) -> Files {
-        let dir = std::env::temp_dir().join(format!("serin-mtls-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("store")).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        for bin in ["serin-proxy", "serin-control"] {
-            fs::copy(built_binary(bin), dir.join(bin)).unwrap();
-            fs::set_permissions(dir.join(bin), fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Files { dir }
-    }
-
-    fn bin(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let text = fs::read_to_string(entry.path()).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                    eprintln!("----- {} (last lines) -----", entry.path().display());
-                    for line in tail.iter().rev() {
-                        eprintln!("{line}");
-                    }
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A TCP payload seen on the server pod's interface: from where, and its bytes.
@@ -213,7 +164,7 @@ impl Fixture {
         }
         init_tracing();
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        let files = Files::new(test);
+        let files = Files::new(&format!("mtls-{test}"));
         let mesh = Mesh::create().expect("create mesh");
         let cp_pod = mesh.add_pod("serin-control").expect("add pod");
         let server = mesh.add_pod("reviews-v1").expect("add pod");
@@ -371,27 +322,6 @@ impl Drop for Fixture {
     }
 }
 
-fn start_control_plane(pod: &Pod, files: &Files) -> Process {
-    let store = files.dir.join("store").display().to_string();
-    let process = pod
-        .exec([
-            &files.bin("serin-control")[..],
-            "--grpc",
-            &format!("0.0.0.0:{CP_PORT}"),
-            "--http",
-            "0.0.0.0:15080",
-            "--store",
-            &store,
-        ])
-        .stdout(Redirect::Append(files.log("serin-control")))
-        .stderr(Redirect::Append(files.log("serin-control")))
-        .spawn()
-        .expect("spawn serin-control");
-    pod.wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], CP_PORT)), LONG)
-        .expect("serin-control listens");
-    process
-}
-
 fn start_sidecar(
     files: &Files,
     pod: &Pod,
@@ -476,7 +406,7 @@ async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<tokio::net::TcpSt
     tokio::net::TcpStream::from_std(stream)
 }
 
-async fn admin(cp_pod: &Pod) -> v1::admin_client::AdminClient<Channel> {
+async fn admin(cp_pod: &Pod) -> serin_proto::auth::AuthorizedAdmin {
     let pod = cp_pod.clone();
     let addr = SocketAddr::from(([127, 0, 0, 1], CP_PORT));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -487,7 +417,8 @@ async fn admin(cp_pod: &Pod) -> v1::admin_client::AdminClient<Channel> {
         }))
         .await
         .expect("connect to the control plane's Admin API");
-    v1::admin_client::AdminClient::new(channel)
+    let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
+    serin_proto::auth::admin_client(channel, token)
 }
 
 /// Registers `pod` as service `service` (service account of the same name): its bootstrap token.

@@ -21,8 +21,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,22 +32,22 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
-use serin_local::{Mesh, Pod, Process, Redirect};
+use serin_local::{Mesh, Pod, Process};
 use serin_proto::v1;
 use serin_tests::echo::{Echo, EchoClient, EchoReply, EchoRequest, EchoServer};
-use serin_tests::pods::{admin_get, apply_capture, built_binary};
+use serin_tests::pods::{
+    ADMIN_TOKEN, CONTROL_PLANE_PORT as CP_PORT, Files, admin_get, apply_capture,
+    start_control_plane, start_sidecar,
+};
+use serin_tests::shares::{assert_shares, share};
 use tokio::net::TcpStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 
-/// The sidecar's uid and gid.
-const PROXY_UID: u32 = 1337;
 /// The port of the HTTP services (VIP and pods).
 const HTTP_PORT: u16 = 9080;
 /// The port of the gRPC service.
 const GRPC_PORT: u16 = 9090;
-/// The control plane's gRPC port.
-const CP_PORT: u16 = 15010;
 /// The sidecars' admin port.
 const ADMIN_PORT: u16 = 15000;
 /// Generous bound for what should happen promptly (the machine is small and shared).
@@ -68,68 +66,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Writes a line straight to stderr, so that the measured numbers show even for passing tests.
 fn note(line: &str) {
     let _ = io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-// ---------------------------------------------------------------------------------------------
-// Files
-
-/// A directory every uid can read: copies of the binaries (the build directory may be closed to
-/// uid 1337), the control plane's store, policies, logs. Shows the logs of a failed test, then
-/// goes.
-struct Files {
-    dir: PathBuf,
-    next_policy: AtomicUsize,
-}
-
-impl Files {
-    fn new(test: &str) -> Files {
-        let dir = std::env::temp_dir().join(format!("serin-routing-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("store")).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        for bin in ["serin-proxy", "serin-control", "serinctl"] {
-            fs::copy(built_binary(bin), dir.join(bin)).unwrap();
-            fs::set_permissions(dir.join(bin), fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Files {
-            dir,
-            next_policy: AtomicUsize::new(0),
-        }
-    }
-
-    fn bin(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
-    }
-
-    /// Writes `yaml` to a new file; its path.
-    fn policy(&self, yaml: &str) -> String {
-        let n = self.next_policy.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("policy-{n}.yaml"));
-        fs::write(&path, yaml).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let text = fs::read_to_string(entry.path()).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                    eprintln!("----- {} (last lines) -----", entry.path().display());
-                    for line in tail.iter().rev() {
-                        eprintln!("{line}");
-                    }
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +273,7 @@ impl Fixture {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let files = Files::new(test);
+        let files = Files::new(&format!("routing-{test}"));
         let mesh = Mesh::create().expect("create mesh");
         let cp_pod = mesh
             .add_pod("serin-control")
@@ -437,7 +373,13 @@ impl Fixture {
     /// `serinctl ARGS` in the control plane's pod: its stdout and stderr (panics on failure).
     fn serinctl(&self, args: &[&str]) -> (String, String) {
         let url = format!("http://127.0.0.1:{CP_PORT}");
-        let mut argv = vec![self.files.bin("serinctl"), "--control-plane".into(), url];
+        let mut argv = vec![
+            self.files.bin("serinctl"),
+            "--control-plane".into(),
+            url,
+            "--token".into(),
+            ADMIN_TOKEN.into(),
+        ];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let out = self.cp_pod.exec(&argv).output().expect("run serinctl");
         let (stdout, stderr) = (
@@ -598,54 +540,6 @@ impl Drop for Fixture {
     }
 }
 
-/// Starts `serin-control` in `pod` with its store in `files`.
-fn start_control_plane(pod: &Pod, files: &Files) -> Process {
-    let store = files.dir.join("store").display().to_string();
-    let process = pod
-        .exec([
-            &files.bin("serin-control")[..],
-            "--grpc",
-            &format!("0.0.0.0:{CP_PORT}"),
-            "--http",
-            "0.0.0.0:15080",
-            "--store",
-            &store,
-        ])
-        .stdout(Redirect::Append(files.log("serin-control")))
-        .stderr(Redirect::Append(files.log("serin-control")))
-        .spawn()
-        .expect("spawn serin-control");
-    pod.wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], CP_PORT)), LONG)
-        .expect("serin-control listens");
-    process
-}
-
-/// Starts `serin-proxy` in `pod` as uid 1337, following the control plane at `cp`.
-fn start_sidecar(files: &Files, pod: &Pod, cp: Ipv4Addr, service: &str, version: &str) -> Process {
-    pod.exec([
-        &files.bin("serin-proxy")[..],
-        "--control-plane",
-        &format!("http://{cp}:{CP_PORT}"),
-        "--pod-name",
-        pod.name(),
-        "--namespace",
-        "default",
-        "--pod-ip",
-        &pod.ip().to_string(),
-        "--service",
-        service,
-        "--version",
-        version,
-        "--log-level",
-        "info,serin_proxy=debug",
-    ])
-    .user(PROXY_UID, PROXY_UID)
-    .stdout(Redirect::Append(files.log(pod.name())))
-    .stderr(Redirect::Append(files.log(pod.name())))
-    .spawn()
-    .expect("spawn serin-proxy")
-}
-
 /// Connects to `addr` from inside `pod`.
 async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<TcpStream> {
     let pod = pod.clone();
@@ -661,7 +555,7 @@ async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// The control plane's Admin API, reached inside its pod.
-async fn admin(cp_pod: &Pod) -> v1::admin_client::AdminClient<Channel> {
+async fn admin(cp_pod: &Pod) -> serin_proto::auth::AuthorizedAdmin {
     let pod = cp_pod.clone();
     let addr = SocketAddr::from(([127, 0, 0, 1], CP_PORT));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -672,7 +566,8 @@ async fn admin(cp_pod: &Pod) -> v1::admin_client::AdminClient<Channel> {
         }))
         .await
         .expect("connect to the control plane's Admin API");
-    v1::admin_client::AdminClient::new(channel)
+    let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
+    serin_proto::auth::admin_client(channel, token)
 }
 
 /// Registers `pod` as the `version` endpoint of `service` under a one-hour lease (the test ends
@@ -997,60 +892,6 @@ impl Load {
         }
         all.sort_by_key(|(at, _)| *at);
         all
-    }
-}
-
-/// A measured share: `hits` of `n` calls, expected with probability `p`.
-struct Share {
-    what: &'static str,
-    hits: u64,
-    n: u64,
-    p: f64,
-}
-
-fn share(what: &'static str, hits: u64, n: u64, p: f64) -> Share {
-    Share { what, hits, n, p }
-}
-
-impl Share {
-    /// Whether `hits` is within 3σ of the binomial's mean; prints the numbers.
-    fn within_3_sigma(&self) -> bool {
-        let Share { what, hits, n, p } = *self;
-        let mean = n as f64 * p;
-        let three_sigma = 3.0 * (n as f64 * p * (1.0 - p)).sqrt();
-        note(&format!(
-            "routing: {what}: {hits} of {n} ({:.1}%), expected {mean:.0} ± {three_sigma:.0} (3σ)",
-            100.0 * hits as f64 / n as f64
-        ));
-        (hits as f64 - mean).abs() <= three_sigma
-    }
-}
-
-/// Asserts that the shares `measure` returns are within 3σ of the binomial. A correct split
-/// still lands outside 3σ 0.27 % of the time per share, and this file checks about ten: so a
-/// measurement with a share outside is repeated once with fresh requests, and the second one
-/// decides. A wrong split fails both; a correct one fails both about once in 140 000 runs.
-fn assert_shares(mut measure: impl FnMut() -> Vec<Share>) {
-    let first = measure();
-    let outside: Vec<_> = first.iter().filter(|s| !s.within_3_sigma()).collect();
-    if outside.is_empty() {
-        return;
-    }
-    let names: Vec<_> = outside.iter().map(|s| s.what).collect();
-    note(&format!(
-        "routing: outside 3σ: {names:?}; measuring once more, the second measurement decides"
-    ));
-    for s in measure() {
-        assert!(
-            s.within_3_sigma(),
-            "{}: {} of {}, expected {:.0} ± {:.0} (3σ of the binomial, p = {}), twice in a row",
-            s.what,
-            s.hits,
-            s.n,
-            s.n as f64 * s.p,
-            3.0 * (s.n as f64 * s.p * (1.0 - s.p)).sqrt(),
-            s.p
-        );
     }
 }
 

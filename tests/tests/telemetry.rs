@@ -11,157 +11,22 @@
 //! Needs the binaries first: `cargo build --bins -p serin-control -p serin-proxy -p
 //! serin-iptables -p serin-local` into the same target directory.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use serin_local::cluster::{Cluster, PodSpec, UpOptions};
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_local::traffic::TrafficOptions;
-use serin_tests::pods::built_binary;
+use serin_tests::cluster::{APP_PORT as PORT, TestCluster, demo_app, demo_pod, edge, rps};
 
 /// Host ports forwarded to the control plane (gRPC, then HTTP), apart from every other test's.
 const GRPC_PORT: u16 = 25410;
-const HTTP_PORT: u16 = GRPC_PORT + 1;
-/// The port every app serves.
-const PORT: u16 = 9080;
 const NAMESPACE: &str = "shop";
 /// The generated traffic: requests per second, for how long.
 const RATE: u32 = 50;
 const DURATION: Duration = Duration::from_secs(12);
 
-/// A mesh in its own state directory, brought down when the test ends, also by a panic.
-struct TestCluster {
-    cluster: Cluster,
-    dir: PathBuf,
-}
-
-impl TestCluster {
-    fn up() -> TestCluster {
-        let dir = std::env::temp_dir().join(format!("serin-telemetry-{}", std::process::id()));
-        let bin_dir = built_binary("serin-proxy")
-            .parent()
-            .expect("the binaries' directory")
-            .to_owned();
-        for bin in [
-            "serin-local-agent",
-            "serin-control",
-            "serin-iptables",
-            "serin-demo-app",
-        ] {
-            built_binary(bin);
-        }
-        let mut options = UpOptions::new(dir.join("mesh"), bin_dir);
-        options.grpc_port = GRPC_PORT;
-        options.http_port = HTTP_PORT;
-        options.app_ready_timeout = Duration::from_secs(20);
-        let cluster = Cluster::up(&options).expect("up").cluster;
-        TestCluster { cluster, dir }
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // The sidecars' and the control plane's logs say what went wrong.
-            let logs = self.dir.join("mesh/logs");
-            for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("----- {} (last lines) -----", entry.path().display());
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        if let Err(e) = Cluster::down(self.dir.join("mesh")) {
-            tracing::error!(error = %e, "down in the test guard failed");
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn demo_app() -> PathBuf {
-    built_binary("serin-demo-app")
-}
-
-fn pod(service: &str, version: &str, calls: &[&str]) -> PodSpec {
-    let mut command = vec![
-        demo_app().display().to_string(),
-        "--port".into(),
-        PORT.to_string(),
-    ];
-    for call in calls {
-        command.push("--call".into());
-        command.push(format!("{call}:{PORT}"));
-    }
-    PodSpec::new(
-        &format!("{service}-{version}"),
-        NAMESPACE,
-        service,
-        version,
-        PORT,
-        command,
-    )
-}
-
-/// `GET path` on the control plane's HTTP port forwarded to the host: the JSON body.
-fn api_get(path: &str) -> Value {
-    let addr = SocketAddr::from(([127, 0, 0, 1], HTTP_PORT));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: dashboard\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
-
-/// `METHOD path` with a JSON `body` on the control plane's HTTP port: the JSON answer of a 200.
-fn api_send(method: &str, path: &str, body: &str) -> Value {
-    let addr = SocketAddr::from(([127, 0, 0, 1], HTTP_PORT));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: dashboard\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{method} {path}: {out}");
-    let answer = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    serde_json::from_str(answer).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"))
-}
-
-/// The primary (not mirrored) edge from node `source` to node `destination`, if shown.
-fn edge<'a>(graph: &'a Value, source: &str, destination: &str) -> Option<&'a Value> {
-    graph["edges"]
-        .as_array()?
-        .iter()
-        .find(|e| e["source"] == source && e["destination"] == destination && e["mirror"] == false)
-}
-
-fn rps(edge: Option<&Value>) -> f64 {
-    edge.and_then(|e| e["rps"].as_f64()).unwrap_or(0.0)
+fn pod(service: &str, version: &str, calls: &[&str]) -> serin_local::cluster::PodSpec {
+    demo_pod(NAMESPACE, service, version, calls)
 }
 
 fn within(value: f64, target: f64) -> bool {
@@ -175,7 +40,8 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
     if skip_unless_root(test) {
         return;
     }
-    let mesh = TestCluster::up();
+    let mesh = TestCluster::up("telemetry", GRPC_PORT);
+    let dashboard = mesh.dashboard();
     let cluster = &mesh.cluster;
     cluster.create_namespace(NAMESPACE, true).unwrap();
     let mut loadgen = pod("loadgen", "v1", &[]);
@@ -191,7 +57,7 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
 
     // A 70/30 split of reviews, through the dashboard's API, in productpage's sidecar (the one
     // that routes reviews and counts the hits) before any traffic.
-    let changed = api_send(
+    let changed = dashboard.send(
         "POST",
         &format!("/api/services/reviews/weights?namespace={NAMESPACE}"),
         r#"{"weights":[{"version":"v1","weight":70},{"version":"v2","weight":30}]}"#,
@@ -201,7 +67,7 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
         "the reviews policy in productpage's sidecar",
         Duration::from_secs(10),
         || {
-            let routes = sidecar_get(cluster, "productpage-v1", "/routes");
+            let routes = mesh.sidecar_get("productpage-v1", "/routes");
             routes
                 .contains(&format!("\"generation\": {generation}"))
                 .then_some(())
@@ -232,7 +98,7 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
         "the bookinfo edges at the generated rate in /api/topology",
         Duration::from_secs(4),
         || {
-            let graph = api_get("/api/topology?window=10s");
+            let graph = dashboard.get("/api/topology?window=10s");
             let entry = rps(edge(&graph, &loadgen_id, &productpage_id));
             let v1 = rps(edge(&graph, &productpage_id, &v1_id));
             let v2 = rps(edge(&graph, &productpage_id, &v2_id));
@@ -252,7 +118,7 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
         "every request on its edge in the 1 minute window",
         Duration::from_secs(4),
         || {
-            let minute = api_get("/api/topology?window=1m");
+            let minute = dashboard.get("/api/topology?window=1m");
             let got = [
                 requests(&minute, &loadgen_id, &productpage_id),
                 requests(&minute, &productpage_id, &v1_id),
@@ -290,7 +156,7 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
         "the default route's hits in /api/services/reviews",
         Duration::from_secs(4),
         || {
-            let s = api_get(&format!(
+            let s = dashboard.get(&format!(
                 "/api/services/reviews?namespace={NAMESPACE}&window=1m"
             ));
             let hits = &s["policy"]["default_hits"];
@@ -329,7 +195,7 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
 
     // Every sidecar reported over one stream and dropped nothing.
     for pod in ["loadgen", "productpage-v1", "reviews-v1", "reviews-v2"] {
-        let metrics = sidecar_metrics(cluster, pod);
+        let metrics = mesh.sidecar_get(pod, "/metrics");
         let value = |name: &str| {
             metrics
                 .lines()
@@ -341,27 +207,4 @@ fn the_topology_shows_the_bookinfo_edges_at_the_generated_rate() {
         assert_eq!(value("serin_telemetry_connections_total"), 1, "{pod}");
     }
     tracing::info!(%graph, "topology");
-}
-
-/// The `/metrics` text of `pod`'s sidecar (fetched from inside the pod by the demo app).
-fn sidecar_metrics(cluster: &Cluster, pod: &str) -> String {
-    sidecar_get(cluster, pod, "/metrics")
-}
-
-/// `path` on the admin port of `pod`'s sidecar (fetched from inside the pod by the demo app).
-fn sidecar_get(cluster: &Cluster, pod: &str, path: &str) -> String {
-    let out = cluster
-        .exec(
-            pod,
-            [
-                demo_app().display().to_string(),
-                "get".into(),
-                format!("http://127.0.0.1:15000{path}"),
-            ],
-        )
-        .expect("exec in the pod")
-        .output()
-        .expect("serin-demo-app get");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::local::{bin_dir, require_root, up_options, with_sidecar_log, write_pod, write_up};
 use crate::cli::DemoArgs;
-use crate::connect::ControlPlane;
+use crate::connect::{ControlPlane, TokenSource};
 use crate::document;
 use crate::error::{CliError, one_line};
 
@@ -177,15 +177,20 @@ async fn set_up(
         write_pod(&pod, out)?;
         out.flush()?;
     }
-    apply_starting_policy(&made.cluster.control_plane_url(), namespace, out).await
+    let tokens = TokenSource {
+        local_state_dir: Some(made.cluster.state_dir().to_owned()),
+        ..TokenSource::default()
+    };
+    apply_starting_policy(&made.cluster.control_plane_url(), &tokens, namespace, out).await
 }
 
 async fn apply_starting_policy(
     url: &str,
+    tokens: &TokenSource,
     namespace: &str,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let mut cp = ControlPlane::connect(url).await?;
+    let mut cp = ControlPlane::connect(url, tokens).await?;
     let docs = document::parse(&starting_policy(namespace))
         .map_err(|e| CliError::Input(format!("the demo's starting policy: {e}")))?;
     for (_, doc) in docs {
@@ -348,6 +353,11 @@ fn write_guide(
     )?;
     writeln!(out)?;
     writeln!(out, "Dashboard: {}", cluster.dashboard_url())?;
+    writeln!(
+        out,
+        "  (changes made in the page ask for the write token: sudo grep ^write {})",
+        cluster.admin_tokens_path().display()
+    )?;
     writeln!(out)?;
     writeln!(
         out,

@@ -97,6 +97,11 @@ pub fn write_up(up: &Up, ports: &HostPortArgs, out: &mut impl Write) -> Result<(
             record.http_port,
             serin_local::cluster::HTTP_PORT
         )?;
+        writeln!(
+            out,
+            "  admin tokens in {} (root only): serinctl on this host sends the write token; the dashboard asks for it before a change",
+            up.cluster.admin_tokens_path().display()
+        )?;
     } else if (record.grpc_port, record.http_port) != (ports.grpc_port, ports.http_port) {
         writeln!(
             out,

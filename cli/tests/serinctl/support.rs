@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serin_proto::auth::{BearerToken, Role, TOKENS_FILE, Tokens, admin_client};
 use serin_proto::v1;
 
 /// Starts tracing once per test binary, into the test's captured output.
@@ -46,6 +47,8 @@ pub struct ControlPlane {
     pub http: SocketAddr,
     pub child: Child,
     pub store: PathBuf,
+    /// The write token serin-control generated in its store.
+    pub token: String,
 }
 
 impl ControlPlane {
@@ -71,6 +74,47 @@ impl ControlPlane {
             http,
             child,
             store: store.to_owned(),
+            token: String::new(),
+        };
+        cp.wait_ready();
+        cp.token = token_of(store, Role::Write);
+        cp
+    }
+
+    /// Starts `serin-control --kubernetes` with `kubeconfig` and waits until /ready answers
+    /// 200 (it is ready once the cluster is listed).
+    pub fn start_kubernetes(kubeconfig: &Path, replica: &str) -> ControlPlane {
+        tracing();
+        // The replicas share the operator's tokens file (there is no store to generate one in).
+        let dir = kubeconfig.parent().expect("the kubeconfig's directory");
+        let token = "serin-test-kubernetes-write-token-0001".to_owned();
+        let tokens = dir.join("admin-tokens");
+        std::fs::write(&tokens, format!("write {token}\n")).unwrap();
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(control_bin())
+            .args([
+                "--grpc",
+                &grpc.to_string(),
+                "--http",
+                &http.to_string(),
+                "--admin-tokens",
+                &tokens.display().to_string(),
+                "--kubernetes",
+                "--replica",
+                replica,
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .env("SERIN_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut cp = ControlPlane {
+            grpc,
+            http,
+            child,
+            store: PathBuf::new(),
+            token,
         };
         cp.wait_ready();
         cp
@@ -97,14 +141,14 @@ impl ControlPlane {
         format!("http://{}", self.grpc)
     }
 
-    /// Runs serinctl against this control plane.
+    /// Runs serinctl against this control plane, with its write token in `SERIN_TOKEN`.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        serinctl(&self.url(), args, None)
+        serinctl_as(&self.url(), Some(&self.token), args, None)
     }
 
     /// Runs serinctl with `stdin` as standard input.
     pub fn ctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        serinctl(&self.url(), args, Some(stdin))
+        serinctl_as(&self.url(), Some(&self.token), args, Some(stdin))
     }
 
     /// Runs serinctl and returns its stdout, failing the test if it fails.
@@ -133,14 +177,35 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Runs serinctl with `--control-plane url`.
+/// The token of `role` in the tokens file serin-control generated in `store`.
+pub fn token_of(store: &Path, role: Role) -> String {
+    Tokens::read(&store.join(TOKENS_FILE))
+        .unwrap()
+        .plain(role)
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs serinctl with `--control-plane url` and no admin token.
 pub fn serinctl(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    serinctl_as(url, None, args, stdin)
+}
+
+/// Runs serinctl with `--control-plane url` and `token` (in `SERIN_TOKEN`); never the token of
+/// a local mesh that may be up on this host.
+pub fn serinctl_as(url: &str, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(serinctl_bin());
     cmd.arg("--control-plane")
         .arg(url)
         .args(args)
-        .env_remove("SERIN_CONTROL_PLANE");
+        .env_remove("SERIN_CONTROL_PLANE")
+        .env_remove("SERIN_TOKEN")
+        .env_remove("SERIN_TOKEN_FILE")
+        .env("SERIN_STATE_DIR", "/nonexistent/serinctl-test-state");
+    if let Some(token) = token {
+        cmd.env("SERIN_TOKEN", token);
+    }
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -191,6 +256,7 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 /// Registers workloads through the Admin API (serinctl has no verb for it: the local mesh does it).
 pub fn register(cp: &ControlPlane, workloads: &[(&str, &str, &str, &str)]) {
     let url = cp.url();
+    let token = BearerToken::new(&cp.token).unwrap();
     let workloads: Vec<v1::Workload> = workloads
         .iter()
         .map(|(pod, service, version, ip)| v1::Workload {
@@ -208,7 +274,12 @@ pub fn register(cp: &ControlPlane, workloads: &[(&str, &str, &str, &str)]) {
         })
         .collect();
     runtime().block_on(async move {
-        let mut admin = v1::admin_client::AdminClient::connect(url).await.unwrap();
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut admin = admin_client(channel, token);
         for w in workloads {
             admin
                 .register_workload(v1::RegisterWorkloadRequest {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -16,10 +16,42 @@ use serde_json::{Value, json};
 use serin_policy::{CompiledPolicy, TrafficPolicy};
 use tokio::sync::{Notify, watch};
 
-use crate::model::PolicyKey;
+use crate::model::{ChangeCause, PolicyKey, Revision};
 
 /// The field manager named in status writes.
 pub const FIELD_MANAGER: &str = "serin-control";
+/// The annotation that keeps a policy's earlier generations (JSON, newest first, at most
+/// [`HISTORY_LIMIT`]): what `serinctl rollback` restores, kept on the object itself so that it
+/// survives control-plane restarts and is the same for every replica.
+pub const HISTORY_ANNOTATION: &str = "serin.io/history";
+/// The annotation that says which call made the current generation (JSON [`ChangeNote`]).
+pub const CHANGE_ANNOTATION: &str = "serin.io/change";
+/// kubectl's record of the last applied object: kept on writes, not shown as a user annotation.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Earlier generations kept in [`HISTORY_ANNOTATION`].
+pub const HISTORY_LIMIT: usize = 10;
+
+/// Which call made a generation, written with it by the control plane.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeNote {
+    /// The generation the write made (a spec change raises `metadata.generation` by one).
+    pub generation: i64,
+    /// The call.
+    pub cause: ChangeCause,
+    /// When.
+    pub time: SystemTime,
+    /// For a rollback, the generation restored; 0 otherwise.
+    #[serde(default)]
+    pub restored_generation: u64,
+}
+
+/// True for annotations the control plane or kubectl keep, which are no user annotations.
+pub fn is_system_annotation(name: &str) -> bool {
+    matches!(
+        name,
+        HISTORY_ANNOTATION | CHANGE_ANNOTATION | LAST_APPLIED_ANNOTATION
+    )
+}
 
 /// The custom resource's type.
 pub fn api_resource() -> ApiResource {
@@ -37,8 +69,18 @@ pub fn api_resource() -> ApiResource {
 pub struct PolicyObject {
     /// Its generation (`metadata.generation`): bumped by the API server on every spec change.
     pub generation: i64,
-    /// The valid policy, or why it is not one (the field and the reason).
+    /// The valid policy (with its labels, without a generation), or why it is not one (the
+    /// field and the reason).
     pub policy: Result<TrafficPolicy, String>,
+    /// User annotations (the control plane's and kubectl's own left out).
+    pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<SystemTime>,
+    /// Which call made the current generation, when the control plane wrote it.
+    pub change: Option<ChangeNote>,
+    /// Earlier generations, newest first (from [`HISTORY_ANNOTATION`]; empty when it is absent
+    /// or unreadable).
+    pub history: Vec<Revision>,
 }
 
 /// Every TrafficPolicy object of the cluster.
@@ -68,10 +110,42 @@ pub fn read(object: &DynamicObject) -> Option<(PolicyKey, PolicyObject)> {
                 .collect::<Vec<_>>()
                 .join("; ")),
         });
+    let labels = object.metadata.labels.clone().filter(|l| !l.is_empty());
+    let policy = policy.map(|mut p| {
+        p.metadata.labels = labels;
+        p
+    });
+    let all = object.metadata.annotations.clone().unwrap_or_default();
+    let key = PolicyKey::new(&namespace, &name);
+    let history = match all.get(HISTORY_ANNOTATION) {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(text).unwrap_or_else(|e| {
+            tracing::warn!(policy = %key, error = %e, "unreadable {HISTORY_ANNOTATION} annotation; no history");
+            Vec::new()
+        }),
+    };
+    let change = all
+        .get(CHANGE_ANNOTATION)
+        .and_then(|text| serde_json::from_str(text).ok());
+    let annotations = all
+        .into_iter()
+        .filter(|(k, _)| !is_system_annotation(k))
+        .collect();
     let generation = object.metadata.generation.unwrap_or(0);
     Some((
-        PolicyKey::new(&namespace, &name),
-        PolicyObject { generation, policy },
+        key,
+        PolicyObject {
+            generation,
+            policy,
+            annotations,
+            created: object
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| SystemTime::from(t.0)),
+            change,
+            history,
+        },
     ))
 }
 
@@ -93,9 +167,13 @@ pub fn status_patch(object: &DynamicObject, read: &PolicyObject) -> Option<Value
 }
 
 /// The policies from the API server, kept current, with their status written back.
-#[derive(Debug)]
 pub struct PolicyWatcher {
     view: watch::Receiver<Arc<ClusterPolicies>>,
+    listed: watch::Receiver<bool>,
+    client: kube::Client,
+    store: Store<DynamicObject>,
+    /// Set once [`PolicyWatcher::write_status`] took the status over.
+    full_status: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -122,7 +200,10 @@ impl PolicyWatcher {
             }
         });
         let (tx, view) = watch::channel(Arc::new(ClusterPolicies::default()));
-        let client = client.clone();
+        let (listed_tx, listed) = watch::channel(false);
+        let full_status = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = store.clone();
+        let (status_client, full) = (client.clone(), full_status.clone());
         let builder = tokio::spawn(async move {
             if store.wait_until_ready().await.is_err() {
                 return;
@@ -130,13 +211,20 @@ impl PolicyWatcher {
             let mut written = BTreeMap::new();
             loop {
                 let next = publish(&store, &tx);
-                write_status(&client, &resource, &store, &next, &mut written).await;
+                listed_tx.send_replace(true);
+                if !full.load(std::sync::atomic::Ordering::Acquire) {
+                    write_status(&status_client, &resource, &store, &next, &mut written).await;
+                }
                 changed.notified().await;
                 tokio::time::sleep(debounce).await;
             }
         });
         PolicyWatcher {
             view,
+            listed,
+            client: client.clone(),
+            store: reader,
+            full_status,
             tasks: vec![watch_task, builder],
         }
     }
@@ -144,6 +232,34 @@ impl PolicyWatcher {
     /// The current policies and every later set.
     pub fn watch(&self) -> watch::Receiver<Arc<ClusterPolicies>> {
         self.view.clone()
+    }
+
+    /// From now on the status also counts the proxies in sync, per replica (see
+    /// [`super::status`]), written by its own task; before this only `observedGeneration` and
+    /// `lastError` are written.
+    pub fn write_status(&mut self, source: super::status::StatusSource) {
+        self.full_status
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.tasks.push(tokio::spawn(super::status::run(
+            self.client.clone(),
+            api_resource(),
+            self.store.clone(),
+            self.view.clone(),
+            source,
+        )));
+    }
+
+    /// Returns once the policies have been listed and the view shows them.
+    pub async fn listed(&self) {
+        let _ = self.listed.clone().wait_for(|l| *l).await;
+    }
+}
+
+impl std::fmt::Debug for PolicyWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyWatcher")
+            .field("policies", &self.view.borrow().by_key.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -28,6 +28,7 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub struct ClusterRegistry {
     view: watch::Receiver<Arc<ClusterView>>,
+    listed: watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -40,6 +41,7 @@ impl ClusterRegistry {
         let (slices, slices_task) = reflect(Api::<EndpointSlice>::all(client.clone()), &changed);
         let (pods, pods_task) = reflect(Api::<Pod>::all(client.clone()), &changed);
         let (tx, view) = watch::channel(Arc::new(ClusterView::default()));
+        let (listed_tx, listed) = watch::channel(false);
         let builder = tokio::spawn(async move {
             for store in [
                 services.wait_until_ready().await,
@@ -60,12 +62,14 @@ impl ClusterRegistry {
                     *current = Arc::new(next);
                     true
                 });
+                listed_tx.send_replace(true);
                 changed.notified().await;
                 tokio::time::sleep(debounce).await;
             }
         });
         ClusterRegistry {
             view,
+            listed,
             tasks: vec![services_task, slices_task, pods_task, builder],
         }
     }
@@ -73,6 +77,11 @@ impl ClusterRegistry {
     /// The current view and every later one.
     pub fn watch(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.view.clone()
+    }
+
+    /// Returns once the three kinds have been listed and the view shows them.
+    pub async fn listed(&self) {
+        let _ = self.listed.clone().wait_for(|l| *l).await;
     }
 }
 

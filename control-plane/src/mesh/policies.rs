@@ -56,7 +56,10 @@ pub fn invalid(errors: &[ValidationError]) -> MeshError {
 }
 
 /// Validates `policy` against the service's known versions; returns its warnings.
-fn checked(view: &MeshView, policy: &TrafficPolicy) -> Result<Vec<PolicyWarning>, MeshError> {
+pub(crate) fn checked(
+    view: &MeshView,
+    policy: &TrafficPolicy,
+) -> Result<Vec<PolicyWarning>, MeshError> {
     let known = view.known_versions(&policy.metadata.namespace, &policy.spec.service);
     let validated = validate(policy, Some(&known)).map_err(|e| invalid(&e))?;
     Ok(validated

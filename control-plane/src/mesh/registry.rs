@@ -124,15 +124,19 @@ impl Writer {
         change.put_registration(&registration(&workload, &lease))?;
         change.commit()?;
         if let Some(s) = service {
-            tracing::info!(service = %service_key, vip = %s.vip, "service registered");
+            tracing::info!(service = %service_key, vips = ?s.vips, "service registered");
             self.view.services.insert(service_key, Arc::new(s));
         }
         // Registering a registered workload again replaces it and revokes its previous lease.
         self.leases.insert(lease.clone());
         tracing::info!(workload = %format_args!("{}/{}", lease.key.namespace, lease.key.pod_name), ttl = ?ttl, "workload registered");
+        let workload = Arc::new(workload);
+        if let Some(old) = self.registered.insert(lease.key.clone(), workload.clone()) {
+            self.view.workloads.remove(&old.endpoint_key());
+        }
         self.view
             .workloads
-            .insert(lease.key.clone(), Arc::new(workload));
+            .insert(workload.endpoint_key(), workload);
         self.dirty = true;
         Ok(lease)
     }
@@ -156,16 +160,11 @@ impl Writer {
             ttl,
             ..old
         };
-        let workload = self
-            .view
-            .workloads
-            .get(&lease.key)
-            .cloned()
-            .ok_or_else(|| {
-                MeshError::NotFound(format!(
-                    "lease {lease_id} has no workload; register it again"
-                ))
-            })?;
+        let workload = self.registered.get(&lease.key).cloned().ok_or_else(|| {
+            MeshError::NotFound(format!(
+                "lease {lease_id} has no workload; register it again"
+            ))
+        })?;
         let mut change = self.change()?;
         change.put_registration(&registration(&workload, &lease))?;
         change.commit()?;
@@ -187,7 +186,7 @@ impl Writer {
                     "bootstrap token not found: its registration ended or never existed; register the workload again".into(),
                 )
             })?;
-        self.view.workloads.get(&lease.key).cloned().ok_or_else(|| {
+        self.registered.get(&lease.key).cloned().ok_or_else(|| {
             MeshError::NotFound("bootstrap token has no workload; register it again".into())
         })
     }
@@ -199,8 +198,7 @@ impl Writer {
         key: &WorkloadKey,
         identity: &str,
     ) -> Result<(), MeshError> {
-        let (Some(workload), Some(id)) =
-            (self.view.workloads.get(key), self.leases.by_key.get(key))
+        let (Some(workload), Some(id)) = (self.registered.get(key), self.leases.by_key.get(key))
         else {
             return Err(MeshError::NotFound(format!(
                 "workload {}/{} is not registered",
@@ -218,7 +216,11 @@ impl Writer {
         let mut change = self.change()?;
         change.put_registration(&registration(&workload, &lease))?;
         change.commit()?;
-        self.view.workloads.insert(key.clone(), Arc::new(workload));
+        let workload = Arc::new(workload);
+        self.registered.insert(key.clone(), workload.clone());
+        self.view
+            .workloads
+            .insert(workload.endpoint_key(), workload);
         self.dirty = true;
         Ok(())
     }
@@ -253,7 +255,9 @@ impl Writer {
         change.commit()?;
         for lease in leases {
             self.leases.remove_id(&lease.id);
-            self.view.workloads.remove(&lease.key);
+            if let Some(old) = self.registered.remove(&lease.key) {
+                self.view.workloads.remove(&old.endpoint_key());
+            }
         }
         self.dirty = true;
         Ok(())

@@ -15,13 +15,57 @@ fn bin() -> Command {
 }
 
 #[test]
-fn kubernetes_mode_is_refused_clearly() {
+fn kubernetes_mode_without_an_api_server_fails_clearly() {
     tracing();
-    let out = bin().arg("--kubernetes").output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-kubeconfig");
+    // The replicas have no store to generate tokens in: the operator's file is required.
+    let out = bin()
+        .args([
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--kubernetes",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--kubernetes is not supported yet"),
+        stderr.contains("Kubernetes mode needs --admin-tokens FILE"),
+        "{stderr}"
+    );
+    let tokens = dir.path().join("admin-tokens");
+    std::fs::write(&tokens, "write serin-test-kubernetes-write-token-0001\n").unwrap();
+    let out = bin()
+        .args([
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--kubernetes",
+            "--kubeconfig",
+        ])
+        .arg(&missing)
+        .arg("--admin-tokens")
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot read the kubeconfig {}", missing.display())),
+        "{stderr}"
+    );
+    let out = bin()
+        .args(["--kubernetes", "--replica", "Not_A_Label"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--replica \"Not_A_Label\": must be a DNS label"),
         "{stderr}"
     );
 }

@@ -1,202 +1,26 @@
 //! The dashboard in a real browser: Debian's Chromium, headless, driven over the DevTools
 //! protocol (a WebSocket; no driver binary, no npm). Simulated sidecars report traffic while the
 //! page is open; the page must draw the version nodes and labelled edges, follow a traffic shift
-//! live, and a weight change made in the page must reach the policy (Admin.GetPolicy). Saves a
-//! screenshot as `target/dashboard.png`.
+//! live, and a weight change made in the page must reach the policy (Admin.GetPolicy). Saves
+//! screenshots as `target/screenshots/dashboard.png` and `dashboard-200-services.png`. The
+//! same page against a real local mesh (real sidecars and traffic): serin-tests'
+//! `tests/browser.rs`.
 //!
 //! Needs `chromium` (Debian: `apt-get install chromium`; `scripts/test` installs it when run as
 //! root). Without it the test fails saying so: it never passes without a browser.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::{SinkExt as _, StreamExt as _};
-use serde_json::{Value, json};
+use serde_json::json;
 use serin_proto::v1;
+use serin_tests::cdp::{self, Browser};
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::dashboard::{Sidecar, Traffic, harness_with_clock};
 use crate::support::{eventually, workload};
-
-/// Where Chromium may be; `SERIN_CHROMIUM` wins.
-fn chromium() -> PathBuf {
-    if let Ok(p) = std::env::var("SERIN_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for p in [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!(
-        "the dashboard browser test needs Chromium: install Debian's package (apt-get install \
-         chromium; scripts/test does it when run as root) or set SERIN_CHROMIUM to its path"
-    );
-}
-
-/// A headless Chromium, stopped (with every child) on drop.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-    ws_url: String,
-}
-
-impl Browser {
-    fn launch() -> Browser {
-        let profile = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(chromium());
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "--window-size=1920,1080",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("about:blank")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = cmd.spawn().expect("cannot start chromium");
-        let mut browser = Browser {
-            child,
-            _profile: profile,
-            ws_url: String::new(),
-        };
-        // Chromium writes its DevTools port and path here once it listens.
-        let port_file = browser._profile.path().join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                let mut lines = text.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    browser.ws_url = format!("ws://127.0.0.1:{port}{path}");
-                    break;
-                }
-            }
-            if let Ok(Some(status)) = browser.child.try_wait() {
-                panic!("chromium exited at start with {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromium did not open its DevTools port in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        browser
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Ask first: Chromium then ends its own children and reaps them. A SIGKILL would leave
-        // them to init.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A DevTools protocol session on one page.
-struct Page {
-    socket: Socket,
-    next_id: u64,
-    session: Option<String>,
-    exceptions: Vec<String>,
-}
-
-impl Page {
-    async fn send(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if let Some(s) = &self.session {
-            msg["sessionId"] = json!(s);
-        }
-        self.socket
-            .send(Message::text(msg.to_string()))
-            .await
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.socket.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method} within 30 s"))
-                .expect("the DevTools socket closed")
-                .unwrap();
-            let Message::Text(text) = frame else { continue };
-            let v: Value = serde_json::from_str(&text).unwrap();
-            if v["method"] == "Runtime.exceptionThrown" {
-                let d = &v["params"]["exceptionDetails"];
-                self.exceptions
-                    .push(format!("{} {}", d["text"], d["exception"]["description"]));
-            }
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method} failed: {}", v["error"]);
-                return v["result"].clone();
-            }
-        }
-    }
-
-    /// Evaluates `expr` in the page; returns its value.
-    async fn eval(&mut self, expr: &str) -> Value {
-        let r = self
-            .send(
-                "Runtime.evaluate",
-                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        assert!(
-            r.get("exceptionDetails").is_none(),
-            "{expr}: {}",
-            r["exceptionDetails"]
-        );
-        r["result"]["value"].clone()
-    }
-
-    /// Evaluates `expr` until it is truthy (a non-empty value), failing with `what` after 20 s.
-    async fn until(&mut self, what: &str, expr: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let v = self.eval(expr).await;
-            if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after 20 s waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 /// A simulated sidecar's Discovery stream that acknowledges every snapshot, so the page shows
 /// its proxy in sync.
@@ -245,37 +69,6 @@ async fn subscribe(
             }
         }
     })
-}
-
-/// Standard base64 (DevTools sends screenshots so).
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let bytes: Vec<u8> = text
-        .bytes()
-        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
-        .collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= u32::from(value(*c)) << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    out
 }
 
 /// The demo mesh the page shows: callers from outside reach the frontend, which calls
@@ -331,7 +124,12 @@ fn traffic(v2: u64) -> Vec<(usize, Traffic)> {
 
 #[tokio::test]
 async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
-    let chromium = chromium();
+    let chromium = cdp::chromium().unwrap_or_else(|| {
+        panic!(
+            "the dashboard browser test needs Chromium: {}",
+            cdp::NO_CHROMIUM
+        )
+    });
     tracing::info!(chromium = %chromium.display(), "browser test");
     let (h, clock) = harness_with_clock().await;
     let mut admin = h.admin().await;
@@ -433,38 +231,17 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
     };
 
     tracing::info!("browser test: launching chromium");
-    let browser = Browser::launch();
-    let (socket, _) = tokio_tungstenite::connect_async(&browser.ws_url)
-        .await
-        .unwrap();
-    let mut page = Page {
-        socket,
-        next_id: 0,
-        session: None,
-        exceptions: Vec::new(),
-    };
-    let target = page
-        .send("Target.createTarget", json!({"url": "about:blank"}))
-        .await;
-    let attached = page
-        .send(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        )
-        .await;
-    page.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
-    page.send("Runtime.enable", json!({})).await;
-    page.send("Page.enable", json!({})).await;
-    page.send(
-        "Emulation.setDeviceMetricsOverride",
-        json!({"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": false}),
-    )
+    let browser = Browser::launch(&chromium);
+    let mut page = browser.new_page().await;
+    // The token the page would ask for once, kept in the tab's sessionStorage: put it there (on
+    // a page of the same origin) before the dashboard opens, as a user who typed it would have.
+    page.navigate(&format!("http://{}/ready", h.http)).await;
+    let token = h.token(serin_proto::auth::Role::Write);
+    page.eval(&format!(
+        "sessionStorage.setItem('serin-token', '{token}'), true"
+    ))
     .await;
-    page.send(
-        "Page.navigate",
-        json!({"url": format!("http://{}/", h.http)}),
-    )
-    .await;
+    page.navigate(&format!("http://{}/", h.http)).await;
 
     tracing::info!("browser test: page open");
     // 1. Every version is a node; edges carry rps, error % and p99.
@@ -599,15 +376,12 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
     .await;
     tracing::info!("browser test: weights reached the policy");
     // 4. A screenshot to look at.
-    let shot = page
-        .send("Page.captureScreenshot", json!({"format": "png"}))
-        .await;
-    let png = base64_decode(shot["data"].as_str().unwrap());
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
-        .unwrap()
-        .join("dashboard.png");
-    std::fs::write(&path, &png).unwrap();
+        .expect("target/tmp is in target/")
+        .join("screenshots");
+    let path = screenshots.join("dashboard.png");
+    page.screenshot(&path).await;
     tracing::info!(path = %path.display(), "screenshot saved");
     assert!(
         page.exceptions.is_empty(),
@@ -647,14 +421,8 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
     );
     // The draw times are logged above, not asserted: speed is for benchmarks, not tests (a
     // loaded CI machine would make any bound flaky). Here, typically tens of ms per update.
-    let big = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("dashboard-200-services.png");
-    let shot = page
-        .send("Page.captureScreenshot", json!({"format": "png"}))
+    page.screenshot(&screenshots.join("dashboard-200-services.png"))
         .await;
-    std::fs::write(&big, base64_decode(shot["data"].as_str().unwrap())).unwrap();
     assert!(
         page.exceptions.is_empty(),
         "the page threw: {:?}",
@@ -667,6 +435,6 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
         s.abort();
     }
     // Chromium closes itself and its children; the drop only waits for it.
-    let _ = page.send("Browser.close", json!({})).await;
+    page.close_browser().await;
     drop(browser);
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use serin_control::telemetry::Clock;
+use serin_proto::auth::Role;
 use serin_proto::v1;
 use serin_proto::v1::telemetry_client::TelemetryClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -214,11 +215,23 @@ pub async fn register_bookinfo(h: &Harness) {
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).
-pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+pub async fn http(h: &Harness, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let auth = format!("authorization: Bearer {}\r\n", h.token(Role::Write));
+    http_raw(h.http, &auth, method, path, body).await
+}
+
+/// One HTTP/1.1 request with `headers` (each ending in CRLF); returns (status, body).
+pub async fn http_raw(
+    addr: SocketAddr,
+    headers: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -234,8 +247,8 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
     (status, body.to_owned())
 }
 
-pub async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = http(addr, "GET", path, None).await;
+pub async fn get_json(h: &Harness, path: &str) -> Value {
+    let (status, body) = http(h, "GET", path, None).await;
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -310,7 +323,7 @@ async fn topology_shows_version_edges_at_the_reported_rates() {
     let mut cars = sidecars(&h).await;
     drive(&clock, &mut cars, 12, 90, 10).await;
 
-    let g = get_json(h.http, "/api/topology?window=10s").await;
+    let g = get_json(&h, "/api/topology?window=10s").await;
     let ids: Vec<&str> = g["nodes"]
         .as_array()
         .unwrap()
@@ -351,11 +364,11 @@ async fn topology_shows_version_edges_at_the_reported_rates() {
     assert_eq!(g["edges"].as_array().unwrap().len(), 3);
 
     // Other windows: the same rates over the edges' 12 s of life; a bad window is refused.
-    let g = get_json(h.http, "/api/topology?window=10m").await;
+    let g = get_json(&h, "/api/topology?window=10m").await;
     assert_eq!(g["window_seconds"], 600);
     let to_v1 = edge(&g, "default/productpage/v1", "default/reviews/v1", false).unwrap();
     assert_close("10 min rps to v1", to_v1["rps"].as_f64().unwrap(), 90.0);
-    let (status, body) = http(h.http, "GET", "/api/topology?window=forever", None).await;
+    let (status, body) = http(&h, "GET", "/api/topology?window=forever", None).await;
     assert_eq!(status, 400, "{body}");
 
     // The same edges reach Admin.WatchTopology.
@@ -380,7 +393,7 @@ async fn topology_shows_version_edges_at_the_reported_rates() {
 
     // A minute without reports: the 10 s window is empty again.
     clock.fetch_add(60_000, Ordering::AcqRel);
-    let g = get_json(h.http, "/api/topology?window=10s").await;
+    let g = get_json(&h, "/api/topology?window=10s").await;
     assert!(g["edges"].as_array().unwrap().is_empty(), "{g}");
 }
 
@@ -390,7 +403,7 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
     register_bookinfo(&h).await;
     let mut cars = sidecars(&h).await;
     let (status, _) = http(
-        h.http,
+        &h,
         "POST",
         "/api/services/reviews/weights",
         Some(r#"{"weights":[{"version":"v1","weight":90},{"version":"v2","weight":10}]}"#),
@@ -399,7 +412,7 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
     assert_eq!(status, 200);
     drive(&clock, &mut cars, 10, 90, 10).await;
 
-    let s = get_json(h.http, "/api/services/reviews?window=10s").await;
+    let s = get_json(&h, "/api/services/reviews?window=10s").await;
     assert_eq!(s["policy"]["generation"], 1);
     // The default route's hits (generation 1): 90 % of 1000 requests chose v1, as configured.
     assert_eq!(s["rule_hits"]["available"], true, "{s}");
@@ -431,7 +444,7 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
 
     // Promote and roll back through the same admin code as gRPC.
     let (status, body) = http(
-        h.http,
+        &h,
         "POST",
         "/api/services/reviews/promote",
         Some(r#"{"version":"v2"}"#),
@@ -439,7 +452,7 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
     .await;
     assert_eq!(status, 200, "{body}");
     // A new generation: the hits of the previous one are not shown as its own.
-    let s = get_json(h.http, "/api/services/reviews?window=10s").await;
+    let s = get_json(&h, "/api/services/reviews?window=10s").await;
     assert_eq!(s["rule_hits"]["generation"], 2, "{s}");
     assert_eq!(s["rule_hits"]["total"], 0, "{s}");
     assert_eq!(s["policy"]["default_hits"]["versions"][0]["hits"], 0, "{s}");
@@ -463,7 +476,7 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
         ),
         (1, "v2", 2)
     );
-    let (status, body) = http(h.http, "POST", "/api/services/reviews/rollback", Some("{}")).await;
+    let (status, body) = http(&h, "POST", "/api/services/reviews/rollback", Some("{}")).await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -476,19 +489,23 @@ async fn the_service_view_shows_configured_and_observed_split_and_changes_it() {
 
     // Errors name what was wrong, with the right status.
     let (status, body) = http(
-        h.http,
+        &h,
         "POST",
         "/api/services/reviews/weights",
         Some(r#"{"weights":[{"version":"v1","weight":1}],"if_generation":1}"#),
     )
     .await;
     assert_eq!(status, 409, "{body}");
-    let (status, body) = http(h.http, "POST", "/api/services/reviews/weights", Some("{")).await;
+    let (status, body) = http(&h, "POST", "/api/services/reviews/weights", Some("{")).await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = http(h.http, "GET", "/api/services/nothing", None).await;
+    let (status, _) = http(&h, "GET", "/api/services/nothing", None).await;
     assert_eq!(status, 404);
     let mut s = TcpStream::connect(h.http).await.unwrap();
-    s.write_all(b"POST /api/services/reviews/rollback HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
+    let req = format!(
+        "POST /api/services/reviews/rollback HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\n{{}}",
+        h.token(Role::Write)
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 415"), "{out}");
@@ -502,9 +519,12 @@ async fn the_live_stream_delivers_updates_as_traffic_changes() {
     drive(&clock, &mut cars, 10, 90, 10).await;
 
     let mut s = TcpStream::connect(h.http).await.unwrap();
-    s.write_all(b"GET /api/stream?window=10s HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    // The page's way: the read token in the cookie (EventSource sends no header).
+    let req = format!(
+        "GET /api/stream?window=10s HTTP/1.1\r\nhost: x\r\ncookie: theme=dark; serin-token={}\r\n\r\n",
+        h.token(Role::Read)
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let mut events = Vec::new();
     let mut read_event = async |events: &mut Vec<Value>| {
@@ -550,7 +570,7 @@ async fn the_live_stream_delivers_updates_as_traffic_changes() {
     }
     assert!(events.len() >= 2);
     // And the control plane's own metrics still answer.
-    let (status, metrics) = http(h.http, "GET", "/metrics", None).await;
+    let (status, metrics) = http(&h, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
     // Five edge keys: two inbound, one inbound mirror, two outbound.
     assert!(

@@ -2,6 +2,7 @@
 //! driven through the generated gRPC clients.
 
 mod admin;
+mod auth;
 mod binary;
 mod browser;
 mod dashboard;

@@ -48,11 +48,13 @@ async fn a_python_grpcio_client_applies_a_policy_and_lists_proxies() {
     let script = root.join("tests/python/client.py");
     let protos = root.join("../proto");
     let address = h.grpc.to_string();
+    let token = h.token(serin_proto::auth::Role::Write).to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(script)
             .arg(protos)
             .arg(address)
+            .arg(token)
             .output()
     })
     .await

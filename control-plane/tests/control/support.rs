@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serin_control::app::{App, Handles};
 use serin_control::config::Config;
+use serin_proto::auth::{AuthorizedAdmin, BearerToken, Role, Tokens, admin_client};
 use serin_proto::v1;
-use serin_proto::v1::admin_client::AdminClient;
 use serin_proto::v1::discovery_client::DiscoveryClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,6 +46,8 @@ where
 pub struct Harness {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The credentials the control plane generated in its store.
+    pub tokens: Tokens,
     pub handles: Handles,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -68,6 +70,7 @@ impl Harness {
         tweak(&mut config);
         let app = App::new(config).await.unwrap();
         let (grpc, http) = (app.grpc_addr(), app.http_addr());
+        let tokens = Tokens::read(app.admin_tokens_path()).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let (handles, run) = app
             .start(async move {
@@ -78,6 +81,7 @@ impl Harness {
         Harness {
             grpc,
             http,
+            tokens,
             handles,
             stop: Some(stop),
             task: Some(task),
@@ -103,8 +107,22 @@ impl Harness {
             .unwrap()
     }
 
-    pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel().await)
+    /// The generated token of `role`.
+    pub fn token(&self, role: Role) -> &str {
+        self.tokens
+            .plain(role)
+            .expect("a generated token of each role")
+    }
+
+    /// An Admin client with the write token.
+    pub async fn admin(&self) -> AuthorizedAdmin {
+        self.admin_as(Some(self.token(Role::Write))).await
+    }
+
+    /// An Admin client sending `token` (none: no credential).
+    pub async fn admin_as(&self, token: Option<&str>) -> AuthorizedAdmin {
+        let bearer = token.map_or_else(BearerToken::none, |t| BearerToken::new(t).unwrap());
+        admin_client(self.channel().await, bearer)
     }
 
     pub async fn discovery(&self) -> DiscoveryClient<Channel> {

@@ -25,7 +25,8 @@ def generate(proto_root: str) -> str:
 
 
 def main() -> None:
-    proto_root, address = sys.argv[1], sys.argv[2]
+    proto_root, address, token = sys.argv[1], sys.argv[2], sys.argv[3]
+    auth = [("authorization", f"Bearer {token}")]
     sys.path.insert(0, generate(proto_root))
     from serin.v1 import admin_pb2, admin_pb2_grpc, policy_pb2
 
@@ -46,14 +47,14 @@ def main() -> None:
             ),
         ),
     )
-    applied = stub.ApplyPolicy(admin_pb2.ApplyPolicyRequest(policy=policy, if_generation=0), timeout=10)
+    applied = stub.ApplyPolicy(admin_pb2.ApplyPolicyRequest(policy=policy, if_generation=0), timeout=10, metadata=auth)
     policy.spec.default.route[1].weight = 20
     try:
-        stub.ApplyPolicy(admin_pb2.ApplyPolicyRequest(policy=policy, if_generation=7), timeout=10)
+        stub.ApplyPolicy(admin_pb2.ApplyPolicyRequest(policy=policy, if_generation=7), timeout=10, metadata=auth)
         stale = "OK"
     except grpc.RpcError as e:
         stale = f"{e.code().name}: {e.details()}"
-    proxies = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=10)
+    proxies = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=10, metadata=auth)
     print(
         json.dumps(
             {

@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use serin_proto::auth::{AuthorizedAdmin, BearerToken, admin_client};
 use serin_proto::v1;
-use serin_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
 use crate::Error;
@@ -30,12 +30,16 @@ pub struct Registration {
 /// An Admin client.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
-    client: AdminClient<Channel>,
+    client: AuthorizedAdmin,
 }
 
 impl ControlPlane {
-    /// A client of `url`; connects on first use.
-    pub fn new(url: &str) -> Result<ControlPlane, Error> {
+    /// A client of `url` sending the write token `token`; connects on first use.
+    pub fn new(url: &str, token: &str) -> Result<ControlPlane, Error> {
+        let token = BearerToken::new(token).map_err(|message| Error::ControlPlane {
+            call: "connect",
+            message,
+        })?;
         let channel = Channel::from_shared(url.to_owned())
             .map_err(|e| Error::ControlPlane {
                 call: "connect",
@@ -45,7 +49,7 @@ impl ControlPlane {
             .timeout(CALL_TIMEOUT)
             .connect_lazy();
         Ok(ControlPlane {
-            client: AdminClient::new(channel),
+            client: admin_client(channel, token),
         })
     }
 

@@ -83,6 +83,27 @@ impl StateDir {
         self.0.join(STORE_DIR)
     }
 
+    /// The control plane's admin tokens file (generated in its store at first start, mode 0600).
+    pub fn admin_tokens(&self) -> PathBuf {
+        self.store().join(serin_proto::auth::TOKENS_FILE)
+    }
+
+    /// The control plane's write token, from [`StateDir::admin_tokens`].
+    pub fn admin_token(&self) -> Result<String, Error> {
+        let path = self.admin_tokens();
+        let tokens = serin_proto::auth::Tokens::read(&path).map_err(|e| Error::ControlPlane {
+            call: "read the admin token",
+            message: e.to_string(),
+        })?;
+        tokens
+            .plain(serin_proto::auth::Role::Write)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::ControlPlane {
+                call: "read the admin token",
+                message: format!("{} holds no plain write token", path.display()),
+            })
+    }
+
     /// Reads the state file; `Ok(None)` when there is none.
     pub fn read(&self) -> Result<Option<ClusterRecord>, Error> {
         let path = self.state_file();

@@ -156,35 +156,18 @@ impl<T> HeadGuard<T> {
 
     /// Records the verdict on the complete head in `pending` and decides how its body is framed.
     fn after_head(&mut self) -> Scan {
-        let head = &self.pending[..];
-        let verdict = headers::check_head(head);
-        self.verdicts.push(verdict);
-        if verdict.is_err() {
+        let framing = headers::framing(&self.pending);
+        self.verdicts.push(framing.verdict);
+        if framing.verdict.is_err() {
             return Scan::Off;
         }
-        let mut length = None;
-        let mut chunked = false;
-        let mut upgrade = head.starts_with(b"CONNECT ");
-        for line in head.split(|b| *b == b'\n').skip(1) {
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                continue;
-            };
-            let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
-            if name.eq_ignore_ascii_case(b"content-length") {
-                length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok());
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                chunked = true;
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
-            }
-        }
-        match (upgrade, chunked, length) {
+        match framing {
             // What follows may be a tunnel: stop following.
-            (true, _, _) => Scan::Off,
-            (_, true, _) => Scan::ChunkSize,
-            (_, _, Some(n)) if n > 0 => Scan::Length(n),
+            headers::Framing { upgrade: true, .. } => Scan::Off,
+            headers::Framing { chunked: true, .. } => Scan::ChunkSize,
+            headers::Framing {
+                length: Some(n), ..
+            } if n > 0 => Scan::Length(n),
             _ => Scan::Head,
         }
     }

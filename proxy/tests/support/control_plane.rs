@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serin_control::app::{App, Handles};
-use serin_proto::v1::admin_client::AdminClient;
+use serin_proto::auth::{AuthorizedAdmin, BearerToken, Role, Tokens, admin_client};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -61,6 +61,8 @@ pub struct ControlPlaneProcess {
     pub grpc: SocketAddr,
     /// Its state (telemetry windows, mesh, proxies).
     pub handles: Handles,
+    /// The write token it generated in its store.
+    pub token: String,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -96,6 +98,11 @@ impl ControlPlaneProcess {
             }
         };
         let grpc = app.grpc_addr();
+        let token = Tokens::read(app.admin_tokens_path())
+            .unwrap()
+            .plain(Role::Write)
+            .expect("a generated write token")
+            .to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
         let (handles, run) = app
             .start(async move {
@@ -105,6 +112,7 @@ impl ControlPlaneProcess {
         ControlPlaneProcess {
             grpc,
             handles,
+            token,
             stop: Some(stop),
             task: tokio::spawn(run),
         }
@@ -120,14 +128,15 @@ impl ControlPlaneProcess {
             .unwrap();
     }
 
-    /// A client of its Admin API.
-    pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(
+    /// A client of its Admin API, with the write token.
+    pub async fn admin(&self) -> AuthorizedAdmin {
+        admin_client(
             Channel::from_shared(format!("http://{}", self.grpc))
                 .unwrap()
                 .connect()
                 .await
                 .unwrap(),
+            BearerToken::new(&self.token).unwrap(),
         )
     }
 }

@@ -1,0 +1,475 @@
+//! A fake Kubernetes API server on loopback (plain HTTP), shared by the Kubernetes-mode tests of
+//! serin-control (`tests/kubernetes.rs`) and serinctl (`cli/tests/serinctl/cluster.rs`, through
+//! `#[path]`): lists and chunked watch streams of Services, EndpointSlices, Pods and
+//! TrafficPolicies with resourceVersions, the test driving what it says (events, watches that end
+//! or expire with 410 Gone); GET/POST/PUT/DELETE of TrafficPolicy objects as the API server
+//! answers them; merge-patched status; every request and write recorded.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+pub const SERVICES: &str = "/api/v1/services";
+pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+pub const PODS: &str = "/api/v1/pods";
+pub const POLICIES: &str = "/apis/serin.io/v1/trafficpolicies";
+
+/// What the fake API server holds.
+#[derive(Default)]
+pub struct State {
+    pub resource_version: u64,
+    /// Objects by collection path, then by namespace/name.
+    pub items: HashMap<&'static str, BTreeMap<String, Value>>,
+    /// Every event sent, for watches that resume from an older resourceVersion.
+    pub log: Vec<(u64, &'static str, Bytes)>,
+    /// Every request, `path?query`.
+    pub requests: Vec<String>,
+    /// Every status patch: (namespace/name, body).
+    pub patches: Vec<(String, Value)>,
+    /// Every write of a TrafficPolicy object: (method, namespace/name, body).
+    pub writes: Vec<(String, String, Value)>,
+    /// The next PUT loses a race: another writer changes the object first, and the PUT gets
+    /// 409 Conflict.
+    pub race_next_put: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Live {
+    Event(u64, &'static str, Bytes),
+    /// Every open watch ends (as when the API server's timeout passes).
+    End,
+    /// Every open watch gets 410 Gone (its resourceVersion is too old) and ends.
+    Expire,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+    pub live: broadcast::Sender<Live>,
+}
+
+pub fn key_of(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or(""),
+        object["metadata"]["name"].as_str().unwrap()
+    )
+}
+
+impl FakeApi {
+    pub async fn start() -> FakeApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (live, _) = broadcast::channel(256);
+        let fake = FakeApi {
+            addr: listener.local_addr().unwrap(),
+            state: Arc::new(Mutex::new(State::default())),
+            live,
+        };
+        for path in [SERVICES, SLICES, PODS, POLICIES] {
+            fake.state
+                .lock()
+                .unwrap()
+                .items
+                .insert(path, BTreeMap::new());
+        }
+        let server = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let server = server.clone();
+                        async move {
+                            let object_path = req
+                                .uri()
+                                .path()
+                                .starts_with("/apis/serin.io/v1/namespaces/");
+                            if object_path && req.method() != hyper::Method::PATCH {
+                                let method = req.method().to_string();
+                                let path = req.uri().path().to_owned();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                return Ok::<_, Infallible>(server.object(&method, &path, &body));
+                            }
+                            if req.method() == hyper::Method::PATCH {
+                                let path = req.uri().path().to_owned();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                return Ok::<_, Infallible>(server.patch_status(&path, &body));
+                            }
+                            Ok::<_, Infallible>(server.handle(&req))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    pub fn handle(
+        &self,
+        req: &Request<hyper::body::Incoming>,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let params: HashMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let mut state = self.state.lock().unwrap();
+        state.requests.push(format!("{path}?{query}"));
+        let Some((&collection, items)) = state.items.get_key_value(path.as_str()) else {
+            return json_response(
+                404,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+            );
+        };
+        if params
+            .get("watch")
+            .is_some_and(|w| *w == "true" || *w == "1")
+        {
+            let since: u64 = params
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            // Subscribe first, then replay what the log has after `since`: nothing is missed.
+            let live = self.live.subscribe();
+            let replay: Vec<Bytes> = state
+                .log
+                .iter()
+                .filter(|(rv, p, _)| *rv > since && *p == collection)
+                .map(|(_, _, line)| line.clone())
+                .collect();
+            let replayed_up_to = state.resource_version;
+            let live = tokio_stream::wrappers::BroadcastStream::new(live)
+                .filter_map(|m| async move { m.ok() })
+                .take_while(|m| {
+                    let go_on = !matches!(m, Live::End);
+                    async move { go_on }
+                })
+                .scan(false, move |expired, m| {
+                    let out = if *expired {
+                        None
+                    } else if let Live::Expire = m {
+                        *expired = true;
+                        Some(Some(Bytes::from_static(b"{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"too old resource version\",\"reason\":\"Expired\",\"code\":410}}\n")))
+                    } else if let Live::Event(rv, p, line) = m {
+                        Some((p == collection && rv > replayed_up_to).then_some(line))
+                    } else {
+                        Some(None)
+                    };
+                    async move { out }
+                })
+                .filter_map(|line| async move { line });
+            let body = futures::stream::iter(replay)
+                .chain(live)
+                .map(|line| Ok::<_, Infallible>(Frame::data(line)));
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(BodyExt::boxed(StreamBody::new(body)))
+                .unwrap();
+        }
+        let list_kind = match collection {
+            SERVICES => "ServiceList",
+            SLICES => "EndpointSliceList",
+            _ => "PodList",
+        };
+        let api_version = if collection == SLICES {
+            "discovery.k8s.io/v1"
+        } else {
+            "v1"
+        };
+        json_response(
+            200,
+            &json!({
+                "apiVersion": api_version,
+                "kind": list_kind,
+                "metadata": {"resourceVersion": state.resource_version.to_string()},
+                "items": items.values().cloned().collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    /// Stores `object` (a new resourceVersion) and sends the event to open watches, if `tell`.
+    pub fn change(&self, collection: &'static str, kind: &str, mut object: Value, tell: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = key_of(&object);
+        let items = state.items.get_mut(collection).unwrap();
+        // Status is a subresource: writing the object keeps the status it has.
+        if collection == POLICIES
+            && object.get("status").is_none()
+            && let Some(status) = items.get(&key).and_then(|o| o.get("status"))
+        {
+            object["status"] = status.clone();
+        }
+        let event_type = match kind {
+            "DELETED" => {
+                items.remove(&key);
+                "DELETED"
+            }
+            _ if items.insert(key, object.clone()).is_some() => "MODIFIED",
+            _ => "ADDED",
+        };
+        if !tell {
+            return;
+        }
+        let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap();
+        line.push(b'\n');
+        let line = Bytes::from(line);
+        state.log.push((rv, collection, line.clone()));
+        let _ = self.live.send(Live::Event(rv, collection, line));
+    }
+
+    /// `PATCH .../namespaces/NS/trafficpolicies/NAME/status` with a merge patch: the status is
+    /// merged into the stored object, which is sent to the watches as MODIFIED.
+    pub fn patch_status(&self, path: &str, body: &[u8]) -> Response<BoxBody<Bytes, Infallible>> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let [
+            "apis",
+            "serin.io",
+            "v1",
+            "namespaces",
+            ns,
+            "trafficpolicies",
+            name,
+            "status",
+        ] = parts[..]
+        else {
+            return json_response(
+                404,
+                &json!({"kind": "Status", "apiVersion": "v1", "code": 404}),
+            );
+        };
+        let patch: Value = serde_json::from_slice(body).unwrap();
+        let key = format!("{ns}/{name}");
+        let mut object = {
+            let mut state = self.state.lock().unwrap();
+            state.patches.push((key.clone(), patch.clone()));
+            state.items[POLICIES]
+                .get(&key)
+                .cloned()
+                .expect("a stored policy")
+        };
+        // A JSON merge patch (RFC 7386), as the API server applies it.
+        if object.get("status").is_none() {
+            object["status"] = json!({});
+        }
+        json_patch::merge(&mut object["status"], &patch["status"]);
+        self.apply(POLICIES, object.clone());
+        json_response(200, &object)
+    }
+
+    /// GET, POST, PUT and DELETE of TrafficPolicy objects, as the API server answers them:
+    /// `metadata.generation` 1 on create and +1 on each spec change, resourceVersion checked on
+    /// replace and delete (409 Conflict), 409 AlreadyExists on a second create, status kept.
+    pub fn object(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (ns, name) = match parts[..] {
+            [
+                "apis",
+                "serin.io",
+                "v1",
+                "namespaces",
+                ns,
+                "trafficpolicies",
+            ] => (ns, None),
+            [
+                "apis",
+                "serin.io",
+                "v1",
+                "namespaces",
+                ns,
+                "trafficpolicies",
+                name,
+            ] => (ns, Some(name)),
+            _ => return status(404, "NotFound", "no such path"),
+        };
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).unwrap()
+        };
+        let key = format!(
+            "{ns}/{}",
+            name.unwrap_or_else(|| body["metadata"]["name"].as_str().unwrap_or(""))
+        );
+        let (stored, race) = {
+            let mut state = self.state.lock().unwrap();
+            state.requests.push(format!("{method} {path}"));
+            if method != "GET" {
+                state
+                    .writes
+                    .push((method.to_owned(), key.clone(), body.clone()));
+            }
+            let race = method == "PUT" && std::mem::take(&mut state.race_next_put);
+            (state.items[POLICIES].get(&key).cloned(), race)
+        };
+        match (method, stored) {
+            ("GET", Some(object)) => json_response(200, &object),
+            ("GET" | "PUT" | "DELETE", None) => {
+                status(404, "NotFound", &format!("{key} not found"))
+            }
+            ("POST", Some(_)) => status(409, "AlreadyExists", &format!("{key} already exists")),
+            ("POST", None) => {
+                let mut object = body;
+                object["metadata"]["generation"] = json!(1);
+                object["metadata"]["uid"] = json!(format!("uid-{key}"));
+                object["metadata"]["creationTimestamp"] = json!("2026-11-26T12:00:00Z");
+                self.apply(POLICIES, object);
+                json_response(201, &self.stored(&key))
+            }
+            ("PUT", Some(old)) => {
+                if race {
+                    let mut other = old;
+                    other["metadata"]["labels"] = json!({"touched-by": "another-writer"});
+                    self.apply(POLICIES, other);
+                }
+                let current = self.stored(&key);
+                if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                    return status(
+                        409,
+                        "Conflict",
+                        &format!("the object {key} has been modified"),
+                    );
+                }
+                let mut object = body;
+                let bump = i64::from(object["spec"] != current["spec"]);
+                object["metadata"]["generation"] =
+                    json!(current["metadata"]["generation"].as_i64().unwrap_or(0) + bump);
+                object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+                object["metadata"]["creationTimestamp"] =
+                    current["metadata"]["creationTimestamp"].clone();
+                self.apply(POLICIES, object);
+                json_response(200, &self.stored(&key))
+            }
+            ("DELETE", Some(old)) => {
+                let wanted = &body["preconditions"]["resourceVersion"];
+                if !wanted.is_null() && *wanted != old["metadata"]["resourceVersion"] {
+                    return status(
+                        409,
+                        "Conflict",
+                        &format!("the object {key} has been modified"),
+                    );
+                }
+                self.change(POLICIES, "DELETED", old.clone(), true);
+                json_response(200, &old)
+            }
+            _ => status(405, "MethodNotAllowed", method),
+        }
+    }
+
+    pub fn stored(&self, key: &str) -> Value {
+        self.state.lock().unwrap().items[POLICIES][key].clone()
+    }
+
+    /// The writes of TrafficPolicy objects so far: (method, namespace/name, body).
+    pub fn writes(&self) -> Vec<(String, String, Value)> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    pub fn patches(&self, key: &str) -> Vec<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .patches
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    pub fn apply(&self, collection: &'static str, object: Value) {
+        self.change(collection, "APPLY", object, true);
+    }
+
+    pub fn requests(&self, what: impl Fn(&str) -> bool) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| what(r))
+            .count()
+    }
+}
+
+pub fn status(code: u16, reason: &str, message: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": reason, "message": message, "code": code}),
+    )
+}
+
+pub fn json_response(code: u16, value: &Value) -> Response<BoxBody<Bytes, Infallible>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(value).unwrap())).boxed())
+        .unwrap()
+}
+
+pub fn service(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
+           "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}})
+}
+
+pub fn pod(name: &str, version: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop", "labels": {"app": "reviews", "version": version}},
+           "spec": {"containers": [{"name": "app", "image": "reviews"}]}})
+}
+
+/// The EndpointSlice of `reviews` with these (pod, address, ready) endpoints.
+pub fn slice(endpoints: &[(&str, &str, bool)]) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "reviews-abcde", "namespace": "shop", "labels": {"kubernetes.io/service-name": "reviews"}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
+           "endpoints": endpoints.iter().map(|(pod, ip, ready)| json!({
+               "addresses": [ip], "conditions": {"ready": ready},
+               "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}})).collect::<Vec<_>>()})
+}
+
+pub fn policy(name: &str, generation: i64, weight: i64) -> Value {
+    json!({"apiVersion": "serin.io/v1", "kind": "TrafficPolicy",
+           "metadata": {"name": name, "namespace": "shop", "generation": generation, "uid": format!("uid-{name}")},
+           "spec": {"service": name, "default": {"route": [{"version": "v1", "weight": weight}]}}})
+}
