@@ -99,6 +99,15 @@ impl App {
                  e.g. mounted from the Secret serin-admin-tokens)"
             );
         }
+        // The replicas of Kubernetes mode share one CA root, else a sidecar would not trust the
+        // certificates another replica signed: the operator's files are required.
+        if config.kubernetes.is_some() && config.ca.root_files.is_none() {
+            anyhow::bail!(
+                "Kubernetes mode needs --ca-cert FILE --ca-key FILE (the replicas share one CA \
+                 root so that every sidecar trusts every other, e.g. mounted from the Secret \
+                 serin-ca)"
+            );
+        }
         let auth = AdminAuth::load(
             config.admin_tokens.as_deref(),
             &config.store,
@@ -135,7 +144,8 @@ impl App {
                 let k = k.as_ref().context("neither a store nor Kubernetes mode")?;
                 let client = crate::kubernetes::mode::client(k).await?;
                 Source::Kubernetes(Box::new(
-                    KubernetesMode::start(client, config.debounce).await,
+                    KubernetesMode::start(client, config.debounce, config.ca.trust_domain.clone())
+                        .await,
                 ))
             }
         };
@@ -245,11 +255,15 @@ impl App {
             config.clock.clone(),
             stop_rx.clone(),
         ));
-        let identity = IdentityServer::new(IdentityService::new(
-            ca,
-            mesh.clone(),
-            config.ca.default_ttl,
-        ));
+        let mut identity = IdentityService::new(ca, mesh.clone(), config.ca.default_ttl);
+        // Kubernetes mode: sidecars present projected service-account tokens (TokenReview).
+        if let (Some(k), Some(kc)) = (&kubernetes, &config.kubernetes) {
+            identity = identity.with_token_review(crate::kubernetes::tokens::TokenReviewer::new(
+                k.client().clone(),
+                kc.token_audience.clone(),
+            ));
+        }
+        let identity = IdentityServer::new(identity);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(serin_proto::FILE_DESCRIPTOR_SET)

@@ -61,6 +61,11 @@ pub struct Args {
     /// the host name).
     #[arg(long, env = "SERIN_REPLICA", requires = "kubernetes")]
     pub replica: Option<String>,
+    /// Kubernetes mode: the audience the sidecars' projected service-account tokens must be for
+    /// (checked with a TokenReview when a sidecar asks for its workload certificate); the
+    /// webhook's injected token volume asks the kubelet for it.
+    #[arg(long, env = "SERIN_TOKEN_AUDIENCE", default_value = DEFAULT_TOKEN_AUDIENCE)]
+    pub token_audience: String,
     /// The shortest time between two pushes (ms): a change after a quiet period is pushed at
     /// once, later ones within this interval are coalesced into one push at its end.
     #[arg(long, env = "SERIN_PUSH_DEBOUNCE_MS", default_value_t = DEFAULT_DEBOUNCE.as_millis() as u64)]
@@ -128,7 +133,13 @@ pub struct KubernetesConfig {
     pub replica: String,
     /// The shortest time between two status writes of one policy by this replica.
     pub status_interval: Duration,
+    /// The audience of the sidecars' projected service-account tokens.
+    pub token_audience: String,
 }
+
+/// Default audience of the sidecars' projected service-account tokens (what injection asks
+/// the kubelet for).
+pub const DEFAULT_TOKEN_AUDIENCE: &str = crate::inject::config::TOKEN_AUDIENCE;
 
 /// Default shortest interval between two status writes of one policy by one replica.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -211,6 +222,7 @@ impl TryFrom<&Args> for Config {
                 kubeconfig: a.kubeconfig.clone(),
                 replica: replica.clone().unwrap_or_else(host_name),
                 status_interval: DEFAULT_STATUS_INTERVAL,
+                token_audience: a.token_audience.clone(),
             }),
         };
         let webhook = a.webhook_addr.map(|addr| WebhookConfig {
@@ -229,6 +241,7 @@ impl TryFrom<&Args> for Config {
                 init_image: a.sidecar_image.clone(),
                 control_plane: a.sidecar_control_plane.clone(),
                 kubernetes_version: a.kubernetes_version,
+                token_audience: a.token_audience.clone(),
                 ..InjectConfig::default()
             },
             max_body: DEFAULT_MAX_BODY,

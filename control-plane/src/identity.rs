@@ -2,6 +2,9 @@
 //! registration and a CSR, and gets a workload certificate for the identity that registration
 //! grants (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`). The workload's
 //! endpoint is marked meshed with that identity, so that client sidecars originate mTLS to it.
+//! In Kubernetes mode the token is the pod's projected service-account token instead, checked
+//! with a TokenReview ([`crate::kubernetes::tokens`]); endpoints there are meshed when their pod
+//! carries the injected sidecar.
 //! Also where the authority is loaded from the store (or from the operator's files).
 
 use std::path::PathBuf;
@@ -11,7 +14,8 @@ use std::time::Duration;
 use serin_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::ca::{self, Authority, RootRotation, StoredRoot, StoredRoots};
+use crate::ca::{self, Authority, CaError, RootRotation, StoredRoot, StoredRoots};
+use crate::kubernetes::tokens::{TokenError, TokenReviewer};
 use crate::mesh::Mesh;
 use crate::proto::{timestamp, to_duration};
 use crate::store::{CA_ROOTS, Store};
@@ -54,9 +58,9 @@ pub enum RotationStep {
 }
 
 /// Loads the authority: the operator's root, else the stored one, else a new one (stored).
-/// Without a store (Kubernetes mode) and without the operator's root, a root is generated in
-/// memory: it lasts as long as the process, and replicas do not share it (give every replica
-/// the same `--ca-cert`/`--ca-key`).
+/// Without a store and without the operator's root, a root is generated in memory: it lasts as
+/// long as the process, and replicas do not share it (so [`crate::app::App`] refuses Kubernetes
+/// mode without `--ca-cert`/`--ca-key`).
 pub fn load_authority(store: Option<&Store>, config: &CaConfig) -> anyhow::Result<Authority> {
     use anyhow::Context as _;
     if let Some((cert, key)) = &config.root_files {
@@ -115,6 +119,7 @@ pub struct IdentityService {
     ca: Arc<Authority>,
     mesh: Mesh,
     default_ttl: Duration,
+    tokens: Option<TokenReviewer>,
 }
 
 impl IdentityService {
@@ -124,7 +129,14 @@ impl IdentityService {
             ca,
             mesh,
             default_ttl,
+            tokens: None,
         }
+    }
+
+    /// Kubernetes mode: tokens are projected service-account tokens, reviewed by `tokens`.
+    pub fn with_token_review(mut self, tokens: TokenReviewer) -> IdentityService {
+        self.tokens = Some(tokens);
+        self
     }
 }
 
@@ -138,6 +150,27 @@ impl v1::identity_server::Identity for IdentityService {
         if req.bootstrap_token.is_empty() {
             return Err(Status::unauthenticated("bootstrap_token: is required"));
         }
+        let ttl = req
+            .ttl
+            .map(|d| to_duration("ttl", d))
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .unwrap_or(self.default_ttl);
+        if let Some(tokens) = &self.tokens {
+            // Kubernetes mode: the pod's projected service-account token.
+            let owner = tokens
+                .review(&req.bootstrap_token)
+                .await
+                .map_err(|e| match e {
+                    TokenError::Unauthenticated { .. } => Status::unauthenticated(e.to_string()),
+                    TokenError::NotServiceAccount(_) => Status::permission_denied(e.to_string()),
+                    TokenError::Api(_) => Status::unavailable(e.to_string()),
+                })?;
+            let identity = self.ca.identity(&owner.namespace, &owner.service_account);
+            let signed = self.sign(req.csr_pem, identity, ttl).await?;
+            tracing::info!(pod = %format_args!("{}/{}", owner.namespace, owner.pod_name), identity = %signed.identity, ttl = ?ttl, "workload certificate signed for a service-account token");
+            return Ok(Response::new(response(signed)));
+        }
         let workload = self
             .mesh
             .workload_for_token(req.bootstrap_token)
@@ -146,27 +179,44 @@ impl v1::identity_server::Identity for IdentityService {
         let identity = self
             .ca
             .identity(&workload.namespace, &workload.service_account);
-        let ttl = req
-            .ttl
-            .map(|d| to_duration("ttl", d))
-            .transpose()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
-            .unwrap_or(self.default_ttl);
-        let ca = Arc::clone(&self.ca);
-        let csr = req.csr_pem;
-        let signed = tokio::task::spawn_blocking(move || ca.sign(&csr, &identity, ttl))
-            .await
-            .map_err(|e| Status::internal(format!("signing task failed: {e}")))?
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let signed = self.sign(req.csr_pem, identity, ttl).await?;
         self.mesh
             .set_identity(workload.key(), signed.identity.clone())
             .await?;
         tracing::info!(workload = %format_args!("{}/{}", workload.namespace, workload.pod_name), identity = %signed.identity, ttl = ?ttl, "workload certificate signed");
-        Ok(Response::new(v1::SignCertificateResponse {
-            identity: signed.identity,
-            cert_chain_pem: signed.chain_pem,
-            trust_bundle_pem: signed.trust_bundle_pem,
-            not_after: Some(timestamp(signed.not_after)),
-        }))
+        Ok(Response::new(response(signed)))
+    }
+}
+
+impl IdentityService {
+    /// Signs `csr` for `identity`, off the runtime. A CSR for another identity than the token's
+    /// is refused naming both: PERMISSION_DENIED in Kubernetes mode (the token belongs to
+    /// another service account), INVALID_ARGUMENT in the local mesh.
+    async fn sign(
+        &self,
+        csr: String,
+        identity: String,
+        ttl: Duration,
+    ) -> Result<ca::Signed, Status> {
+        let kubernetes = self.tokens.is_some();
+        let ca = Arc::clone(&self.ca);
+        tokio::task::spawn_blocking(move || ca.sign(&csr, &identity, ttl))
+            .await
+            .map_err(|e| Status::internal(format!("signing task failed: {e}")))?
+            .map_err(|e| match e {
+                CaError::WrongIdentity { .. } if kubernetes => {
+                    Status::permission_denied(e.to_string())
+                }
+                other => Status::invalid_argument(other.to_string()),
+            })
+    }
+}
+
+fn response(signed: ca::Signed) -> v1::SignCertificateResponse {
+    v1::SignCertificateResponse {
+        identity: signed.identity,
+        cert_chain_pem: signed.chain_pem,
+        trust_bundle_pem: signed.trust_bundle_pem,
+        not_after: Some(timestamp(signed.not_after)),
     }
 }

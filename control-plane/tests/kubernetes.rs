@@ -321,7 +321,13 @@ mod mode {
             // The replicas share the operator's tokens file.
             let tokens = dir.path().join("admin-tokens");
             std::fs::write(&tokens, format!("write {ADMIN_TOKEN}\n")).unwrap();
-            let config = Config {
+            // ... and the operator's CA root.
+            let root =
+                serin_control::ca::generate_root(serin_control::ca::DEFAULT_TRUST_DOMAIN).unwrap();
+            let (ca_cert, ca_key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+            std::fs::write(&ca_cert, &root.cert_pem).unwrap();
+            std::fs::write(&ca_key, &root.key_pem).unwrap();
+            let mut config = Config {
                 admin_tokens: Some(tokens),
                 grpc: "127.0.0.1:0".parse().unwrap(),
                 http: "127.0.0.1:0".parse().unwrap(),
@@ -330,9 +336,11 @@ mod mode {
                     kubeconfig: Some(kubeconfig),
                     replica: replica.to_owned(),
                     status_interval: Duration::from_millis(50),
+                    token_audience: "serin".to_owned(),
                 }),
                 ..Config::new(dir.path().join("unused-store"))
             };
+            config.ca.root_files = Some((ca_cert, ca_key));
             let app = tokio::time::timeout(Duration::from_secs(20), App::new(config))
                 .await
                 .expect("the cluster is listed within 20 s")
@@ -929,4 +937,134 @@ async fn two_replicas_write_one_status_without_fighting() {
     drop((on_a, on_b, other));
     a.stop().await;
     b.stop().await;
+}
+
+/// A PEM CSR whose one URI SAN is `identity`.
+fn csr_for(identity: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[tokio::test]
+async fn kubernetes_mode_signs_for_projected_tokens_and_meshes_injected_pods() {
+    use mode::*;
+    use serin_proto::v1;
+    use serin_proto::v1::identity_client::IdentityClient;
+    tracing();
+    let td = serin_control::ca::DEFAULT_TRUST_DOMAIN;
+    let fake = FakeApi::start().await;
+    fake.apply(SERVICES, service("reviews", "10.96.0.10"));
+    let mut injected = pod("reviews-v1-a", "v1");
+    injected["metadata"]["annotations"] = json!({"sidecar.serin.io/status": "injected"});
+    injected["spec"]["serviceAccountName"] = json!("reviews");
+    fake.apply(PODS, injected);
+    fake.apply(PODS, pod("reviews-v2-b", "v2"));
+    fake.apply(SLICES, reviews_slice_v1_v2(true));
+    fake.issue_token(
+        "token-reviews",
+        &["serin"],
+        "shop",
+        "reviews",
+        "reviews-v1-a",
+    );
+    fake.issue_token(
+        "token-for-the-api-server",
+        &["https://kubernetes.default.svc"],
+        "shop",
+        "reviews",
+        "reviews-v1-a",
+    );
+    let cp = ControlPlane::start(&fake, "serin-control-a").await;
+
+    // The injected pod's endpoint is meshed with its service account's identity; the other
+    // one stays plain.
+    let mut sidecar = Sidecar::connect(&cp, "productpage-a", "productpage").await;
+    let snapshot = sidecar
+        .until("both endpoints", |s| reviews_endpoints(s).len() == 2)
+        .await;
+    let identities: Vec<(String, String)> = snapshot
+        .endpoints
+        .iter()
+        .filter(|e| e.service == "reviews")
+        .flat_map(|e| e.endpoints.iter())
+        .map(|ep| (ep.pod_name.clone(), ep.identity.clone()))
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            (
+                "reviews-v1-a".to_owned(),
+                format!("spiffe://{td}/ns/shop/sa/reviews")
+            ),
+            ("reviews-v2-b".to_owned(), String::new()),
+        ]
+    );
+
+    // A projected token for the audience `serin`: a certificate for its service account.
+    let mut client = IdentityClient::connect(format!("http://{}", cp.grpc))
+        .await
+        .unwrap();
+    let reviews_id = format!("spiffe://{td}/ns/shop/sa/reviews");
+    let sign = |token: &str, identity: &str| v1::SignCertificateRequest {
+        csr_pem: csr_for(identity),
+        bootstrap_token: token.to_owned(),
+        ttl: None,
+    };
+    let signed = client
+        .sign_certificate(sign("token-reviews", &reviews_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.identity, reviews_id);
+    assert!(!signed.cert_chain_pem.is_empty() && !signed.trust_bundle_pem.is_empty());
+    let reviews = fake.state.lock().unwrap().token_reviews.clone();
+    assert_eq!(reviews.len(), 1);
+    assert_eq!(reviews[0]["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(reviews[0]["kind"], "TokenReview");
+    assert_eq!(reviews[0]["spec"]["token"], "token-reviews");
+    assert_eq!(reviews[0]["spec"]["audiences"], json!(["serin"]));
+
+    // An unknown token, a token for another audience: UNAUTHENTICATED.
+    let e = client
+        .sign_certificate(sign("forged", &reviews_id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message()
+            .contains("not authenticated for audience \"serin\"")
+            && e.message().contains("token lookup failed"),
+        "{}",
+        e.message()
+    );
+    let e = client
+        .sign_certificate(sign("token-for-the-api-server", &reviews_id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message()
+            .contains("is invalid for the target audiences [\"serin\"]"),
+        "{}",
+        e.message()
+    );
+
+    // A CSR for another service account than the token's: PERMISSION_DENIED, naming both.
+    let ratings_id = format!("spiffe://{td}/ns/shop/sa/ratings");
+    let e = client
+        .sign_certificate(sign("token-reviews", &ratings_id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("must name exactly the identity {reviews_id}"))
+            && e.message().contains(&ratings_id),
+        "{}",
+        e.message()
+    );
+    assert_eq!(fake.state.lock().unwrap().token_reviews.len(), 4);
+    cp.stop().await;
 }

@@ -34,8 +34,28 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub enum TokenSource {
     /// Given on the command line.
     Value(String),
-    /// Read from a file at each attempt (it may appear after the sidecar starts).
+    /// Read from a file at each attempt (it may appear after the sidecar starts, and a
+    /// projected service-account token is rotated by the kubelet).
     File(PathBuf),
+}
+
+impl TokenSource {
+    /// The token as of now: the file is read again on every call.
+    pub fn read(&self) -> Result<String, IdentityError> {
+        match self {
+            TokenSource::Value(token) => Ok(token.clone()),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| IdentityError::Token(format!("cannot read {}: {e}", path.display())))
+                .and_then(|t| {
+                    if t.is_empty() {
+                        Err(IdentityError::Token(format!("{} is empty", path.display())))
+                    } else {
+                        Ok(t)
+                    }
+                }),
+        }
+    }
 }
 
 /// How the sidecar gets its workload certificate.
@@ -278,19 +298,7 @@ impl CertManager {
     }
 
     fn token(&self) -> Result<String, IdentityError> {
-        match &self.settings.token {
-            TokenSource::Value(token) => Ok(token.clone()),
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map(|t| t.trim().to_owned())
-                .map_err(|e| IdentityError::Token(format!("cannot read {}: {e}", path.display())))
-                .and_then(|t| {
-                    if t.is_empty() {
-                        Err(IdentityError::Token(format!("{} is empty", path.display())))
-                    } else {
-                        Ok(t)
-                    }
-                }),
-        }
+        self.settings.token.read()
     }
 
     /// One request: a fresh key, a CSR for our SPIFFE ID, the signed certificate.
@@ -404,6 +412,27 @@ mod tests {
             1.0,
         );
         assert_eq!(delay, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_at_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let source = TokenSource::File(path.clone());
+        assert!(
+            source
+                .read()
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read")
+        );
+        std::fs::write(&path, "first-token\n").unwrap();
+        assert_eq!(source.read().unwrap(), "first-token");
+        // The kubelet rotates a projected token in place: the next request sends the new one.
+        std::fs::write(&path, "rotated-token").unwrap();
+        assert_eq!(source.read().unwrap(), "rotated-token");
+        std::fs::write(&path, " \n").unwrap();
+        assert!(source.read().unwrap_err().to_string().contains("is empty"));
     }
 
     #[test]

@@ -90,6 +90,12 @@ impl ControlPlane {
         let token = "serin-test-kubernetes-write-token-0001".to_owned();
         let tokens = dir.join("admin-tokens");
         std::fs::write(&tokens, format!("write {token}\n")).unwrap();
+        // ... and one CA root.
+        let root =
+            serin_control::ca::generate_root(serin_control::ca::DEFAULT_TRUST_DOMAIN).unwrap();
+        let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        std::fs::write(&ca_cert, &root.cert_pem).unwrap();
+        std::fs::write(&ca_key, &root.key_pem).unwrap();
         let (grpc, http) = (free_port(), free_port());
         let child = Command::new(control_bin())
             .args([
@@ -105,6 +111,10 @@ impl ControlPlane {
                 "--kubeconfig",
             ])
             .arg(kubeconfig)
+            .arg("--ca-cert")
+            .arg(&ca_cert)
+            .arg("--ca-key")
+            .arg(&ca_key)
             .env("SERIN_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -31,6 +31,17 @@ pub const INIT_CONTAINER_NAME: &str = "serin-init";
 pub const PROXY_CONTAINER_NAME: &str = "serin-proxy";
 /// The sidecar's uid and gid: its own traffic is never captured.
 pub const PROXY_UID: i64 = 1337;
+/// The audience of the projected service-account token the sidecar presents to the control
+/// plane's Identity service (the control plane's `--token-audience`).
+pub const TOKEN_AUDIENCE: &str = "serin";
+/// Lifetime of that token; the kubelet rotates it at 80 % of it.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+/// Name of the projected token volume.
+pub const TOKEN_VOLUME_NAME: &str = "serin-token";
+/// Where the sidecar mounts it (read-only).
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/serin.io/token";
+/// The token file in that directory (`SERIN_IDENTITY_TOKEN_FILE`).
+pub const TOKEN_FILE: &str = "/var/run/secrets/serin.io/token/token";
 /// The sidecar's admin port (`/ready`).
 pub const PROXY_ADMIN_PORT: i32 = 15000;
 /// The default control-plane gRPC address the sidecars follow.
@@ -132,6 +143,9 @@ pub struct InjectConfig {
     pub init_resources: Resources,
     /// The sidecar's log filter (`SERIN_LOG_LEVEL`).
     pub log_level: String,
+    /// The audience of the sidecar's projected service-account token (the control plane's
+    /// `--token-audience`).
+    pub token_audience: String,
 }
 
 impl Default for InjectConfig {
@@ -155,6 +169,7 @@ impl Default for InjectConfig {
                 memory_limit: "64Mi".to_owned(),
             },
             log_level: "info".to_owned(),
+            token_audience: TOKEN_AUDIENCE.to_owned(),
         }
     }
 }

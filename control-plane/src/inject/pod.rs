@@ -9,8 +9,9 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SecurityContext,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,6 +22,7 @@ use super::config::{
     EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_CIDRS, EXCLUDE_OUTBOUND_PORTS, INCLUDE_INBOUND_PORTS,
     INIT_CONTAINER_NAME, InjectConfig, POD_LABEL, PROXY_ADMIN_PORT, PROXY_CONTAINER_NAME,
     PROXY_UID, Resources, STATUS_ANNOTATION, STATUS_INJECTED, SYSTEM_NAMESPACES,
+    TOKEN_EXPIRATION_SECONDS, TOKEN_FILE, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME,
 };
 
 /// Annotation that makes `kubectl logs`/`exec` pick the app, not a classic sidecar listed first.
@@ -222,7 +224,8 @@ impl CaptureSettings {
     }
 }
 
-/// The operations that add the init container, the sidecar and the status annotation.
+/// The operations that add the init container, the sidecar (with its projected token volume) and
+/// the status annotation.
 fn patch(pod: &Pod, capture: &CaptureSettings, config: &InjectConfig) -> Vec<PatchOperation> {
     let native = config.kubernetes_version.native_sidecars();
     let spec = pod.spec.clone().unwrap_or_default();
@@ -269,7 +272,34 @@ fn patch(pod: &Pod, capture: &CaptureSettings, config: &InjectConfig) -> Vec<Pat
     if !native {
         ops.push(add(&["spec", "containers", "0"], proxy));
     }
+    let volume = serde_json::to_value(token_volume(config)).unwrap_or(Value::Null);
+    match spec.volumes {
+        None => ops.push(add(&["spec", "volumes"], Value::Array(vec![volume]))),
+        Some(_) => ops.push(add(&["spec", "volumes", "-"], volume)),
+    }
     ops
+}
+
+/// The projected service-account token the sidecar presents to the Identity service (audience
+/// `config.token_audience`, by default [`super::config::TOKEN_AUDIENCE`]); the kubelet rotates it, the sidecar
+/// reads it at each renewal.
+fn token_volume(config: &InjectConfig) -> Volume {
+    Volume {
+        name: TOKEN_VOLUME_NAME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(config.token_audience.clone()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: "token".to_owned(),
+                    ..ServiceAccountTokenProjection::default()
+                }),
+                ..VolumeProjection::default()
+            }]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
 }
 
 fn add(path: &[&str], value: Value) -> PatchOperation {
@@ -352,7 +382,14 @@ fn proxy_container(config: &InjectConfig, native: bool) -> Container {
             field("SERIN_SERVICE", "metadata.labels['app']"),
             field("SERIN_VERSION", "metadata.labels['version']"),
             value("SERIN_LOG_LEVEL", &config.log_level),
+            value("SERIN_IDENTITY_TOKEN_FILE", TOKEN_FILE),
         ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME_NAME.to_owned(),
+            mount_path: TOKEN_MOUNT_PATH.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         ports: Some(vec![ContainerPort {
             name: Some("serin-admin".to_owned()),
             container_port: PROXY_ADMIN_PORT,

@@ -1,6 +1,6 @@
 //! The registry as the API server describes it: Services (ClusterIPs are the VIPs, ports with
 //! their protocol from `appProtocol` or the name prefix), EndpointSlices (the endpoints and their
-//! readiness) and Pods (the `version` label), turned into one immutable [`ClusterView`]. Pure: the
+//! readiness) and Pods (the `version` label, the service account, the injected sidecar), turned into one immutable [`ClusterView`]. Pure: the
 //! watchers in [`super::watch`] feed it what their reflectors hold.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::inject::config::STATUS_ANNOTATION;
 use crate::model::{Protocol, ServiceKey};
 
 /// The label an EndpointSlice names its Service with.
@@ -63,6 +64,9 @@ pub struct ClusterEndpoint {
     pub service_account: String,
     /// The node it runs on.
     pub node_name: String,
+    /// The pod carries the injected sidecar (the `sidecar.serin.io/status` annotation): it
+    /// speaks mTLS with the identity of its service account.
+    pub injected: bool,
 }
 
 /// Everything the registry knows at one moment.
@@ -216,6 +220,9 @@ pub fn build(
                         .and_then(|s| s.service_account_name.clone())
                         .unwrap_or_default(),
                     node_name: ep.node_name.clone().unwrap_or_default(),
+                    injected: pod
+                        .and_then(|p| p.metadata.annotations.as_ref())
+                        .is_some_and(|a| a.contains_key(STATUS_ANNOTATION)),
                 });
             entry.ready &= ready;
             for a in addresses {
@@ -296,7 +303,7 @@ mod tests {
             slice("IPv4", "10.244.0.8", "reviews-v2-b", Some(false)),
         ];
         let pods = [
-            Arc::new(serde_json::from_value::<Pod>(json!({"metadata": {"name": "reviews-v1-a", "namespace": "shop", "labels": {"app": "reviews", "version": "v1"}}, "spec": {"containers": [], "serviceAccountName": "bookinfo"}})).unwrap()),
+            Arc::new(serde_json::from_value::<Pod>(json!({"metadata": {"name": "reviews-v1-a", "namespace": "shop", "labels": {"app": "reviews", "version": "v1"}, "annotations": {"sidecar.serin.io/status": "injected"}}, "spec": {"containers": [], "serviceAccountName": "bookinfo"}})).unwrap()),
             Arc::new(serde_json::from_value::<Pod>(json!({"metadata": {"name": "reviews-v2-b", "namespace": "shop", "labels": {"app": "reviews", "version": "v2"}}, "spec": {"containers": []}})).unwrap()),
         ];
         let view = build(&services, &slices, &pods);
@@ -329,6 +336,7 @@ mod tests {
         assert_eq!(eps[0].addresses.len(), 2, "the dual-stack slices merge");
         assert_eq!((eps[0].version.as_str(), eps[0].ready), ("v1", true));
         assert_eq!(eps[0].service_account, "bookinfo");
+        assert!(eps[0].injected && !eps[1].injected);
         assert_eq!(eps[0].ports["grpc-api"], 7070);
         assert_eq!((eps[1].version.as_str(), eps[1].ready), ("v2", false));
     }

@@ -62,7 +62,12 @@ impl KubernetesMode {
     /// Starts the watchers and returns once Services, EndpointSlices, Pods and TrafficPolicies
     /// have all been listed, so that the first snapshot a proxy gets is the whole cluster, never
     /// an empty mesh.
-    pub async fn start(client: kube::Client, debounce: Duration) -> KubernetesMode {
+    /// Injected pods' endpoints carry identities in `trust_domain`.
+    pub async fn start(
+        client: kube::Client,
+        debounce: Duration,
+        trust_domain: String,
+    ) -> KubernetesMode {
         let registry = ClusterRegistry::start(&client, debounce);
         let policies = PolicyWatcher::start(&client, debounce);
         tracing::info!("listing Services, EndpointSlices, Pods and TrafficPolicies");
@@ -72,6 +77,7 @@ impl KubernetesMode {
         let first = mesh_view(
             &cluster_rx.borrow_and_update(),
             &policies_rx.borrow_and_update(),
+            &trust_domain,
         );
         tracing::info!(
             services = first.services.len(),
@@ -89,6 +95,7 @@ impl KubernetesMode {
                 let next = mesh_view(
                     &cluster_rx.borrow_and_update(),
                     &policies_rx.borrow_and_update(),
+                    &trust_domain,
                 );
                 tx.send_if_modified(|current| {
                     if **current == next {

@@ -81,8 +81,14 @@ pub fn current_revision(key: &PolicyKey, object: &PolicyObject) -> Option<Revisi
 }
 
 /// The whole view: Services with their ClusterIPs and ports, their endpoints (ready or not) with
-/// the pods' versions, and the policies that serve.
-pub fn mesh_view(cluster: &ClusterView, policies: &ClusterPolicies) -> MeshView {
+/// the pods' versions, and the policies that serve. Endpoints whose pod carries the injected
+/// sidecar are meshed with the identity of the pod's service account in `trust_domain` (the
+/// sidecar gets its certificate for it with its projected service-account token).
+pub fn mesh_view(
+    cluster: &ClusterView,
+    policies: &ClusterPolicies,
+    trust_domain: &str,
+) -> MeshView {
     let mut view = MeshView::default();
     for (key, svc) in &cluster.services {
         view.services.insert(
@@ -134,9 +140,11 @@ pub fn mesh_view(cluster: &ClusterView, policies: &ClusterPolicies) -> MeshView 
                 labels: ep.labels.clone(),
                 service_account: ep.service_account.clone(),
                 node_name: ep.node_name.clone(),
-                // Identities on Kubernetes (projected service-account tokens) are not built yet:
-                // these endpoints are plain.
-                identity: String::new(),
+                identity: if ep.injected {
+                    crate::ca::spiffe_id(trust_domain, &key.namespace, &ep.service_account)
+                } else {
+                    String::new()
+                },
                 ready: ep.ready,
             };
             view.workloads
@@ -210,6 +218,7 @@ mod tests {
             ready,
             service_account: String::new(),
             node_name: String::new(),
+            injected: pod == "a",
         };
         cluster.endpoints.insert(
             reviews.clone(),
@@ -232,7 +241,7 @@ mod tests {
             .by_key
             .insert(PolicyKey::new("shop", "c"), object(1, Err("bad".into())));
 
-        let view = mesh_view(&cluster, &policies);
+        let view = mesh_view(&cluster, &policies, "cluster.local");
         assert_eq!(view.services[&reviews].vips.len(), 2);
         assert_eq!(view.services[&reviews].ports[0].target_port, 8080);
         let versions = view.versions("shop", "reviews");
@@ -244,6 +253,13 @@ mod tests {
             pod_name: "a".into(),
         }];
         assert_eq!(a.ports[0].protocol, Protocol::Http1);
+        assert_eq!(a.identity, "spiffe://cluster.local/ns/shop/sa/default");
+        let b = &view.workloads[&EndpointKey {
+            namespace: "shop".into(),
+            service: "reviews".into(),
+            pod_name: "b".into(),
+        }];
+        assert_eq!(b.identity, "", "a pod without the sidecar is plain");
         assert_eq!(view.workloads.len(), 2, "ratings has no Service yet");
         assert_eq!(
             view.policies
@@ -272,6 +288,11 @@ mod tests {
                 labels: BTreeMap::new(),
             },
         );
-        assert_eq!(mesh_view(&cluster, &policies).workloads.len(), 3);
+        assert_eq!(
+            mesh_view(&cluster, &policies, "cluster.local")
+                .workloads
+                .len(),
+            3
+        );
     }
 }

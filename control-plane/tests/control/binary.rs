@@ -38,6 +38,29 @@ fn kubernetes_mode_without_an_api_server_fails_clearly() {
     );
     let tokens = dir.path().join("admin-tokens");
     std::fs::write(&tokens, "write serin-test-kubernetes-write-token-0001\n").unwrap();
+    // Nor can the replicas generate a CA root each: the operator's root is required.
+    let out = bin()
+        .args([
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--kubernetes",
+        ])
+        .arg("--admin-tokens")
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Kubernetes mode needs --ca-cert FILE --ca-key FILE"),
+        "{stderr}"
+    );
+    let root = serin_control::ca::generate_root(serin_control::ca::DEFAULT_TRUST_DOMAIN).unwrap();
+    let (ca_cert, ca_key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+    std::fs::write(&ca_cert, &root.cert_pem).unwrap();
+    std::fs::write(&ca_key, &root.key_pem).unwrap();
     let out = bin()
         .args([
             "--grpc",
@@ -50,6 +73,10 @@ fn kubernetes_mode_without_an_api_server_fails_clearly() {
         .arg(&missing)
         .arg("--admin-tokens")
         .arg(&tokens)
+        .arg("--ca-cert")
+        .arg(&ca_cert)
+        .arg("--ca-key")
+        .arg(&ca_key)
         .output()
         .unwrap();
     assert!(!out.status.success());

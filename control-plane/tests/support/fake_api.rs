@@ -3,7 +3,8 @@
 //! `#[path]`): lists and chunked watch streams of Services, EndpointSlices, Pods and
 //! TrafficPolicies with resourceVersions, the test driving what it says (events, watches that end
 //! or expire with 410 Gone); GET/POST/PUT/DELETE of TrafficPolicy objects as the API server
-//! answers them; merge-patched status; every request and write recorded.
+//! answers them; merge-patched status; TokenReviews of the tokens the test issued; every request
+//! and write recorded.
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
@@ -27,6 +28,16 @@ pub const SERVICES: &str = "/api/v1/services";
 pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/serin.io/v1/trafficpolicies";
+pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// A service-account token the fake API server authenticates.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub audiences: Vec<String>,
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_name: String,
+}
 
 /// What the fake API server holds.
 #[derive(Default)]
@@ -45,6 +56,10 @@ pub struct State {
     /// The next PUT loses a race: another writer changes the object first, and the PUT gets
     /// 409 Conflict.
     pub race_next_put: bool,
+    /// The tokens it authenticates.
+    pub tokens: HashMap<String, IssuedToken>,
+    /// Every TokenReview POSTed (its body).
+    pub token_reviews: Vec<Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +127,17 @@ impl FakeApi {
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
                                 return Ok::<_, Infallible>(server.object(&method, &path, &body));
+                            }
+                            if req.uri().path() == TOKEN_REVIEWS
+                                && req.method() == hyper::Method::POST
+                            {
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                return Ok::<_, Infallible>(server.token_review(&body));
                             }
                             if req.method() == hyper::Method::PATCH {
                                 let path = req.uri().path().to_owned();
@@ -393,6 +419,62 @@ impl FakeApi {
             }
             _ => status(405, "MethodNotAllowed", method),
         }
+    }
+
+    /// Issues a token for `namespace/service_account`, bound to `pod_name`, for `audiences`.
+    pub fn issue_token(
+        &self,
+        token: &str,
+        audiences: &[&str],
+        namespace: &str,
+        service_account: &str,
+        pod_name: &str,
+    ) {
+        self.state.lock().unwrap().tokens.insert(
+            token.to_owned(),
+            IssuedToken {
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                namespace: namespace.to_owned(),
+                service_account: service_account.to_owned(),
+                pod_name: pod_name.to_owned(),
+            },
+        );
+    }
+
+    /// A TokenReview as the API server answers it: authenticated when the token was issued for
+    /// one of the audiences asked for (the API server's default audience when none is asked).
+    pub fn token_review(&self, body: &[u8]) -> Response<BoxBody<Bytes, Infallible>> {
+        let Ok(mut review) = serde_json::from_slice::<Value>(body) else {
+            return status(400, "BadRequest", "the body is no JSON");
+        };
+        let mut state = self.state.lock().unwrap();
+        state.requests.push(TOKEN_REVIEWS.to_owned());
+        state.token_reviews.push(review.clone());
+        let token = review["spec"]["token"].as_str().unwrap_or("").to_owned();
+        let wanted: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["https://kubernetes.default.svc".to_owned()]);
+        review["status"] = match state.tokens.get(&token) {
+            None => {
+                json!({"authenticated": false, "user": {}, "error": "[invalid bearer token, token lookup failed]"})
+            }
+            Some(t) if !t.audiences.iter().any(|a| wanted.contains(a)) => json!({
+                "authenticated": false, "user": {},
+                "error": format!("[invalid bearer token, token audiences {:?} is invalid for the target audiences {:?}]", t.audiences, wanted)}),
+            Some(t) => json!({
+                "authenticated": true,
+                "audiences": wanted,
+                "user": {
+                    "username": format!("system:serviceaccount:{}:{}", t.namespace, t.service_account),
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", t.namespace), "system:authenticated"],
+                    "extra": {"authentication.kubernetes.io/pod-name": [t.pod_name]}}}),
+        };
+        json_response(201, &review)
     }
 
     pub fn stored(&self, key: &str) -> Value {
