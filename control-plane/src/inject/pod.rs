@@ -496,6 +496,53 @@ mod tests {
     }
 
     #[test]
+    fn the_sidecar_reads_a_projected_token_for_the_configured_audience() {
+        let config = InjectConfig {
+            token_audience: "mesh.example".to_owned(),
+            ..InjectConfig::default()
+        };
+        let out = injected(&app_pod(), &config);
+        let spec = out.spec.unwrap();
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].name, TOKEN_VOLUME_NAME);
+        let projection = volumes[0].projected.clone().unwrap().sources.unwrap()[0]
+            .service_account_token
+            .clone()
+            .unwrap();
+        assert_eq!(projection.audience.as_deref(), Some("mesh.example"));
+        assert_eq!(
+            projection.expiration_seconds,
+            Some(TOKEN_EXPIRATION_SECONDS)
+        );
+        assert_eq!(
+            format!("{TOKEN_MOUNT_PATH}/{}", projection.path),
+            TOKEN_FILE
+        );
+        let inits = spec.init_containers.unwrap();
+        let proxy = &inits[1];
+        let mounts = proxy.volume_mounts.clone().unwrap();
+        assert_eq!(
+            (
+                mounts[0].name.as_str(),
+                mounts[0].mount_path.as_str(),
+                mounts[0].read_only
+            ),
+            (TOKEN_VOLUME_NAME, TOKEN_MOUNT_PATH, Some(true))
+        );
+        let env = proxy.env.clone().unwrap();
+        let file = env
+            .iter()
+            .find(|e| e.name == "SERIN_IDENTITY_TOKEN_FILE")
+            .and_then(|e| e.value.clone());
+        assert_eq!(file.as_deref(), Some(TOKEN_FILE));
+        assert!(
+            inits[0].volume_mounts.is_none() && spec.containers[0].volume_mounts.is_none(),
+            "only the sidecar mounts the token"
+        );
+    }
+
+    #[test]
     fn classic_sidecar_goes_first_with_a_post_start_wait() {
         let config = InjectConfig {
             kubernetes_version: KubernetesVersion {
