@@ -13,6 +13,7 @@ use crate::inject::config::{
 use crate::inject::webhook::{DEFAULT_DNS_NAMES, DEFAULT_MAX_BODY, TlsSource, WebhookConfig};
 use crate::mesh::LeaseLimits;
 use crate::telemetry::Clock;
+use crate::tls::TlsPortConfig;
 
 /// Default gRPC address (Discovery, Admin, Telemetry).
 pub const DEFAULT_GRPC: &str = "0.0.0.0:15010";
@@ -35,6 +36,22 @@ pub struct Args {
     /// gRPC address: Discovery, Admin and Telemetry.
     #[arg(long, env = "SERIN_GRPC", default_value = DEFAULT_GRPC)]
     pub grpc: SocketAddr,
+    /// The mTLS gRPC address (Discovery, Admin, Telemetry, Identity over TLS 1.3 with client
+    /// certificates), `off`, or `auto`: the IP of --grpc with port 15012 when --grpc uses the
+    /// standard 15010, else any free port (logged), so that control planes started on other
+    /// ports side by side do not collide.
+    #[arg(long, env = "SERIN_GRPC_TLS", default_value = "auto")]
+    pub grpc_tls: String,
+    /// Names of the control plane's serving certificate on the mTLS port: the DNS names and IP
+    /// addresses sidecars reach it by (comma-separated); its URI name is always
+    /// spiffe://<trust-domain>/ns/serin-system/sa/serin-control.
+    #[arg(long, env = "SERIN_TLS_SAN", value_delimiter = ',', default_value = crate::tls::DEFAULT_TLS_SANS)]
+    pub tls_san: Vec<String>,
+    /// Refuse Discovery on the plaintext gRPC port: sidecars must subscribe on the mTLS port
+    /// with their workload certificate (what production should use). Bootstrap calls
+    /// (RegisterWorkload, SignCertificate) and the admin API stay on both ports.
+    #[arg(long, env = "SERIN_REQUIRE_CLIENT_CERTS")]
+    pub require_client_certs: bool,
     /// HTTP address: the dashboard, /api/..., /ready and /metrics.
     #[arg(long, env = "SERIN_HTTP", default_value = DEFAULT_HTTP)]
     pub http: SocketAddr,
@@ -117,6 +134,12 @@ pub enum ConfigError {
     /// `--replica` is empty or not a DNS label.
     #[error("--replica {0:?}: must be a DNS label (lowercase letters, digits and '-', at most 63)")]
     BadReplica(String),
+    /// `--grpc-tls` is neither an address nor `off`.
+    #[error("--grpc-tls {0:?}: must be an address such as 0.0.0.0:15012, or off")]
+    BadGrpcTls(String),
+    /// `--require-client-certs` without the mTLS port.
+    #[error("--require-client-certs needs the mTLS port (--grpc-tls is off)")]
+    ClientCertsWithoutTls,
 }
 
 /// Kubernetes mode: where the API server is and who this replica is.
@@ -178,6 +201,10 @@ pub struct Config {
     pub kubernetes: Option<KubernetesConfig>,
     /// The certificate authority.
     pub ca: CaConfig,
+    /// The mTLS gRPC port; `None`: off.
+    pub grpc_tls: Option<TlsPortConfig>,
+    /// Refuse Discovery on the plaintext port.
+    pub require_client_certs: bool,
 }
 
 impl Config {
@@ -196,6 +223,8 @@ impl Config {
             admin_read_anonymous: false,
             kubernetes: None,
             ca: CaConfig::default(),
+            grpc_tls: None,
+            require_client_certs: false,
         }
     }
 }
@@ -213,6 +242,32 @@ impl TryFrom<&Args> for Config {
                 status_interval: DEFAULT_STATUS_INTERVAL,
             }),
         };
+        let grpc_tls = match a.grpc_tls.as_str() {
+            "off" => None,
+            "auto" => {
+                let mut addr = a.grpc;
+                let standard: SocketAddr = DEFAULT_GRPC.parse().expect("valid default");
+                let tls: SocketAddr = crate::tls::DEFAULT_GRPC_TLS.parse().expect("valid default");
+                addr.set_port(if a.grpc.port() == standard.port() {
+                    tls.port()
+                } else {
+                    0
+                });
+                Some(TlsPortConfig {
+                    addr,
+                    sans: a.tls_san.clone(),
+                })
+            }
+            addr => Some(TlsPortConfig {
+                addr: addr
+                    .parse()
+                    .map_err(|_| ConfigError::BadGrpcTls(addr.to_owned()))?,
+                sans: a.tls_san.clone(),
+            }),
+        };
+        if a.require_client_certs && grpc_tls.is_none() {
+            return Err(ConfigError::ClientCertsWithoutTls);
+        }
         let webhook = a.webhook_addr.map(|addr| WebhookConfig {
             addr,
             tls: match (&a.webhook_cert, &a.webhook_key) {
@@ -251,6 +306,8 @@ impl TryFrom<&Args> for Config {
                 rotation: a.ca_root_rotation,
                 default_ttl: a.cert_ttl,
             },
+            grpc_tls,
+            require_client_certs: a.require_client_certs,
         })
     }
 }
