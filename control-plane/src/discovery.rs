@@ -5,6 +5,10 @@
 //! queue exists, so a proxy that reads slowly (or not at all) only ever gets the newest snapshot
 //! when it catches up, and never delays the others or grows memory. Answers (ACK/NACK) are read
 //! on a task of their own and recorded in the [`ProxyTable`].
+//!
+//! On the mTLS port (a [`TlsPeer`] in the request's extensions) a stream needs a workload
+//! certificate, its hello must name the certificate's namespace, and it gets that namespace's
+//! view (its own namespace and the public ones), built per stream.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Discovery snapshots: built once per change of the mesh, encoded once, shared by every proxy
-//! stream as an `Arc`. In the embedded mode every proxy gets the whole mesh (all services,
-//! endpoints and policies): at this mesh's scale that is small, and it spares the control plane
-//! from computing per-proxy views. Per-proxy scoping can come with the Kubernetes mode.
+//! stream as an `Arc`. Proxies on the plaintext port get the whole mesh (all services, endpoints
+//! and policies); a proxy on the mTLS port gets [`MeshView::visible_to`] its namespace, built
+//! per stream from the [`EncodedSnapshot::view`] the shared snapshot keeps.
 //!
 //! Changes are coalesced at the leading edge: a change after a quiet period is built and pushed
 //! at once; changes within [`Publisher::debounce`] of the last build wait for the rest of that
