@@ -61,8 +61,18 @@ impl TlsPeer {
     pub fn namespace(&self) -> Option<&str> {
         let path = self.identity.as_deref()?.strip_prefix("spiffe://")?;
         let mut parts = path.split('/').skip(1);
-        match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some("ns"), Some(ns), Some("sa"), Some(_)) if !ns.is_empty() => Some(ns),
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some("ns"), Some(ns), Some("sa"), Some(sa), None)
+                if !ns.is_empty() && !sa.is_empty() =>
+            {
+                Some(ns)
+            }
             _ => None,
         }
     }
@@ -359,6 +369,10 @@ mod tests {
             None
         );
         assert_eq!(peer(Some("spiffe://cluster.local/sa/x")).namespace(), None);
+        assert_eq!(
+            peer(Some("spiffe://cluster.local/ns/a/sa/b/extra")).namespace(),
+            None
+        );
         assert_eq!(
             peer(Some("https://cluster.local/ns/a/sa/b")).namespace(),
             None
