@@ -311,3 +311,52 @@ impl TryFrom<&Args> for Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let args =
+            Args::try_parse_from(std::iter::once("serin-control").chain(args.iter().copied()))
+                .expect("the flags parse");
+        Config::try_from(&args)
+    }
+
+    #[test]
+    fn the_mtls_port_follows_the_grpc_port_unless_given_or_off() {
+        // The standard plaintext port: the standard mTLS port on the same IP.
+        let tls = config(&[]).unwrap().grpc_tls.unwrap();
+        assert_eq!(tls.addr, "0.0.0.0:15012".parse().unwrap());
+        assert!(
+            tls.sans
+                .contains(&"serin-control.serin-system.svc".to_owned())
+        );
+        // Another plaintext port (tests side by side): any free port.
+        let tls = config(&["--grpc", "127.0.0.1:40000"])
+            .unwrap()
+            .grpc_tls
+            .unwrap();
+        assert_eq!(tls.addr, "127.0.0.1:0".parse().unwrap());
+        let tls = config(&["--grpc-tls", "10.0.0.1:9012", "--tls-san", "cp.example"])
+            .unwrap()
+            .grpc_tls
+            .unwrap();
+        assert_eq!(tls.addr, "10.0.0.1:9012".parse().unwrap());
+        assert_eq!(tls.sans, vec!["cp.example".to_owned()]);
+        assert_eq!(config(&["--grpc-tls", "off"]).unwrap().grpc_tls, None);
+        assert!(matches!(
+            config(&["--grpc-tls", "nowhere"]),
+            Err(ConfigError::BadGrpcTls(_))
+        ));
+        assert!(matches!(
+            config(&["--grpc-tls", "off", "--require-client-certs"]),
+            Err(ConfigError::ClientCertsWithoutTls)
+        ));
+        assert!(
+            config(&["--require-client-certs"])
+                .unwrap()
+                .require_client_certs
+        );
+    }
+}
