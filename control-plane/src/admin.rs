@@ -557,6 +557,23 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn set_namespace_visibility(
+        &self,
+        request: Request<v1::SetNamespaceVisibilityRequest>,
+    ) -> Result<Response<v1::SetNamespaceVisibilityResponse>, Status> {
+        let req = request.into_inner();
+        if req.namespace.is_empty() {
+            return Err(Status::invalid_argument("namespace: is required"));
+        }
+        let private = self
+            .mesh
+            .set_namespace_visibility(req.namespace, req.private)
+            .await?;
+        Ok(Response::new(v1::SetNamespaceVisibilityResponse {
+            private_namespaces: private.into_iter().collect(),
+        }))
+    }
+
     async fn get_mtls_modes(
         &self,
         _request: Request<v1::GetMtlsModesRequest>,

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::Publisher;
 use crate::store::Store;
 use crate::telemetry::{Clock, EdgeTable, RuleHitTable, TelemetryService};
+use crate::tls::TlsPort;
 
 /// A control plane with its store open and its ports bound, not serving yet.
 pub struct App {
@@ -38,6 +39,7 @@ pub struct App {
     source: Source,
     ca: Arc<Authority>,
     grpc: TcpListener,
+    grpc_tls: Option<TlsPort>,
     http: TcpListener,
     webhook: Option<Webhook>,
 }
@@ -47,6 +49,7 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("config", &self.config)
             .field("grpc", &self.grpc)
+            .field("grpc_tls", &self.grpc_tls)
             .field("http", &self.http)
             .field("webhook", &self.webhook.as_ref().map(Webhook::local_addr))
             .finish_non_exhaustive()
@@ -124,6 +127,12 @@ impl App {
         let http = TcpListener::bind(config.http)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+        let ca = Arc::new(ca);
+        // 2a. The mTLS port, with the control plane's certificate from its own CA.
+        let grpc_tls = match &config.grpc_tls {
+            Some(tls) => Some(TlsPort::bind(tls, ca.clone(), config.ca.default_ttl).await?),
+            None => None,
+        };
         // 2b. The admission webhook (Kubernetes): its certificate, then its port.
         let webhook = match config.webhook.clone() {
             Some(webhook_config) => {
@@ -153,8 +162,9 @@ impl App {
             config,
             auth,
             source,
-            ca: Arc::new(ca),
+            ca,
             grpc,
+            grpc_tls,
             http,
             webhook,
         })
@@ -177,6 +187,11 @@ impl App {
             .expect("a bound listener has an address")
     }
 
+    /// The bound mTLS gRPC address, when that port is on.
+    pub fn grpc_tls_addr(&self) -> Option<SocketAddr> {
+        self.grpc_tls.as_ref().map(TlsPort::local_addr)
+    }
+
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
@@ -196,6 +211,7 @@ impl App {
             source,
             ca,
             grpc,
+            grpc_tls,
             http,
             webhook,
         } = self;
@@ -230,12 +246,10 @@ impl App {
         }
         let edges = Arc::new(EdgeTable::default());
         let rule_hits = Arc::new(RuleHitTable::default());
-        let discovery = DiscoveryServer::new(Discovery::new(
-            snapshots,
-            proxies.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        ));
+        let discovery = DiscoveryServer::new(
+            Discovery::new(snapshots, proxies.clone(), metrics.clone(), stop_rx.clone())
+                .require_client_certs(config.require_client_certs),
+        );
         let admin_service = AdminService::new(
             mesh.clone(),
             proxies.clone(),
@@ -273,23 +287,37 @@ impl App {
 
         // 5. Serve gRPC and HTTP; ready once both run.
         let ready = Arc::new(AtomicBool::new(false));
-        let mut grpc_stop = stop_rx.clone();
-        let grpc_task = tokio::spawn(
+        // The same services on both ports (each server gets its own clones).
+        let router = || {
             tonic::transport::Server::builder()
                 // Pings find proxies whose host vanished without closing the connection, so that
                 // ListProxies does not show them connected forever.
                 .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-                .add_service(discovery)
-                .add_service(admin)
-                .add_service(telemetry)
-                .add_service(identity)
-                .add_service(health)
-                .add_service(reflection)
-                .serve_with_incoming_shutdown(no_delay(grpc), async move {
-                    crate::http::stopped(&mut grpc_stop).await;
-                }),
-        );
+                .add_service(discovery.clone())
+                .add_service(admin.clone())
+                .add_service(telemetry.clone())
+                .add_service(identity.clone())
+                .add_service(health.clone())
+                .add_service(reflection.clone())
+        };
+        let grpc_tls_addr = grpc_tls.as_ref().map(TlsPort::local_addr);
+        let grpc_tls_task = grpc_tls.map(|port| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(router().serve_with_incoming_shutdown(
+                port.incoming(stop_rx.clone()),
+                async move {
+                    crate::http::stopped(&mut stop).await;
+                },
+            ))
+        });
+        let mut grpc_stop = stop_rx.clone();
+        let grpc_task = tokio::spawn(router().serve_with_incoming_shutdown(
+            no_delay(grpc),
+            async move {
+                crate::http::stopped(&mut grpc_stop).await;
+            },
+        ));
         let webhook_task = webhook.map(|w| tokio::spawn(w.serve(stop_rx.clone())));
         let http_task = tokio::spawn(crate::http::serve(
             http,
@@ -325,7 +353,7 @@ impl App {
                     .await;
             }
             ready.store(true, Ordering::Release);
-            tracing::info!(grpc = %grpc_addr, "serin-control serving");
+            tracing::info!(grpc = %grpc_addr, grpc_tls = ?grpc_tls_addr, "serin-control serving");
 
             // 6. Wait for the signal, then stop: not ready, end the streams, stop the servers.
             tokio::pin!(shutdown);
@@ -344,6 +372,11 @@ impl App {
                 .await
                 .context("the gRPC server task failed")?
                 .context("the gRPC server failed")?;
+            if let Some(task) = grpc_tls_task {
+                task.await
+                    .context("the mTLS gRPC server task failed")?
+                    .context("the mTLS gRPC server failed")?;
+            }
             http_task.await.context("the HTTP server task failed")?;
             if let Some(task) = webhook_task {
                 task.await.context("the webhook task failed")?;

@@ -242,6 +242,48 @@ impl Authority {
         Ok(next)
     }
 
+    /// A serving certificate for the control plane itself, with a new key: the URI name
+    /// `identity` plus `names` (DNS names, or IP addresses when they parse as one), valid for
+    /// `ttl` (clamped like workload certificates). Returns the chain (leaf first) and the key,
+    /// PEM.
+    pub fn issue_serving(
+        &self,
+        identity: &str,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<(Vec<String>, String, SystemTime), CaError> {
+        let key = KeyPair::generate()?;
+        let mut sans = vec![SanType::URI(identity.try_into()?)];
+        for name in names {
+            sans.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.as_str().try_into()?),
+            });
+        }
+        let ttl = ttl.clamp(MIN_CERT_TTL, MAX_CERT_TTL);
+        let now = SystemTime::now();
+        let not_after = now + ttl;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(rand::random::<u64>().into());
+        let signer = self.signer.read().unwrap_or_else(|p| p.into_inner());
+        let cert = params.signed_by(&key, &signer.issuer)?;
+        Ok((
+            vec![cert.pem(), signer.root_pem.clone()],
+            key.serialize_pem(),
+            not_after,
+        ))
+    }
+
     /// Checks that `csr_pem` is a well-signed request whose only subject alternative name is
     /// the URI `identity`, and signs a certificate for it valid for `ttl` (clamped to
     /// [`MIN_CERT_TTL`]..=[`MAX_CERT_TTL`]). Nothing of the request but its public key and that

@@ -13,6 +13,7 @@ use crate::inject::config::{
 use crate::inject::webhook::{DEFAULT_DNS_NAMES, DEFAULT_MAX_BODY, TlsSource, WebhookConfig};
 use crate::mesh::LeaseLimits;
 use crate::telemetry::Clock;
+use crate::tls::TlsPortConfig;
 
 /// Default gRPC address (Discovery, Admin, Telemetry).
 pub const DEFAULT_GRPC: &str = "0.0.0.0:15010";
@@ -35,6 +36,22 @@ pub struct Args {
     /// gRPC address: Discovery, Admin and Telemetry.
     #[arg(long, env = "SERIN_GRPC", default_value = DEFAULT_GRPC)]
     pub grpc: SocketAddr,
+    /// The mTLS gRPC address (Discovery, Admin, Telemetry, Identity over TLS 1.3 with client
+    /// certificates), `off`, or `auto`: the IP of --grpc with port 15012 when --grpc uses the
+    /// standard 15010, else any free port (logged), so that control planes started on other
+    /// ports side by side do not collide.
+    #[arg(long, env = "SERIN_GRPC_TLS", default_value = "auto")]
+    pub grpc_tls: String,
+    /// Names of the control plane's serving certificate on the mTLS port: the DNS names and IP
+    /// addresses sidecars reach it by (comma-separated); its URI name is always
+    /// spiffe://<trust-domain>/ns/serin-system/sa/serin-control.
+    #[arg(long, env = "SERIN_TLS_SAN", value_delimiter = ',', default_value = crate::tls::DEFAULT_TLS_SANS)]
+    pub tls_san: Vec<String>,
+    /// Refuse Discovery on the plaintext gRPC port: sidecars must subscribe on the mTLS port
+    /// with their workload certificate (what production should use). Bootstrap calls
+    /// (RegisterWorkload, SignCertificate) and the admin API stay on both ports.
+    #[arg(long, env = "SERIN_REQUIRE_CLIENT_CERTS")]
+    pub require_client_certs: bool,
     /// HTTP address: the dashboard, /api/..., /ready and /metrics.
     #[arg(long, env = "SERIN_HTTP", default_value = DEFAULT_HTTP)]
     pub http: SocketAddr,
@@ -122,6 +139,12 @@ pub enum ConfigError {
     /// `--replica` is empty or not a DNS label.
     #[error("--replica {0:?}: must be a DNS label (lowercase letters, digits and '-', at most 63)")]
     BadReplica(String),
+    /// `--grpc-tls` is neither an address nor `off`.
+    #[error("--grpc-tls {0:?}: must be an address such as 0.0.0.0:15012, or off")]
+    BadGrpcTls(String),
+    /// `--require-client-certs` without the mTLS port.
+    #[error("--require-client-certs needs the mTLS port (--grpc-tls is off)")]
+    ClientCertsWithoutTls,
 }
 
 /// Kubernetes mode: where the API server is and who this replica is.
@@ -189,6 +212,10 @@ pub struct Config {
     pub kubernetes: Option<KubernetesConfig>,
     /// The certificate authority.
     pub ca: CaConfig,
+    /// The mTLS gRPC port; `None`: off.
+    pub grpc_tls: Option<TlsPortConfig>,
+    /// Refuse Discovery on the plaintext port.
+    pub require_client_certs: bool,
 }
 
 impl Config {
@@ -207,6 +234,8 @@ impl Config {
             admin_read_anonymous: false,
             kubernetes: None,
             ca: CaConfig::default(),
+            grpc_tls: None,
+            require_client_certs: false,
         }
     }
 }
@@ -225,6 +254,32 @@ impl TryFrom<&Args> for Config {
                 token_audience: a.token_audience.clone(),
             }),
         };
+        let grpc_tls = match a.grpc_tls.as_str() {
+            "off" => None,
+            "auto" => {
+                let mut addr = a.grpc;
+                let standard: SocketAddr = DEFAULT_GRPC.parse().expect("valid default");
+                let tls: SocketAddr = crate::tls::DEFAULT_GRPC_TLS.parse().expect("valid default");
+                addr.set_port(if a.grpc.port() == standard.port() {
+                    tls.port()
+                } else {
+                    0
+                });
+                Some(TlsPortConfig {
+                    addr,
+                    sans: a.tls_san.clone(),
+                })
+            }
+            addr => Some(TlsPortConfig {
+                addr: addr
+                    .parse()
+                    .map_err(|_| ConfigError::BadGrpcTls(addr.to_owned()))?,
+                sans: a.tls_san.clone(),
+            }),
+        };
+        if a.require_client_certs && grpc_tls.is_none() {
+            return Err(ConfigError::ClientCertsWithoutTls);
+        }
         let webhook = a.webhook_addr.map(|addr| WebhookConfig {
             addr,
             tls: match (&a.webhook_cert, &a.webhook_key) {
@@ -264,6 +319,57 @@ impl TryFrom<&Args> for Config {
                 rotation: a.ca_root_rotation,
                 default_ttl: a.cert_ttl,
             },
+            grpc_tls,
+            require_client_certs: a.require_client_certs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let args =
+            Args::try_parse_from(std::iter::once("serin-control").chain(args.iter().copied()))
+                .expect("the flags parse");
+        Config::try_from(&args)
+    }
+
+    #[test]
+    fn the_mtls_port_follows_the_grpc_port_unless_given_or_off() {
+        // The standard plaintext port: the standard mTLS port on the same IP.
+        let tls = config(&[]).unwrap().grpc_tls.unwrap();
+        assert_eq!(tls.addr, "0.0.0.0:15012".parse().unwrap());
+        assert!(
+            tls.sans
+                .contains(&"serin-control.serin-system.svc".to_owned())
+        );
+        // Another plaintext port (tests side by side): any free port.
+        let tls = config(&["--grpc", "127.0.0.1:40000"])
+            .unwrap()
+            .grpc_tls
+            .unwrap();
+        assert_eq!(tls.addr, "127.0.0.1:0".parse().unwrap());
+        let tls = config(&["--grpc-tls", "10.0.0.1:9012", "--tls-san", "cp.example"])
+            .unwrap()
+            .grpc_tls
+            .unwrap();
+        assert_eq!(tls.addr, "10.0.0.1:9012".parse().unwrap());
+        assert_eq!(tls.sans, vec!["cp.example".to_owned()]);
+        assert_eq!(config(&["--grpc-tls", "off"]).unwrap().grpc_tls, None);
+        assert!(matches!(
+            config(&["--grpc-tls", "nowhere"]),
+            Err(ConfigError::BadGrpcTls(_))
+        ));
+        assert!(matches!(
+            config(&["--grpc-tls", "off", "--require-client-certs"]),
+            Err(ConfigError::ClientCertsWithoutTls)
+        ));
+        assert!(
+            config(&["--require-client-certs"])
+                .unwrap()
+                .require_client_certs
+        );
     }
 }

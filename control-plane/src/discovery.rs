@@ -5,6 +5,10 @@
 //! queue exists, so a proxy that reads slowly (or not at all) only ever gets the newest snapshot
 //! when it catches up, and never delays the others or grows memory. Answers (ACK/NACK) are read
 //! on a task of their own and recorded in the [`ProxyTable`].
+//!
+//! On the mTLS port (a [`TlsPeer`] in the request's extensions) a stream needs a workload
+//! certificate, its hello must name the certificate's namespace, and it gets that namespace's
+//! view (its own namespace and the public ones), built per stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
 use crate::snapshot::EncodedSnapshot;
+use crate::tls::TlsPeer;
 
 pub mod codec;
 pub mod proxies;
@@ -44,6 +49,7 @@ pub struct Discovery {
     proxies: Arc<ProxyTable>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    require_client_certs: bool,
 }
 
 impl Discovery {
@@ -60,6 +66,35 @@ impl Discovery {
             proxies,
             metrics,
             shutdown,
+            require_client_certs: false,
+        }
+    }
+
+    /// Refuses Subscribe from callers without a verified workload certificate, i.e. on the
+    /// plaintext port (`--require-client-certs`).
+    pub fn require_client_certs(mut self, require: bool) -> Self {
+        self.require_client_certs = require;
+        self
+    }
+
+    /// Who may subscribe, and what they see: on the mTLS port a caller with a workload
+    /// certificate gets its namespace's view (`Some(namespace)`), one without is refused; on
+    /// the plaintext port everyone gets the whole mesh unless client certificates are required.
+    fn scope(&self, peer: Option<&TlsPeer>) -> Result<Option<String>, Status> {
+        match peer {
+            Some(peer) => match (&peer.identity, peer.namespace()) {
+                (Some(_), Some(ns)) => Ok(Some(ns.to_owned())),
+                (Some(id), None) => Err(Status::permission_denied(format!(
+                    "the client certificate's identity {id} is not spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+                ))),
+                (None, _) => Err(Status::unauthenticated(
+                    "Subscribe on the mTLS port needs a workload certificate (get one with Identity.SignCertificate)",
+                )),
+            },
+            None if self.require_client_certs => Err(Status::unauthenticated(
+                "this control plane refuses Subscribe on its plaintext port (--require-client-certs): connect to the mTLS port with a workload certificate",
+            )),
+            None => Ok(None),
         }
     }
 
@@ -68,7 +103,11 @@ impl Discovery {
         &self,
         request: Request<Streaming<v1::SubscribeRequest>>,
     ) -> Result<Response<BoxStream<'static, Result<Push, Status>>>, Status> {
-        let peer = request.remote_addr();
+        let tls_peer = request.extensions().get::<TlsPeer>().cloned();
+        let scope = self.scope(tls_peer.as_ref())?;
+        let peer = request
+            .remote_addr()
+            .or_else(|| tls_peer.as_ref().and_then(|p| p.remote));
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -90,6 +129,19 @@ impl Discovery {
         };
         let identity = ProxyIdentity::try_from(hello.proxy.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(format!("hello.{e}")))?;
+        if let Some(ns) = &scope
+            && identity.namespace != *ns
+        {
+            return Err(Status::permission_denied(format!(
+                "hello.proxy.namespace: {:?} is not the namespace of the client certificate ({:?}, identity {})",
+                identity.namespace,
+                ns,
+                tls_peer
+                    .as_ref()
+                    .and_then(|p| p.identity.as_deref())
+                    .unwrap_or_default()
+            )));
+        }
         let span = tracing::info_span!("subscribe", proxy = %format_args!("{}/{}", identity.namespace, identity.pod_name));
         tracing::info!(parent: &span, ?peer, applied_version = %hello.applied_version, "proxy connected");
         let session =
@@ -141,6 +193,8 @@ impl Discovery {
             proxies: self.proxies.clone(),
             metrics: self.metrics.clone(),
             done: false,
+            scope,
+            last_version: None,
         };
         let stream = futures::stream::unfold(pusher, |mut p| async move {
             p.next().await.map(|item| (item, p))
@@ -212,6 +266,10 @@ struct Pusher {
     proxies: Arc<ProxyTable>,
     metrics: Arc<Metrics>,
     done: bool,
+    /// The namespace whose view this stream gets; `None`: the whole mesh.
+    scope: Option<String>,
+    /// The version last pushed (a scoped view may not change when the mesh does).
+    last_version: Option<String>,
 }
 
 impl Pusher {
@@ -220,36 +278,47 @@ impl Pusher {
         if self.done {
             return None;
         }
-        if self.nonce != 0 {
-            tokio::select! {
-                biased;
-                () = crate::http::stopped(&mut self.shutdown) => {
-                    self.done = true;
-                    return None;
-                }
-                _ = self.end.changed() => {
-                    self.done = true;
-                    return match self.end.borrow().clone() {
-                        Some(End::Error(code, message)) => Some(Err(Status::new(code, message))),
-                        _ => None,
-                    };
-                }
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() {
+        loop {
+            if self.nonce != 0 {
+                tokio::select! {
+                    biased;
+                    () = crate::http::stopped(&mut self.shutdown) => {
                         self.done = true;
                         return None;
                     }
+                    _ = self.end.changed() => {
+                        self.done = true;
+                        return match self.end.borrow().clone() {
+                            Some(End::Error(code, message)) => Some(Err(Status::new(code, message))),
+                            _ => None,
+                        };
+                    }
+                    changed = self.snapshots.changed() => {
+                        if changed.is_err() {
+                            self.done = true;
+                            return None;
+                        }
+                    }
                 }
             }
+            let mut snapshot = self.snapshots.borrow_and_update().clone();
+            if let Some(ns) = &self.scope {
+                let view = Arc::new(snapshot.view.visible_to(ns));
+                snapshot = Arc::new(EncodedSnapshot::from_view(view));
+                if self.last_version.as_deref() == Some(snapshot.version.as_str()) {
+                    // The change was outside what this namespace sees.
+                    continue;
+                }
+                self.last_version = Some(snapshot.version.clone());
+            }
+            self.nonce += 1;
+            self.proxies
+                .sent(&self.session, &snapshot.version, self.nonce);
+            self.metrics.pushes.inc();
+            return Some(Ok(Push {
+                snapshot,
+                nonce: self.nonce,
+            }));
         }
-        let snapshot = self.snapshots.borrow_and_update().clone();
-        self.nonce += 1;
-        self.proxies
-            .sent(&self.session, &snapshot.version, self.nonce);
-        self.metrics.pushes.inc();
-        Some(Ok(Push {
-            snapshot,
-            nonce: self.nonce,
-        }))
     }
 }

@@ -21,6 +21,7 @@ pub mod proto;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 
 /// Starts tracing into the test's captured output (once per test binary).

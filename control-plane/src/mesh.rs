@@ -146,6 +146,9 @@ impl Mesh {
             );
         }
         view.mtls = store.setting(crate::store::MTLS_MODES)?.unwrap_or_default();
+        view.private_namespaces = store
+            .setting(crate::store::PRIVATE_NAMESPACES)?
+            .unwrap_or_default();
         let mut leases = registry::Leases::default();
         let mut registered = HashMap::new();
         for r in loaded.registrations {
@@ -367,6 +370,31 @@ impl Mesh {
                 w.dirty = true;
             }
             Ok(modes)
+        })
+        .await
+    }
+
+    /// Makes `namespace` private (or public again); returns every private namespace.
+    pub async fn set_namespace_visibility(
+        &self,
+        namespace: String,
+        private: bool,
+    ) -> Result<BTreeSet<String>, MeshError> {
+        self.call(move |w| {
+            let mut private_namespaces = w.view.private_namespaces.clone();
+            if private {
+                private_namespaces.insert(namespace);
+            } else {
+                private_namespaces.remove(&namespace);
+            }
+            if private_namespaces != w.view.private_namespaces {
+                let mut change = w.change()?;
+                change.put_setting(crate::store::PRIVATE_NAMESPACES, &private_namespaces)?;
+                change.commit()?;
+                w.view.private_namespaces = private_namespaces.clone();
+                w.dirty = true;
+            }
+            Ok(private_namespaces)
         })
         .await
     }

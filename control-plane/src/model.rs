@@ -369,6 +369,9 @@ pub struct MeshView {
     pub workloads: BTreeMap<EndpointKey, Arc<Workload>>,
     /// The mTLS modes.
     pub mtls: MtlsModes,
+    /// Private namespaces: their services, endpoints and policies go only to sidecars of the
+    /// same namespace on the mTLS port (every other namespace is public).
+    pub private_namespaces: BTreeSet<String>,
 }
 
 /// Whether a namespace's sidecars accept plain connections from other pods.
@@ -406,6 +409,35 @@ impl MtlsModes {
 }
 
 impl MeshView {
+    /// What a sidecar of `namespace` may see: everything of its own namespace and of every
+    /// public namespace (services, endpoints, policies); the mTLS modes are all kept (a client
+    /// needs the mode of every destination).
+    pub fn visible_to(&self, namespace: &str) -> MeshView {
+        let visible = |ns: &str| ns == namespace || !self.private_namespaces.contains(ns);
+        MeshView {
+            policies: self
+                .policies
+                .iter()
+                .filter(|(k, _)| visible(&k.namespace))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            services: self
+                .services
+                .iter()
+                .filter(|(k, _)| visible(&k.namespace))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            workloads: self
+                .workloads
+                .iter()
+                .filter(|(k, _)| visible(&k.namespace))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            mtls: self.mtls.clone(),
+            private_namespaces: self.private_namespaces.clone(),
+        }
+    }
+
     /// The live policy that governs `service` in `namespace`.
     pub fn policy_for_service(&self, namespace: &str, service: &str) -> Option<&Arc<StoredPolicy>> {
         self.policies

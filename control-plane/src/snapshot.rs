@@ -1,7 +1,7 @@
 //! Discovery snapshots: built once per change of the mesh, encoded once, shared by every proxy
-//! stream as an `Arc`. In the embedded mode every proxy gets the whole mesh (all services,
-//! endpoints and policies): at this mesh's scale that is small, and it spares the control plane
-//! from computing per-proxy views. Per-proxy scoping can come with the Kubernetes mode.
+//! stream as an `Arc`. Proxies on the plaintext port get the whole mesh (all services, endpoints
+//! and policies); a proxy on the mTLS port gets [`MeshView::visible_to`] its namespace, built
+//! per stream from the [`EncodedSnapshot::view`] the shared snapshot keeps.
 //!
 //! Changes are coalesced at the leading edge: a change after a quiet period is built and pushed
 //! at once; changes within [`Publisher::debounce`] of the last build wait for the rest of that
@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::model::{MeshView, PolicyKey, ServiceKey};
 
 /// One snapshot, ready to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EncodedSnapshot {
     /// Content version: a hash of the content, so equal content has the same version on every
     /// control plane and across restarts.
@@ -37,11 +37,20 @@ pub struct EncodedSnapshot {
     pub policies: usize,
     /// The generation of each policy in it (what a proxy that ACKed it serves).
     pub policy_generations: Arc<BTreeMap<PolicyKey, u64>>,
+    /// The view it was built from: streams scoped to a namespace (sidecars on the mTLS port)
+    /// build their own snapshot of [`MeshView::visible_to`] from it.
+    pub view: Arc<MeshView>,
 }
 
 impl EncodedSnapshot {
     /// Builds and encodes the snapshot of a view.
     pub fn build(view: &MeshView) -> EncodedSnapshot {
+        EncodedSnapshot::from_view(Arc::new(view.clone()))
+    }
+
+    /// Builds and encodes the snapshot of a shared view (kept in [`EncodedSnapshot::view`]).
+    pub fn from_view(shared: Arc<MeshView>) -> EncodedSnapshot {
+        let view = &*shared;
         let snapshot = snapshot(view);
         let version = version(view);
         let response = v1::SubscribeResponse {
@@ -61,6 +70,7 @@ impl EncodedSnapshot {
                     .map(|(k, p)| (k.clone(), p.generation()))
                     .collect(),
             ),
+            view: shared,
         }
     }
 }
@@ -105,13 +115,20 @@ pub fn snapshot(view: &MeshView) -> v1::Snapshot {
 /// A hash of the view's content over a canonical form (JSON of sorted maps; the wire encoding
 /// of protobuf maps has no fixed order, so it cannot be hashed).
 fn version(view: &MeshView) -> String {
-    let content = serde_json::to_vec(&(
+    let mut content = serde_json::to_vec(&(
         view.services.values().map(|s| &**s).collect::<Vec<_>>(),
         view.workloads.values().map(|w| &**w).collect::<Vec<_>>(),
         view.policies.values().map(|p| &**p).collect::<Vec<_>>(),
         &view.mtls,
     ))
     .expect("domain types serialize to JSON");
+    // The private namespaces change what scoped streams get, so they change the version; hashed
+    // only when there are some, so that the versions of a mesh without them stay as they were.
+    if !view.private_namespaces.is_empty() {
+        content.extend(
+            serde_json::to_vec(&view.private_namespaces).expect("strings serialize to JSON"),
+        );
+    }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&content))
 }
 
@@ -130,7 +147,7 @@ impl Publisher {
         mut views: watch::Receiver<Arc<MeshView>>,
         metrics: Arc<Metrics>,
     ) -> watch::Receiver<Arc<EncodedSnapshot>> {
-        let first = EncodedSnapshot::build(&views.borrow_and_update());
+        let first = EncodedSnapshot::from_view(views.borrow_and_update().clone());
         metrics.snapshot_built(&first);
         let (tx, rx) = watch::channel(Arc::new(first));
         let debounce = self.debounce;
@@ -144,7 +161,7 @@ impl Publisher {
                 last_build = Some(tokio::time::Instant::now());
                 let view = views.borrow_and_update().clone();
                 let Ok(built) =
-                    tokio::task::spawn_blocking(move || EncodedSnapshot::build(&view)).await
+                    tokio::task::spawn_blocking(move || EncodedSnapshot::from_view(view)).await
                 else {
                     return;
                 };

@@ -29,6 +29,8 @@ const SETTINGS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("setting
 pub const CA_ROOTS: &str = "ca_roots";
 /// Settings key of the mTLS modes ([`crate::model::MtlsModes`]).
 pub const MTLS_MODES: &str = "mtls_modes";
+/// Settings key of the private namespaces ([`crate::model::MeshView::private_namespaces`]).
+pub const PRIVATE_NAMESPACES: &str = "private_namespaces";
 
 /// File name of the database inside the store directory.
 pub const FILE_NAME: &str = "serin.redb";

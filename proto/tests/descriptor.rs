@@ -67,6 +67,7 @@ fn services_expose_every_rpc() {
                     "RenewLease",
                     "Rollback",
                     "SetMtlsMode",
+                    "SetNamespaceVisibility",
                     "SetWeights",
                     "WatchTopology",
                 ])

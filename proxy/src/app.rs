@@ -34,6 +34,12 @@ pub struct Cli {
     /// `--pod-name` and `--pod-ip`. Cannot be combined with `--config`.
     #[arg(long, env = ENV_CONTROL_PLANE, conflicts_with = "config")]
     pub control_plane: Option<String>,
+    /// The control plane's mTLS port (e.g. `https://10.244.0.1:15012`): subscribe there with
+    /// the workload certificate instead of on `--control-plane` (needs an identity token; the
+    /// control plane is verified by its SPIFFE ID
+    /// spiffe://<trust-domain>/ns/serin-system/sa/serin-control).
+    #[arg(long, env = "SERIN_CONTROL_PLANE_TLS", requires = "control_plane")]
+    pub control_plane_tls: Option<String>,
     /// Service account of the pod (sent to the control plane).
     #[arg(long, env = ENV_SERVICE_ACCOUNT, default_value = "")]
     pub service_account: String,
@@ -216,6 +222,7 @@ impl Cli {
                     }),
                 service_account: self.service_account,
                 node_name: self.node_name,
+                tls_url: self.control_plane_tls,
                 telemetry_interval: (!self.no_telemetry).then_some(self.telemetry_interval),
                 ..ControlPlane::new(url)
             }),
@@ -381,11 +388,13 @@ impl Bound {
         ));
 
         let discovery = match &config.source {
-            ConfigSource::ControlPlane(settings) => Some(Arc::new(Discovery::new(
-                settings.clone(),
-                &config.identity,
-                &metrics,
-            ))),
+            ConfigSource::ControlPlane(settings) => Some(Arc::new(
+                Discovery::new(settings.clone(), &config.identity, &metrics).with_credentials(
+                    certificates
+                        .as_ref()
+                        .map_or_else(crate::identity::none, |c| c.subscribe()),
+                ),
+            )),
             _ => None,
         };
         // Telemetry goes to the same control plane, under the same identity.

@@ -176,6 +176,10 @@ pub enum ConfigSource {
 pub struct ControlPlane {
     /// URL of the Discovery service, e.g. `http://10.244.0.1:15010`.
     pub url: String,
+    /// The control plane's mTLS port, e.g. `https://10.244.0.1:15012`: Discovery goes there
+    /// with the workload certificate (and waits for one) instead of to `url`; the certificate
+    /// itself is still requested from `url` with the bootstrap token. `None`: plaintext.
+    pub tls_url: Option<String>,
     /// Service account of the pod ("" when unknown), for the hello.
     pub service_account: String,
     /// Node that runs the pod ("" when unknown), for the hello.
@@ -202,6 +206,7 @@ impl ControlPlane {
     pub fn new(url: impl Into<String>) -> ControlPlane {
         ControlPlane {
             url: url.into(),
+            tls_url: None,
             service_account: String::new(),
             node_name: String::new(),
             backoff_initial: DEFAULT_DISCOVERY_BACKOFF_INITIAL,

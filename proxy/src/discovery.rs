@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{ControlPlane, Identity};
+use crate::identity::CredentialsWatch;
 use crate::metrics::Metrics;
 use crate::snapshot::proto::{InvalidSnapshot, duplicate_policy};
 use crate::snapshot::{MeshTls, Policy, Service, ServiceEndpoints, Snapshot};
@@ -96,10 +97,35 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Namespace of the control plane's own identity (as serin-control's).
+pub const CONTROL_PLANE_NAMESPACE: &str = "serin-system";
+/// Service account of the control plane's own identity.
+pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "serin-control";
+
+/// `https://host:port` as the `http://` URI tonic dials (this client does the TLS itself).
+fn plain_form(tls_url: &str) -> String {
+    match tls_url.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => tls_url.to_owned(),
+    }
+}
+
 /// Checks, at start, what the control plane will insist on: a URL it can dial, a pod name and a
 /// pod IP (the hello is refused without them).
 pub fn validate(settings: &ControlPlane, identity: &Identity) -> Result<(), String> {
-    // Plaintext only: the control plane's TLS port (15012) does not exist yet.
+    if let Some(tls_url) = &settings.tls_url {
+        if !tls_url.starts_with("https://") {
+            return Err(format!(
+                "invalid --control-plane-tls URL {tls_url:?}: it must start with https:// (e.g. https://10.244.0.1:15012)"
+            ));
+        }
+        tonic::transport::Endpoint::from_shared(plain_form(tls_url))
+            .map_err(|e| format!("invalid --control-plane-tls URL {tls_url:?}: {}", chain(&e)))?;
+        if settings.identity.is_none() {
+            return Err("--control-plane-tls needs a workload certificate: give --identity-token or --identity-token-file".into());
+        }
+    }
+    // The bootstrap URL is plaintext; the mTLS port is --control-plane-tls.
     if !settings.url.starts_with("http://") {
         return Err(format!(
             "invalid --control-plane URL {:?}: it must start with http:// (e.g. http://10.244.0.1:15010)",
@@ -392,6 +418,7 @@ pub struct Discovery {
     settings: ControlPlane,
     identity: v1::ProxyIdentity,
     status: Arc<DiscoveryStatus>,
+    credentials: CredentialsWatch,
 }
 
 impl Discovery {
@@ -424,7 +451,84 @@ impl Discovery {
             settings,
             identity,
             status,
+            credentials: crate::identity::none(),
         }
+    }
+
+    /// The workload certificate to present on the control plane's mTLS port
+    /// ([`ControlPlane::tls_url`]).
+    pub fn with_credentials(mut self, credentials: CredentialsWatch) -> Discovery {
+        self.credentials = credentials;
+        self
+    }
+
+    /// A channel to the control plane: plaintext to `url`, or, with a `tls_url`, mTLS with the
+    /// current workload certificate (waiting for the first one), verifying that the server is
+    /// the control plane's SPIFFE ID.
+    async fn channel(&self) -> Result<(tonic::transport::Channel, &str), DiscoveryError> {
+        let url = self.settings.tls_url.as_ref().unwrap_or(&self.settings.url);
+        let endpoint = tonic::transport::Endpoint::from_shared(plain_form(url))
+            .map_err(|e| DiscoveryError::Url {
+                url: url.clone(),
+                reason: chain(&e),
+            })?
+            .connect_timeout(self.settings.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.settings.keepalive_interval)
+            .keep_alive_timeout(self.settings.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        let connect_error = |reason: String| DiscoveryError::Connect {
+            url: url.clone(),
+            reason,
+        };
+        if self.settings.tls_url.is_none() {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| connect_error(chain(&e)))?;
+            return Ok((channel, url));
+        }
+        let mut watch = self.credentials.clone();
+        if watch.borrow().is_none() {
+            tracing::info!(control_plane = %url, "waiting for the workload certificate to subscribe on the mTLS port");
+        }
+        let credentials = watch
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| connect_error("no workload certificate will come".into()))?
+            .clone()
+            .ok_or_else(|| connect_error("no workload certificate".into()))?;
+        let trust_domain = self
+            .settings
+            .identity
+            .as_ref()
+            .map_or(crate::identity::DEFAULT_TRUST_DOMAIN, |i| &i.trust_domain);
+        let expected = format!(
+            "spiffe://{trust_domain}/ns/{CONTROL_PLANE_NAMESPACE}/sa/{CONTROL_PLANE_SERVICE_ACCOUNT}"
+        );
+        let config = credentials
+            .client_config(&expected, b"h2")
+            .map_err(|e| connect_error(format!("cannot make the TLS client: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |uri: http::Uri| {
+                let connector = connector.clone();
+                async move {
+                    let host = uri.host().unwrap_or_default();
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let port = uri.port_u16().unwrap_or(15012);
+                    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+                    tcp.set_nodelay(true)?;
+                    // The server is checked by its SPIFFE ID, not by this name.
+                    let name = rustls::pki_types::ServerName::try_from("serin-control")
+                        .map_err(std::io::Error::other)?;
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            }))
+            .await
+            .map_err(|e| connect_error(chain(&e)))?;
+        Ok((channel, url))
     }
 
     /// Who this proxy says it is (the telemetry reporter says the same).
@@ -486,24 +590,7 @@ impl Discovery {
         last: &mut LastAnswer,
         received: &mut bool,
     ) -> Result<Infallible, DiscoveryError> {
-        let url = &self.settings.url;
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| DiscoveryError::Url {
-                url: url.clone(),
-                reason: chain(&e),
-            })?
-            .connect_timeout(self.settings.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(self.settings.keepalive_interval)
-            .keep_alive_timeout(self.settings.keepalive_timeout)
-            .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| DiscoveryError::Connect {
-                url: url.clone(),
-                reason: chain(&e),
-            })?;
+        let (channel, url) = self.channel().await?;
         let mut client = DiscoveryClient::new(channel);
         // Answers queue here; the stream carries at most one answer per snapshot received.
         let (tx, rx) = mpsc::channel(16);
@@ -934,6 +1021,24 @@ mod tests {
         assert!(validate(&ControlPlane::new("http://10.244.0.1:15010"), &id).is_ok());
         let err = validate(&ControlPlane::new("10.244.0.1:15010"), &id).unwrap_err();
         assert!(err.contains("must start with http://"), "{err}");
+        // The mTLS port: an https:// URL, and a certificate to present there.
+        let mut tls = ControlPlane::new("http://10.244.0.1:15010");
+        tls.tls_url = Some("http://10.244.0.1:15012".into());
+        let err = validate(&tls, &id).unwrap_err();
+        assert!(err.contains("must start with https://"), "{err}");
+        tls.tls_url = Some("https://10.244.0.1:15012".into());
+        let err = validate(&tls, &id).unwrap_err();
+        assert!(err.contains("--identity-token"), "{err}");
+        tls.identity = Some(Box::new(crate::identity::IdentitySettings {
+            token: crate::identity::TokenSource::Value("t".into()),
+            trust_domain: "cluster.local".into(),
+            service_account: String::new(),
+            cert_ttl: None,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+        }));
+        assert_eq!(validate(&tls, &id), Ok(()));
+        assert_eq!(plain_form("https://cp:15012"), "http://cp:15012");
         let no_ip = Identity {
             pod_ips: vec![],
             ..id

@@ -150,7 +150,23 @@ async fn sidecar(
     cert_ttl: Option<Duration>,
     orig: SocketAddr,
 ) -> Arc<Bound> {
+    sidecar_on(grpc, None, service, ip, inbound, token, cert_ttl, orig).await
+}
+
+/// [`sidecar`], subscribing on the control plane's mTLS port `grpc_tls` when given.
+#[allow(clippy::too_many_arguments)]
+async fn sidecar_on(
+    grpc: SocketAddr,
+    grpc_tls: Option<SocketAddr>,
+    service: &str,
+    ip: Ipv4Addr,
+    inbound: SocketAddr,
+    token: String,
+    cert_ttl: Option<Duration>,
+    orig: SocketAddr,
+) -> Arc<Bound> {
     let settings = ControlPlane {
+        tls_url: grpc_tls.map(|a| format!("https://{a}")),
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
@@ -235,10 +251,26 @@ struct Mesh {
 
 impl Mesh {
     async fn start(cert_ttl: Option<Duration>) -> Mesh {
+        Mesh::start_on(cert_ttl, false).await
+    }
+
+    /// With `over_tls`, the control plane serves its mTLS port and refuses Discovery on the
+    /// plaintext one; the sidecars subscribe on the mTLS port with their certificates.
+    async fn start_on(cert_ttl: Option<Duration>, over_tls: bool) -> Mesh {
         init_tracing();
         let store = tempfile::tempdir().unwrap();
-        let cp = ControlPlaneProcess::start(store.path(), free_addr()).await;
+        let cp = ControlPlaneProcess::start_with(store.path(), free_addr(), |c| {
+            if over_tls {
+                c.grpc_tls = Some(serin_control::tls::TlsPortConfig {
+                    addr: "127.0.0.1:0".parse().unwrap(),
+                    sans: vec!["localhost".into()],
+                });
+                c.require_client_certs = true;
+            }
+        })
+        .await;
         let grpc = cp.grpc;
+        let grpc_tls = cp.grpc_tls;
         let app_addr = start_app().await;
         // The relay first: its port is the server's endpoint port.
         let target = Arc::new(Mutex::new(None));
@@ -277,8 +309,9 @@ impl Mesh {
 
         // The server sidecar: its inbound listener on its own address, the relay in front of it
         // on the endpoint address; it forwards to the app.
-        let server = sidecar(
+        let server = sidecar_on(
             grpc,
+            grpc_tls,
             "reviews",
             SERVER_IP,
             SocketAddr::new(SERVER_INBOUND_IP.into(), 0),
@@ -288,8 +321,9 @@ impl Mesh {
         )
         .await;
         *target.lock().unwrap() = Some(server.inbound_addr);
-        let client = sidecar(
+        let client = sidecar_on(
             grpc,
+            grpc_tls,
             "client",
             CLIENT_IP,
             SocketAddr::new(CLIENT_IP.into(), 0),
@@ -422,6 +456,38 @@ async fn the_hop_between_meshed_sidecars_is_mtls_and_names_the_client() {
             &["outcome=\"ok\""]
         ) >= 1,
         "{client}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_subscribe_on_the_mtls_port_with_their_certificates_and_serve() {
+    // The control plane refuses Discovery on its plaintext port: the config that reaches the
+    // sidecars (Mesh::start_on waits for the server's endpoint in the client's tables) came over
+    // the mTLS port.
+    let mesh = Mesh::start_on(None, true).await;
+    for _ in 0..3 {
+        assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
+    }
+    let cp = mesh.cp.as_ref().unwrap();
+    let proxies = cp
+        .admin()
+        .await
+        .list_proxies(v1::ListProxiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .proxies;
+    assert_eq!(proxies.len(), 2, "{proxies:?}");
+    // The hop is still mTLS between the sidecars, naming the client.
+    let server = mesh.server_metrics();
+    let principal = format!("source_principal=\"{CLIENT_ID}\"");
+    assert!(
+        sample(
+            &server,
+            "serin_inbound_connections_total",
+            &["security=\"mtls\"", &principal]
+        ) >= 1,
+        "{server}"
     );
 }
 

@@ -7,6 +7,7 @@ mod binary;
 mod browser;
 mod dashboard;
 mod discovery;
+mod mtls_port;
 mod python;
 mod registry;
 mod service;

@@ -45,6 +45,8 @@ where
 /// A running control plane.
 pub struct Harness {
     pub grpc: SocketAddr,
+    /// The mTLS gRPC port, when the test turned it on.
+    pub grpc_tls: Option<SocketAddr>,
     pub http: SocketAddr,
     /// The credentials the control plane generated in its store.
     pub tokens: Tokens,
@@ -70,6 +72,7 @@ impl Harness {
         tweak(&mut config);
         let app = App::new(config).await.unwrap();
         let (grpc, http) = (app.grpc_addr(), app.http_addr());
+        let grpc_tls = app.grpc_tls_addr();
         let tokens = Tokens::read(app.admin_tokens_path()).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let (handles, run) = app
@@ -80,6 +83,7 @@ impl Harness {
         let task = tokio::spawn(run);
         Harness {
             grpc,
+            grpc_tls,
             http,
             tokens,
             handles,

@@ -59,6 +59,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct ControlPlaneProcess {
     /// Its gRPC address.
     pub grpc: SocketAddr,
+    /// Its mTLS gRPC address, when the test turned that port on.
+    pub grpc_tls: Option<SocketAddr>,
     /// Its state (telemetry windows, mesh, proxies).
     pub handles: Handles,
     /// The write token it generated in its store.
@@ -98,6 +100,7 @@ impl ControlPlaneProcess {
             }
         };
         let grpc = app.grpc_addr();
+        let grpc_tls = app.grpc_tls_addr();
         let token = Tokens::read(app.admin_tokens_path())
             .unwrap()
             .plain(Role::Write)
@@ -111,6 +114,7 @@ impl ControlPlaneProcess {
             .unwrap();
         ControlPlaneProcess {
             grpc,
+            grpc_tls,
             handles,
             token,
             stop: Some(stop),
