@@ -21,7 +21,8 @@ use crate::workload::Workload;
 
 /// Environment variable naming the `serin-proxy` binary to measure.
 pub const ENV_SERIN_PROXY: &str = "SERIN_BENCH_PROXY";
-/// A one-minute load average above this marks the figures as preliminary.
+/// A one-minute load average above this before the run marks the figures as preliminary (the
+/// load after it is the run's own: it keeps both cores busy).
 const QUIET_LOAD: f64 = 0.5;
 
 /// `serin-bench`: Serin side by side with nginx, HAProxy and no proxy, on this machine. Needs
@@ -217,11 +218,13 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 .to_owned(),
         )
     } else {
-        let busiest = load_before.unwrap_or(0.0).max(load_after.unwrap_or(0.0));
-        (busiest > QUIET_LOAD).then(|| {
+        // Other work on the machine shows in the load average before the run; afterwards it
+        // is mostly the run's own load generator, upstream and proxies.
+        let before = load_before.unwrap_or(0.0);
+        (before > QUIET_LOAD).then(|| {
             format!(
-                "Preliminary: the machine was not quiet (1-minute load average up to {busiest:.2} \
-                 on {cores} cores while measuring). Treat these figures as noise, not results."
+                "Preliminary: the machine was not quiet (1-minute load average {before:.2} on \
+                 {cores} cores before the run). Treat these figures as noise, not results."
             )
         })
     };
@@ -567,8 +570,8 @@ under load with real sidecars), without nginx and HAProxy.
   coalesced). Reported: failed requests (any non-2xx or transport error; target 0) of all sent,
   flips applied and ACKed with the call → ACK time, and the share per version in each half,
   counted at the two upstreams during the 10 ms after each ACK. `--quick` does 20 flips.
-- **Honesty.** Ratios compare figures of the same run. A run on a busy machine is labelled
-  preliminary with its load average. Scenarios that cannot run yet say why instead of showing
+- **Honesty.** Ratios compare figures of the same run. A run started on a busy machine (1-minute
+  load average above 0.5 before it) is labelled preliminary with its load average. Scenarios that cannot run yet say why instead of showing
   figures.
 
 ## Profiling a miss
