@@ -211,15 +211,7 @@ async fn follows_the_control_plane_through_changes_outages_and_restarts() {
         .register_workload(workload("reviews-v2-0", "v2", "10.244.0.6"))
         .await
         .unwrap();
-    let services = admin
-        .list_services(v1::ListServicesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .services;
-    let vip: std::net::IpAddr = services[0].service.as_ref().unwrap().vips[0]
-        .parse()
-        .unwrap();
+    let vip = control_plane::vip_of(&mut admin, "reviews").await;
     let tables = sidecar.bound.config.subscribe();
     eventually("both endpoints of reviews in the tables", || {
         let t = tables.borrow().clone();

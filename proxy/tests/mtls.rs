@@ -291,21 +291,7 @@ impl Mesh {
             .into_inner()
             .bootstrap_token;
         assert!(!server_token.is_empty() && server_token != client_token);
-        let vip: std::net::IpAddr = admin
-            .list_services(v1::ListServicesRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .services
-            .iter()
-            .find(|s| s.service.as_ref().unwrap().name == "reviews")
-            .unwrap()
-            .service
-            .as_ref()
-            .unwrap()
-            .vips[0]
-            .parse()
-            .unwrap();
+        let vip = control_plane::vip_of(&mut admin, "reviews").await;
 
         // The server sidecar: its inbound listener on its own address, the relay in front of it
         // on the endpoint address; it forwards to the app.
@@ -674,21 +660,7 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
         .unwrap()
         .into_inner()
         .bootstrap_token;
-    let vip: std::net::IpAddr = admin
-        .list_services(v1::ListServicesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .services
-        .iter()
-        .find(|s| s.service.as_ref().unwrap().name == "reviews")
-        .unwrap()
-        .service
-        .as_ref()
-        .unwrap()
-        .vips[0]
-        .parse()
-        .unwrap();
+    let vip = control_plane::vip_of(&mut admin, "reviews").await;
     let client = sidecar(
         cp.grpc,
         "client",

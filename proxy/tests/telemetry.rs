@@ -10,7 +10,7 @@
 #[path = "support/control_plane.rs"]
 mod control_plane;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -191,15 +191,7 @@ async fn the_control_plane_receives_exactly_the_requests_the_proxy_forwarded() {
             .await
             .unwrap();
     }
-    let services = admin
-        .list_services(v1::ListServicesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .services;
-    let vip: IpAddr = services[0].service.as_ref().unwrap().vips[0]
-        .parse()
-        .unwrap();
+    let vip = control_plane::vip_of(&mut admin, "reviews").await;
 
     // The proxy: productpage v1, every outbound connection "was going" to the reviews VIP.
     let orig = Arc::new(OnceLock::new());

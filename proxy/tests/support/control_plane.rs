@@ -8,12 +8,13 @@
 )]
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serin_control::app::{App, Handles};
 use serin_proto::auth::{AuthorizedAdmin, BearerToken, Role, Tokens, admin_client};
+use serin_proto::v1;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -151,4 +152,21 @@ impl Drop for ControlPlaneProcess {
             let _ = stop.send(());
         }
     }
+}
+
+/// The first VIP of `service` (as the control plane allocated it on registration).
+pub async fn vip_of(admin: &mut AuthorizedAdmin, service: &str) -> IpAddr {
+    admin
+        .list_services(v1::ListServicesRequest::default())
+        .await
+        .expect("ListServices")
+        .into_inner()
+        .services
+        .iter()
+        .filter_map(|s| s.service.as_ref())
+        .find(|s| s.name == service)
+        .unwrap_or_else(|| panic!("service {service} is registered"))
+        .vips[0]
+        .parse()
+        .expect("a VIP is an IP address")
 }
