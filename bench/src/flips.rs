@@ -520,6 +520,7 @@ async fn register(
                 seconds: 3600,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .with_context(|| format!("RegisterWorkload {}", pod.name()))?;

@@ -500,8 +500,10 @@ impl Admin for AdminService {
         let workload = req
             .workload
             .ok_or_else(|| Status::invalid_argument("workload: is required"))?;
-        let workload =
+        let mut workload =
             Workload::try_from(workload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A starting workload is known (its sidecar may get a certificate) but takes no traffic.
+        workload.ready = !req.starting;
         let ttl = req
             .ttl
             .map(|d| to_duration("ttl", d))
@@ -527,7 +529,7 @@ impl Admin for AdminService {
             .map(|d| to_duration("ttl", d))
             .transpose()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let lease = self.mesh.renew(req.lease_id, ttl).await?;
+        let lease = self.mesh.renew(req.lease_id, ttl, req.ready).await?;
         Ok(Response::new(v1::RenewLeaseResponse {
             expires_at: Some(timestamp(lease.expires_at)),
             ttl: Some(duration(lease.ttl)),

@@ -120,6 +120,10 @@ impl App {
         //     in the store; Kubernetes mode has none: the operator's root, else one in memory).
         let ca = crate::identity::load_authority(store.as_ref(), &config.ca)
             .context("cannot set up the certificate authority")?;
+        if let Some(path) = &config.trust_bundle_out {
+            write_public_file(path, &ca.trust_bundle().concat())
+                .with_context(|| format!("cannot write the trust bundle to {}", path.display()))?;
+        }
         // 2. The ports, now, so that a taken one fails at start with its address.
         let grpc = TcpListener::bind(config.grpc)
             .await
@@ -135,7 +139,11 @@ impl App {
         };
         // 2b. The admission webhook (Kubernetes): its certificate, then its port.
         let webhook = match config.webhook.clone() {
-            Some(webhook_config) => {
+            Some(mut webhook_config) => {
+                // Injected sidecars check the mTLS port by the CA's roots from their first
+                // request on (a pod created before a root rotation keeps the roots of its day;
+                // restart pods between `promote` and `drop-old`).
+                webhook_config.inject.control_plane_ca_pem = ca.trust_bundle().concat();
                 let webhook = Webhook::bind(webhook_config).await?;
                 if let Some(path) = &config.webhook_cert_out {
                     std::fs::write(path, webhook.certificate_pem()).with_context(|| {
@@ -262,13 +270,16 @@ impl App {
             stop_rx.clone(),
         );
         let admin = Authorized::new(AdminServer::new(admin_service.clone()), auth.clone());
-        let telemetry = TelemetryServer::new(TelemetryService::new(
-            edges.clone(),
-            rule_hits.clone(),
-            metrics.clone(),
-            config.clock.clone(),
-            stop_rx.clone(),
-        ));
+        let telemetry = TelemetryServer::new(
+            TelemetryService::new(
+                edges.clone(),
+                rule_hits.clone(),
+                metrics.clone(),
+                config.clock.clone(),
+                stop_rx.clone(),
+            )
+            .require_client_certs(config.require_client_certs),
+        );
         let mut identity = IdentityService::new(ca, mesh.clone(), config.ca.default_ttl);
         // Kubernetes mode: sidecars present projected service-account tokens (TokenReview).
         if let (Some(k), Some(kc)) = (&kubernetes, &config.kubernetes) {
@@ -405,4 +416,14 @@ fn no_delay(
         }
         accepted
     })
+}
+
+/// Writes `text` to `path` readable by everyone (a trust bundle is public), replacing it
+/// atomically.
+fn write_public_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&tmp, path)
 }

@@ -131,6 +131,14 @@ pub struct Args {
     /// Lifetime of workload certificates when a sidecar asks for none (e.g. `24h`).
     #[arg(long, env = "SERIN_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub cert_ttl: Duration,
+    /// Write the CA's trust bundle (PEM, the roots sidecars trust) to this file at start: what a
+    /// sidecar's `--control-plane-ca` reads to check the mTLS port before it has a certificate.
+    #[arg(long, env = "SERIN_TRUST_BUNDLE_OUT")]
+    pub trust_bundle_out: Option<PathBuf>,
+    /// The mTLS URL injected sidecars subscribe on (with their certificate; `off`: they stay
+    /// on --sidecar-control-plane).
+    #[arg(long, env = "SERIN_SIDECAR_CONTROL_PLANE_TLS", default_value = crate::inject::config::DEFAULT_CONTROL_PLANE_TLS)]
+    pub sidecar_control_plane_tls: String,
 }
 
 /// Why the command line cannot be used.
@@ -204,6 +212,8 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// Where to write a generated webhook certificate.
     pub webhook_cert_out: Option<PathBuf>,
+    /// Where to write the CA's trust bundle at start.
+    pub trust_bundle_out: Option<PathBuf>,
     /// The operator's admin tokens file; `None`: `admin-tokens` in the store directory.
     pub admin_tokens: Option<PathBuf>,
     /// Admin reads need no credential.
@@ -230,6 +240,7 @@ impl Config {
             clock: Clock::System,
             webhook: None,
             webhook_cert_out: None,
+            trust_bundle_out: None,
             admin_tokens: None,
             admin_read_anonymous: false,
             kubernetes: None,
@@ -295,6 +306,8 @@ impl TryFrom<&Args> for Config {
                 proxy_image: a.sidecar_image.clone(),
                 init_image: a.sidecar_image.clone(),
                 control_plane: a.sidecar_control_plane.clone(),
+                control_plane_tls: (a.sidecar_control_plane_tls != "off")
+                    .then(|| a.sidecar_control_plane_tls.clone()),
                 kubernetes_version: a.kubernetes_version,
                 token_audience: a.token_audience.clone(),
                 ..InjectConfig::default()
@@ -310,6 +323,7 @@ impl TryFrom<&Args> for Config {
             clock: Clock::System,
             webhook,
             webhook_cert_out: a.webhook_cert_out.clone(),
+            trust_bundle_out: a.trust_bundle_out.clone(),
             admin_tokens: a.admin_tokens.clone(),
             admin_read_anonymous: a.admin_read_anonymous,
             kubernetes,

@@ -77,34 +77,14 @@ impl Discovery {
         self
     }
 
-    /// Who may subscribe, and what they see: on the mTLS port a caller with a workload
-    /// certificate gets its namespace's view (`Some(namespace)`), one without is refused; on
-    /// the plaintext port everyone gets the whole mesh unless client certificates are required.
-    fn scope(&self, peer: Option<&TlsPeer>) -> Result<Option<String>, Status> {
-        match peer {
-            Some(peer) => match (&peer.identity, peer.namespace()) {
-                (Some(_), Some(ns)) => Ok(Some(ns.to_owned())),
-                (Some(id), None) => Err(Status::permission_denied(format!(
-                    "the client certificate's identity {id} is not spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
-                ))),
-                (None, _) => Err(Status::unauthenticated(
-                    "Subscribe on the mTLS port needs a workload certificate (get one with Identity.SignCertificate)",
-                )),
-            },
-            None if self.require_client_certs => Err(Status::unauthenticated(
-                "this control plane refuses Subscribe on its plaintext port (--require-client-certs): connect to the mTLS port with a workload certificate",
-            )),
-            None => Ok(None),
-        }
-    }
-
     /// Handles one Subscribe stream.
     pub async fn subscribe(
         &self,
         request: Request<Streaming<v1::SubscribeRequest>>,
     ) -> Result<Response<BoxStream<'static, Result<Push, Status>>>, Status> {
         let tls_peer = request.extensions().get::<TlsPeer>().cloned();
-        let scope = self.scope(tls_peer.as_ref())?;
+        let scope =
+            crate::tls::caller_scope(tls_peer.as_ref(), self.require_client_certs, "Subscribe")?;
         let peer = request
             .remote_addr()
             .or_else(|| tls_peer.as_ref().and_then(|p| p.remote));

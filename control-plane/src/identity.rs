@@ -146,6 +146,12 @@ impl v1::identity_server::Identity for IdentityService {
         &self,
         request: Request<v1::SignCertificateRequest>,
     ) -> Result<Response<v1::SignCertificateResponse>, Status> {
+        // A renewal on the mTLS port presents the current certificate: it must be the same
+        // workload's (a stolen token does not let another workload's sidecar swap identities).
+        let presented = request
+            .extensions()
+            .get::<crate::tls::TlsPeer>()
+            .and_then(|p| p.identity.clone());
         let req = request.into_inner();
         if req.bootstrap_token.is_empty() {
             return Err(Status::unauthenticated("bootstrap_token: is required"));
@@ -167,6 +173,7 @@ impl v1::identity_server::Identity for IdentityService {
                     TokenError::Api(_) => Status::unavailable(e.to_string()),
                 })?;
             let identity = self.ca.identity(&owner.namespace, &owner.service_account);
+            same_workload(presented.as_deref(), &identity)?;
             let signed = self.sign(req.csr_pem, identity, ttl).await?;
             tracing::info!(pod = %format_args!("{}/{}", owner.namespace, owner.pod_name), identity = %signed.identity, ttl = ?ttl, "workload certificate signed for a service-account token");
             return Ok(Response::new(response(signed)));
@@ -179,6 +186,7 @@ impl v1::identity_server::Identity for IdentityService {
         let identity = self
             .ca
             .identity(&workload.namespace, &workload.service_account);
+        same_workload(presented.as_deref(), &identity)?;
         let signed = self.sign(req.csr_pem, identity, ttl).await?;
         self.mesh
             .set_identity(workload.key(), signed.identity.clone())
@@ -209,6 +217,17 @@ impl IdentityService {
                 }
                 other => Status::invalid_argument(other.to_string()),
             })
+    }
+}
+
+/// Refuses a request whose client certificate (on the mTLS port) names another identity than
+/// the one its token grants.
+fn same_workload(presented: Option<&str>, identity: &str) -> Result<(), Status> {
+    match presented {
+        Some(presented) if presented != identity => Err(Status::permission_denied(format!(
+            "the client certificate is for {presented} but the bootstrap token is for {identity}"
+        ))),
+        _ => Ok(()),
     }
 }
 

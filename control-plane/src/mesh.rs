@@ -333,9 +333,14 @@ impl Mesh {
         self.call(move |w| w.register(workload, ttl)).await
     }
 
-    /// Extends a lease.
-    pub async fn renew(&self, lease_id: String, ttl: Option<Duration>) -> Result<Lease, MeshError> {
-        self.call(move |w| w.renew(&lease_id, ttl)).await
+    /// Extends a lease; `ready` marks a workload registered as starting ready.
+    pub async fn renew(
+        &self,
+        lease_id: String,
+        ttl: Option<Duration>,
+        ready: bool,
+    ) -> Result<Lease, MeshError> {
+        self.call(move |w| w.renew(&lease_id, ttl, ready)).await
     }
 
     /// Removes a registered workload now; false when the lease was already gone.

@@ -198,6 +198,7 @@ pub struct TelemetryService {
     metrics: Arc<Metrics>,
     clock: Clock,
     shutdown: watch::Receiver<bool>,
+    require_client_certs: bool,
 }
 
 impl TelemetryService {
@@ -217,7 +218,14 @@ impl TelemetryService {
             metrics,
             clock,
             shutdown,
+            require_client_certs: false,
         }
+    }
+
+    /// Refuses Report on the plaintext port (as Discovery's Subscribe with the same flag).
+    pub fn require_client_certs(mut self, require: bool) -> Self {
+        self.require_client_certs = require;
+        self
     }
 
     fn handle(&self, reporter: &ProxyIdentity, req: v1::ReportRequest) -> v1::ReportResponse {
@@ -300,39 +308,60 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<Streaming<v1::ReportRequest>>,
     ) -> Result<Response<ReportStream>, Status> {
+        // On the mTLS port a sidecar reports only as a proxy of its certificate's namespace.
+        let tls_peer = request.extensions().get::<crate::tls::TlsPeer>().cloned();
+        let scope =
+            crate::tls::caller_scope(tls_peer.as_ref(), self.require_client_certs, "Report")?;
         let inbound = request.into_inner();
         let state = (inbound, None::<ProxyIdentity>, self.clone());
-        let stream = futures::stream::unfold(state, |(mut inbound, reporter, svc)| async move {
-            let mut stop = svc.shutdown.clone();
-            let req = tokio::select! {
-                () = crate::http::stopped(&mut stop) => return None,
-                req = inbound.message() => match req {
-                    Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => return None,
-                },
-            };
-            let reporter = match reporter {
-                Some(r) => r,
-                None => match req.reporter.clone().map(ProxyIdentity::try_from) {
-                    Some(Ok(r)) => r,
-                    Some(Err(e)) => {
-                        return Some((
-                            Err(Status::invalid_argument(format!("reporter.{e}"))),
-                            (inbound, None, svc),
-                        ));
-                    }
-                    None => {
-                        return Some((
-                            Err(Status::invalid_argument(
-                                "reporter: is required in the first report of a stream",
-                            )),
-                            (inbound, None, svc),
-                        ));
-                    }
-                },
-            };
-            let response = svc.handle(&reporter, req);
-            Some((Ok(response), (inbound, Some(reporter), svc)))
+        let scope = Arc::new(scope);
+        let stream = futures::stream::unfold(state, move |(mut inbound, reporter, svc)| {
+            let scope = Arc::clone(&scope);
+            async move {
+                let mut stop = svc.shutdown.clone();
+                let req = tokio::select! {
+                    () = crate::http::stopped(&mut stop) => return None,
+                    req = inbound.message() => match req {
+                        Ok(Some(req)) => req,
+                        Ok(None) | Err(_) => return None,
+                    },
+                };
+                let reporter = match reporter {
+                    Some(r) => r,
+                    None => match req.reporter.clone().map(ProxyIdentity::try_from) {
+                        Some(Ok(r))
+                            if scope.as_ref().as_ref().is_some_and(|ns| *ns != r.namespace) =>
+                        {
+                            let message = format!(
+                                "reporter.namespace {:?}: the client certificate is for namespace {:?}",
+                                r.namespace,
+                                scope.as_deref().unwrap_or_default()
+                            );
+                            return Some((
+                                Err(Status::permission_denied(message)),
+                                (inbound, None, svc),
+                            ));
+                        }
+                        Some(Ok(r)) => r,
+                        Some(Err(e)) => {
+                            return Some((
+                                Err(Status::invalid_argument(format!("reporter.{e}"))),
+                                (inbound, None, svc),
+                            ));
+                        }
+                        None => {
+                            return Some((
+                                Err(Status::invalid_argument(
+                                    "reporter: is required in the first report of a stream",
+                                )),
+                                (inbound, None, svc),
+                            ));
+                        }
+                    },
+                };
+                let response = svc.handle(&reporter, req);
+                Some((Ok(response), (inbound, Some(reporter), svc)))
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }

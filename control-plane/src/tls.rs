@@ -78,6 +78,32 @@ impl TlsPeer {
     }
 }
 
+/// Who may call a workload RPC (`Subscribe`, `Report`), and for which namespace: on the mTLS
+/// port a caller with a workload certificate acts for its certificate's namespace
+/// (`Some(namespace)`), one without is refused; on the plaintext port anyone may (`None`: no
+/// restriction) unless client certificates are required.
+pub fn caller_scope(
+    peer: Option<&TlsPeer>,
+    require_client_certs: bool,
+    rpc: &str,
+) -> Result<Option<String>, tonic::Status> {
+    match peer {
+        Some(peer) => match (&peer.identity, peer.namespace()) {
+            (Some(_), Some(ns)) => Ok(Some(ns.to_owned())),
+            (Some(id), None) => Err(tonic::Status::permission_denied(format!(
+                "the client certificate's identity {id} is not spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+            ))),
+            (None, _) => Err(tonic::Status::unauthenticated(format!(
+                "{rpc} on the mTLS port needs a workload certificate (get one with Identity.SignCertificate)"
+            ))),
+        },
+        None if require_client_certs => Err(tonic::Status::unauthenticated(format!(
+            "this control plane refuses {rpc} on its plaintext port (--require-client-certs): connect to the mTLS port with a workload certificate"
+        ))),
+        None => Ok(None),
+    }
+}
+
 /// The SPIFFE ID (a `spiffe://` URI subject alternative name) of a DER certificate.
 pub fn spiffe_id(cert: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(cert).ok()?;

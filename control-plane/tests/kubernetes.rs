@@ -846,6 +846,7 @@ async fn kubernetes_mode_pushes_the_cluster_to_sidecars_and_serinctl_writes_poli
                 ..Default::default()
             }),
             ttl: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

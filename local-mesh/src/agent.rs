@@ -24,9 +24,9 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::cluster::{
-    CONTROL_PLANE_POD, ClusterRecord, DEFAULT_NAMESPACE, GRPC_PORT, HTTP_PORT, LogStream,
-    NamespaceRecord, PodRecord, PodSpec, RESERVED_PORTS, Removed, Request, Response, ServiceRecord,
-    StateDir,
+    CONTROL_PLANE_POD, ClusterRecord, DEFAULT_NAMESPACE, GRPC_PORT, GRPC_TLS_PORT, HTTP_PORT,
+    LogStream, NamespaceRecord, PodRecord, PodSpec, RESERVED_PORTS, Removed, Request, Response,
+    ServiceRecord, StateDir,
 };
 use crate::poll::poll_until;
 use crate::state::Owner;
@@ -175,9 +175,9 @@ async fn start_and_serve(args: &AgentArgs, dir: &StateDir, ipv6: Ipv6) -> anyhow
     let (cp_pod, cp_process) = {
         let mesh = Arc::clone(&mesh);
         let bin = args.bin_dir.join("serin-control");
-        let store = dir.store();
+        let (store, bundle) = (dir.store(), dir.trust_bundle());
         let log = control_log.clone();
-        tokio::task::spawn_blocking(move || start_control_plane(&mesh, &bin, &store, &log))
+        tokio::task::spawn_blocking(move || start_control_plane(&mesh, &bin, &store, &bundle, &log))
             .await??
     };
     record.control_plane_ip = Some(cp_pod.ip());
@@ -277,28 +277,40 @@ fn start_control_plane(
     mesh: &Mesh,
     bin: &Path,
     store: &Path,
+    trust_bundle: &Path,
     log: &Path,
 ) -> anyhow::Result<(Pod, Process)> {
     let pod = mesh.add_pod(CONTROL_PLANE_POD)?;
-    let process = spawn_control_plane(&pod, bin, store, log)?;
+    let process = spawn_control_plane(&pod, bin, store, trust_bundle, log)?;
     Ok((pod, process))
 }
 
-/// Starts `serin-control` in its pod and waits until both its ports listen.
-fn spawn_control_plane(pod: &Pod, bin: &Path, store: &Path, log: &Path) -> Result<Process, Error> {
+/// Starts `serin-control` in its pod and waits until its three ports listen.
+fn spawn_control_plane(
+    pod: &Pod,
+    bin: &Path,
+    store: &Path,
+    trust_bundle: &Path,
+    log: &Path,
+) -> Result<Process, Error> {
     let process = pod
         .exec([bin.as_os_str()])
         .args(["--grpc", &format!("0.0.0.0:{GRPC_PORT}")])
         .args(["--http", &format!("0.0.0.0:{HTTP_PORT}")])
         .arg("--store")
         .arg(store)
+        // Sidecars get their configuration only on the mTLS port (15012), each seeing what its
+        // namespace may; they check that port by the trust bundle written here.
+        .arg("--require-client-certs")
+        .arg("--trust-bundle-out")
+        .arg(trust_bundle)
         // Reads are open on the host's loopback forward (the dashboard needs no token to look);
         // writes need the write token generated in the store, which only root can read.
         .arg("--admin-read-anonymous")
         .stdout(Redirect::Append(log.to_owned()))
         .stderr(Redirect::Append(log.to_owned()))
         .spawn()?;
-    for port in [GRPC_PORT, HTTP_PORT] {
+    for port in [GRPC_PORT, GRPC_TLS_PORT, HTTP_PORT] {
         wait_listening(pod, &process, port, CONTROL_PLANE_TIMEOUT).map_err(|reason| {
             Error::NotReady {
                 what: "control plane",
@@ -572,42 +584,90 @@ impl Agent {
     async fn run_pod(self: &Arc<Self>, spec: PodSpec) -> Result<PodRecord, Error> {
         let _change = self.changes.lock().await;
         let injection = self.validate(&spec)?;
-        // The pod, its rules, its sidecar and its app; on failure the pod goes again.
-        let started = {
+        let pod = {
             let agent = Arc::clone(self);
-            let owned = spec.clone();
-            tokio::task::spawn_blocking(move || agent.start_pod(&owned, injection))
-                .await
-                .map_err(|e| Error::Agent {
-                    message: format!("starting pod {} panicked: {e}", spec.name),
-                })?
-        }?;
-        let (pod, app, sidecar) = started;
-        match self.register_pod(&spec, &pod, app, sidecar).await {
+            let name = spec.name.clone();
+            blocking(move || agent.mesh.add_pod(&name)).await?
+        };
+        // The pod's rules, sidecar, app and registration; on failure the pod goes again.
+        match self.start_and_register(&spec, &pod, injection).await {
             Ok(record) => Ok(record),
             Err(e) => {
                 let agent = Arc::clone(self);
                 let name = spec.name.clone();
-                let _ = tokio::task::spawn_blocking(move || agent.mesh.remove_pod(&name)).await;
+                let removed = blocking(move || agent.mesh.remove_pod(&name)).await;
+                if let Err(cleanup) = removed {
+                    tracing::warn!(error = %cleanup, pod = %spec.name, "cleanup after a failed run");
+                }
                 Err(e)
             }
         }
     }
 
-    fn start_pod(
-        &self,
+    /// Starts `pod`'s processes and registers it. A meshed pod is registered first, as
+    /// starting (no traffic): its bootstrap token gets its sidecar a certificate, which the
+    /// sidecar needs for its configuration on the control plane's mTLS port before it is ready;
+    /// once the app listens the registration is marked ready. A pod without a sidecar is
+    /// registered once its app listens.
+    async fn start_and_register(
+        self: &Arc<Self>,
         spec: &PodSpec,
+        pod: &Pod,
         injection: bool,
-    ) -> Result<(Pod, Process, Option<Process>), Error> {
-        let pod = self.mesh.add_pod(&spec.name)?;
-        match self.start_processes(&pod, spec, injection) {
-            Ok((app, sidecar)) => Ok((pod, app, sidecar)),
-            Err(e) => {
-                if let Err(cleanup) = self.mesh.remove_pod(&spec.name) {
-                    tracing::warn!(error = %cleanup, pod = %spec.name, "cleanup after a failed run");
+    ) -> Result<PodRecord, Error> {
+        let workload = ControlPlane::workload(spec, pod.ip());
+        let early = if injection {
+            let registration = self.control_plane.register(workload.clone(), true).await?;
+            self.write_identity_token(&spec.name, &registration.bootstrap_token);
+            Some(registration)
+        } else {
+            None
+        };
+        let started = {
+            let agent = Arc::clone(self);
+            let (owned, owned_pod) = (spec.clone(), pod.clone());
+            blocking(move || agent.start_processes(&owned_pod, &owned, injection)).await
+        };
+        let registration = match (started, early) {
+            (Ok((app, sidecar)), Some(registration)) => {
+                match self.control_plane.mark_ready(&registration.lease_id).await {
+                    Ok(()) => Ok((app, sidecar, registration)),
+                    Err(e) => {
+                        self.undo_registration(&spec.name, &registration.lease_id)
+                            .await;
+                        Err(e)
+                    }
                 }
+            }
+            (Ok((app, sidecar)), None) => self
+                .control_plane
+                .register(workload.clone(), false)
+                .await
+                .map(|registration| (app, sidecar, registration)),
+            (Err(e), Some(registration)) => {
+                self.undo_registration(&spec.name, &registration.lease_id)
+                    .await;
                 Err(e)
             }
+            (Err(e), None) => Err(e),
+        };
+        let (app, sidecar, registration) = registration?;
+        let lease_id = registration.lease_id.clone();
+        let result = self
+            .record_pod(spec, pod, app, sidecar, workload, registration)
+            .await;
+        if result.is_err() {
+            // Undo the registration and the record; the caller removes the pod itself.
+            self.undo_registration(&spec.name, &lease_id).await;
+            let _ = self.update(|r| r.pods.retain(|p| p.name != spec.name));
+        }
+        result
+    }
+
+    /// Deregisters a pod whose start failed (a failure to do so is logged: its lease expires).
+    async fn undo_registration(&self, pod: &str, lease_id: &str) {
+        if let Err(e) = self.control_plane.deregister(lease_id).await {
+            tracing::warn!(%pod, error = %e, "deregistration after a failed run failed");
         }
     }
 
@@ -638,11 +698,19 @@ impl Agent {
                     "--control-plane",
                     &format!("http://{}:{GRPC_PORT}", self.control_plane_ip),
                 ])
+                // Configuration, telemetry and certificates on the mTLS port; the first
+                // certificate request checks it by the CA's roots the control plane wrote.
+                .args([
+                    "--control-plane-tls",
+                    &format!("https://{}:{GRPC_TLS_PORT}", self.control_plane_ip),
+                ])
+                .arg("--control-plane-ca")
+                .arg(self.dir.trust_bundle())
                 .args(["--pod-name", &spec.name, "--namespace", &spec.namespace])
                 .args(["--pod-ip", &pod_ips(pod)])
                 .args(["--service", &spec.service, "--version", &spec.version])
-                // Its certificate comes with the pod's registration (written there once the app
-                // listens and the pod is registered; until then its traffic is plain).
+                // Its certificate comes with the pod's registration (made, as starting, before
+                // the sidecar starts).
                 .arg("--identity-token-file")
                 .arg(self.dir.identity_token(&spec.name))
                 .user(PROXY_UID, PROXY_UID)
@@ -711,30 +779,6 @@ impl Agent {
         if let Err(e) = written {
             tracing::warn!(%pod, path = %path.display(), error = %e, "cannot write the bootstrap token; the pod gets no workload certificate");
         }
-    }
-
-    async fn register_pod(
-        self: &Arc<Self>,
-        spec: &PodSpec,
-        pod: &Pod,
-        app: Process,
-        sidecar: Option<Process>,
-    ) -> Result<PodRecord, Error> {
-        let workload = ControlPlane::workload(spec, pod.ip());
-        let registration = self.control_plane.register(workload.clone()).await?;
-        self.write_identity_token(&spec.name, &registration.bootstrap_token);
-        let lease_id = registration.lease_id.clone();
-        let result = self
-            .record_pod(spec, pod, app, sidecar, workload, registration)
-            .await;
-        if result.is_err() {
-            // Undo the registration and the record; the caller removes the pod itself.
-            if let Err(e) = self.control_plane.deregister(&lease_id).await {
-                tracing::warn!(pod = %spec.name, error = %e, "deregistration after a failed run failed");
-            }
-            let _ = self.update(|r| r.pods.retain(|p| p.name != spec.name));
-        }
-        result
     }
 
     /// Records a registered pod: its VIP's names in every hosts file, the state file, the node's
@@ -866,7 +910,7 @@ impl Agent {
                     continue;
                 }
             }
-            match self.control_plane.register(workload.clone()).await {
+            match self.control_plane.register(workload.clone(), false).await {
                 Ok(r) => {
                     registration = r;
                     self.write_identity_token(&pod, &registration.bootstrap_token);
@@ -914,6 +958,7 @@ impl Agent {
                     &agent.control_plane_pod,
                     &agent.bin_dir.join("serin-control"),
                     &agent.dir.store(),
+                    &agent.dir.trust_bundle(),
                     &agent.dir.log(CONTROL_PLANE_POD, LogStream::App),
                 )
             })

@@ -66,6 +66,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/serin-local/mesh";
 pub const ENV_STATE_DIR: &str = "SERIN_STATE_DIR";
 /// The control plane's gRPC port, inside its pod and (by default) on the host.
 pub const GRPC_PORT: u16 = 15010;
+/// The control plane's mTLS gRPC port inside its pod (sidecars subscribe there).
+pub const GRPC_TLS_PORT: u16 = 15012;
 /// The control plane's HTTP (dashboard) port, inside its pod and (by default) on the host.
 pub const HTTP_PORT: u16 = 15080;
 /// The namespace every mesh starts with (injection enabled).

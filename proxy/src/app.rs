@@ -40,6 +40,25 @@ pub struct Cli {
     /// spiffe://<trust-domain>/ns/serin-system/sa/serin-control).
     #[arg(long, env = "SERIN_CONTROL_PLANE_TLS", requires = "control_plane")]
     pub control_plane_tls: Option<String>,
+    /// The control plane's roots (PEM file; the serin-control `--trust-bundle-out` file): the
+    /// first certificate request then goes to `--control-plane-tls` too, with the server
+    /// checked, so the bootstrap token never crosses the network in the clear.
+    #[arg(
+        long,
+        env = "SERIN_CONTROL_PLANE_CA",
+        requires = "control_plane_tls",
+        conflicts_with = "control_plane_ca_pem"
+    )]
+    pub control_plane_ca: Option<PathBuf>,
+    /// The control plane's roots as PEM text (what the injector puts in an injected sidecar's
+    /// environment); as `--control-plane-ca`.
+    #[arg(
+        long,
+        env = "SERIN_CONTROL_PLANE_CA_PEM",
+        requires = "control_plane_tls",
+        hide_env_values = true
+    )]
+    pub control_plane_ca_pem: Option<String>,
     /// Service account of the pod (sent to the control plane).
     #[arg(long, env = ENV_SERVICE_ACCOUNT, default_value = "")]
     pub service_account: String,
@@ -223,6 +242,11 @@ impl Cli {
                 service_account: self.service_account,
                 node_name: self.node_name,
                 tls_url: self.control_plane_tls,
+                control_plane_ca: self
+                    .control_plane_ca
+                    .map(CaSource::File)
+                    .or(self.control_plane_ca_pem.map(CaSource::Pem))
+                    .map(Box::new),
                 telemetry_interval: (!self.no_telemetry).then_some(self.telemetry_interval),
                 ..ControlPlane::new(url)
             }),
@@ -357,7 +381,7 @@ impl Bound {
         let certificates = match &config.source {
             ConfigSource::ControlPlane(cp) => cp.identity.clone().map(|settings| {
                 Arc::new(CertManager::new(
-                    cp.url.clone(),
+                    cp.clone(),
                     config.identity.namespace.clone(),
                     *settings,
                     metrics.identity.clone(),
@@ -401,13 +425,20 @@ impl Bound {
         let telemetry = match (&config.source, &discovery) {
             (ConfigSource::ControlPlane(settings), Some(client)) => {
                 settings.telemetry_interval.map(|interval| {
-                    Arc::new(Reporter::new(
-                        settings.clone(),
-                        interval,
-                        client.identity().clone(),
-                        Arc::clone(&metrics),
-                        writer.subscribe(),
-                    ))
+                    Arc::new(
+                        Reporter::new(
+                            settings.clone(),
+                            interval,
+                            client.identity().clone(),
+                            Arc::clone(&metrics),
+                            writer.subscribe(),
+                        )
+                        .with_credentials(
+                            certificates
+                                .as_ref()
+                                .map_or_else(crate::identity::none, |c| c.subscribe()),
+                        ),
+                    )
                 })
             }
             _ => None,
@@ -520,7 +551,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Some(interval) = settings.telemetry_interval {
                 telemetry::validate_interval(interval).map_err(anyhow::Error::msg)?;
             }
-            tracing::info!(control_plane = %settings.url, telemetry_interval = ?settings.telemetry_interval, "config from the control plane");
+            tracing::info!(control_plane = %settings.url, control_plane_tls = ?settings.tls_url, telemetry_interval = ?settings.telemetry_interval, "config from the control plane");
         }
         ConfigSource::None => {
             tracing::warn!("neither --config nor --control-plane given: staying not ready");

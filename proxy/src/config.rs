@@ -176,9 +176,10 @@ pub enum ConfigSource {
 pub struct ControlPlane {
     /// URL of the Discovery service, e.g. `http://10.244.0.1:15010`.
     pub url: String,
-    /// The control plane's mTLS port, e.g. `https://10.244.0.1:15012`: Discovery goes there
-    /// with the workload certificate (and waits for one) instead of to `url`; the certificate
-    /// itself is still requested from `url` with the bootstrap token. `None`: plaintext.
+    /// The control plane's mTLS port, e.g. `https://10.244.0.1:15012`: Discovery, Telemetry and
+    /// certificate renewals go there with the workload certificate (the streams wait for one)
+    /// instead of to `url`; the first certificate request too when `control_plane_ca` is given
+    /// (else it goes to `url` with the bootstrap token). `None`: plaintext.
     pub tls_url: Option<String>,
     /// Service account of the pod ("" when unknown), for the hello.
     pub service_account: String,
@@ -199,6 +200,18 @@ pub struct ControlPlane {
     /// How to get a workload certificate (mTLS between sidecars); `None`: no identity, all
     /// traffic plain.
     pub identity: Option<Box<crate::identity::IdentitySettings>>,
+    /// The roots the control plane's mTLS port is checked against before the sidecar has a
+    /// certificate (its first certificate request goes there instead of to `url`).
+    pub control_plane_ca: Option<Box<CaSource>>,
+}
+
+/// Where the control plane's roots come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// A PEM file, read at each use.
+    File(PathBuf),
+    /// PEM text (e.g. from the environment of an injected sidecar).
+    Pem(String),
 }
 
 impl ControlPlane {
@@ -216,6 +229,7 @@ impl ControlPlane {
             keepalive_timeout: DEFAULT_DISCOVERY_KEEPALIVE_TIMEOUT,
             telemetry_interval: Some(DEFAULT_TELEMETRY_INTERVAL),
             identity: None,
+            control_plane_ca: None,
         }
     }
 }

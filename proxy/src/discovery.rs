@@ -102,13 +102,7 @@ pub const CONTROL_PLANE_NAMESPACE: &str = "serin-system";
 /// Service account of the control plane's own identity.
 pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "serin-control";
 
-/// `https://host:port` as the `http://` URI tonic dials (this client does the TLS itself).
-fn plain_form(tls_url: &str) -> String {
-    match tls_url.strip_prefix("https://") {
-        Some(rest) => format!("http://{rest}"),
-        None => tls_url.to_owned(),
-    }
-}
+use crate::control_channel::plain_form;
 
 /// Checks, at start, what the control plane will insist on: a URL it can dial, a pod name and a
 /// pod IP (the hello is refused without them).
@@ -123,6 +117,10 @@ pub fn validate(settings: &ControlPlane, identity: &Identity) -> Result<(), Stri
             .map_err(|e| format!("invalid --control-plane-tls URL {tls_url:?}: {}", chain(&e)))?;
         if settings.identity.is_none() {
             return Err("--control-plane-tls needs a workload certificate: give --identity-token or --identity-token-file".into());
+        }
+        if let Some(crate::config::CaSource::Pem(pem)) = settings.control_plane_ca.as_deref() {
+            crate::tls::certs_from_pem("control plane roots", pem)
+                .map_err(|e| format!("invalid --control-plane-ca-pem: {e}"))?;
         }
     }
     // The bootstrap URL is plaintext; the mTLS port is --control-plane-tls.
@@ -443,7 +441,7 @@ impl Discovery {
             },
         };
         let status = Arc::new(DiscoveryStatus::new(
-            settings.url.clone(),
+            crate::control_channel::stream_url(&settings).to_owned(),
             instance_id,
             metrics.discovery.clone(),
         ));
@@ -462,72 +460,15 @@ impl Discovery {
         self
     }
 
-    /// A channel to the control plane: plaintext to `url`, or, with a `tls_url`, mTLS with the
-    /// current workload certificate (waiting for the first one), verifying that the server is
-    /// the control plane's SPIFFE ID.
+    /// A channel to the control plane (see [`crate::control_channel`]).
     async fn channel(&self) -> Result<(tonic::transport::Channel, &str), DiscoveryError> {
-        let url = self.settings.tls_url.as_ref().unwrap_or(&self.settings.url);
-        let endpoint = tonic::transport::Endpoint::from_shared(plain_form(url))
-            .map_err(|e| DiscoveryError::Url {
-                url: url.clone(),
-                reason: chain(&e),
-            })?
-            .connect_timeout(self.settings.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(self.settings.keepalive_interval)
-            .keep_alive_timeout(self.settings.keepalive_timeout)
-            .keep_alive_while_idle(true);
-        let connect_error = |reason: String| DiscoveryError::Connect {
-            url: url.clone(),
-            reason,
-        };
-        if self.settings.tls_url.is_none() {
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| connect_error(chain(&e)))?;
-            return Ok((channel, url));
-        }
-        let mut watch = self.credentials.clone();
-        if watch.borrow().is_none() {
-            tracing::info!(control_plane = %url, "waiting for the workload certificate to subscribe on the mTLS port");
-        }
-        let credentials = watch
-            .wait_for(Option::is_some)
+        let url = crate::control_channel::stream_url(&self.settings);
+        let channel = crate::control_channel::stream_channel(&self.settings, &self.credentials)
             .await
-            .map_err(|_| connect_error("no workload certificate will come".into()))?
-            .clone()
-            .ok_or_else(|| connect_error("no workload certificate".into()))?;
-        let trust_domain = self
-            .settings
-            .identity
-            .as_ref()
-            .map_or(crate::identity::DEFAULT_TRUST_DOMAIN, |i| &i.trust_domain);
-        let expected = format!(
-            "spiffe://{trust_domain}/ns/{CONTROL_PLANE_NAMESPACE}/sa/{CONTROL_PLANE_SERVICE_ACCOUNT}"
-        );
-        let config = credentials
-            .client_config(&expected, b"h2")
-            .map_err(|e| connect_error(format!("cannot make the TLS client: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let channel = endpoint
-            .connect_with_connector(tower::service_fn(move |uri: http::Uri| {
-                let connector = connector.clone();
-                async move {
-                    let host = uri.host().unwrap_or_default();
-                    let host = host.trim_start_matches('[').trim_end_matches(']');
-                    let port = uri.port_u16().unwrap_or(15012);
-                    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-                    tcp.set_nodelay(true)?;
-                    // The server is checked by its SPIFFE ID, not by this name.
-                    let name = rustls::pki_types::ServerName::try_from("serin-control")
-                        .map_err(std::io::Error::other)?;
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-                }
-            }))
-            .await
-            .map_err(|e| connect_error(chain(&e)))?;
+            .map_err(|e| DiscoveryError::Connect {
+                url: e.url,
+                reason: e.reason,
+            })?;
         Ok((channel, url))
     }
 
@@ -559,7 +500,7 @@ impl Discovery {
             } else {
                 "not ready until a first snapshot arrives"
             };
-            tracing::warn!(control_plane = %self.settings.url, error = %end.error, retry_in = ?delay, "discovery disconnected; {meanwhile}");
+            tracing::warn!(control_plane = %crate::control_channel::stream_url(&self.settings), error = %end.error, retry_in = ?delay, "discovery disconnected; {meanwhile}");
             self.status.failed(&end.error, delay);
             tokio::time::sleep(delay).await;
         }

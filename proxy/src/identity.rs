@@ -26,6 +26,8 @@ pub const RENEW_FRACTION: f64 = 0.7;
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// Longest retry delay (before jitter).
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a certificate request may take once connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The trust domain when none is given.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
@@ -222,7 +224,7 @@ pub fn none() -> CredentialsWatch {
 /// Obtains and renews the workload certificate.
 #[derive(Debug)]
 pub struct CertManager {
-    url: String,
+    control_plane: crate::config::ControlPlane,
     namespace: String,
     settings: IdentitySettings,
     metrics: IdentityMetrics,
@@ -230,16 +232,17 @@ pub struct CertManager {
 }
 
 impl CertManager {
-    /// A manager for the workload in `namespace`, asking the control plane at `url`.
+    /// A manager for the workload in `namespace`, asking the control plane of `control_plane`
+    /// (see [`crate::control_channel::certificate_channel`] for which port).
     pub fn new(
-        url: String,
+        control_plane: crate::config::ControlPlane,
         namespace: String,
         settings: IdentitySettings,
         metrics: IdentityMetrics,
     ) -> CertManager {
         let (tx, _) = watch::channel(None);
         CertManager {
-            url,
+            control_plane,
             namespace,
             settings,
             metrics,
@@ -309,29 +312,29 @@ impl CertManager {
         let mut params = rcgen::CertificateParams::default();
         params.subject_alt_names = vec![rcgen::SanType::URI(identity.as_str().try_into()?)];
         let csr = params.serialize_request(&key)?.pem()?;
-        let connect = |reason: String| IdentityError::Connect {
-            url: self.url.clone(),
-            reason,
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .map_err(|e| connect(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| connect(e.to_string()))?;
+        let current = self.tx.borrow().clone();
+        let (channel, url) =
+            crate::control_channel::certificate_channel(&self.control_plane, current.as_deref())
+                .await
+                .map_err(|e| IdentityError::Connect {
+                    url: e.url,
+                    reason: e.reason,
+                })?;
         let mut client = v1::identity_client::IdentityClient::new(channel);
-        let answer = client
-            .sign_certificate(v1::SignCertificateRequest {
-                csr_pem: csr,
-                bootstrap_token: token,
-                ttl: self
-                    .settings
-                    .cert_ttl
-                    .and_then(|t| prost_types::Duration::try_from(t).ok()),
-            })
+        let call = client.sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr,
+            bootstrap_token: token,
+            ttl: self
+                .settings
+                .cert_ttl
+                .and_then(|t| prost_types::Duration::try_from(t).ok()),
+        });
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, call)
             .await
+            .map_err(|_| IdentityError::Connect {
+                url: url.clone(),
+                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+            })?
             .map_err(|s| IdentityError::Refused(format!("{:?}: {}", s.code(), s.message())))?
             .into_inner();
         let not_after = answer

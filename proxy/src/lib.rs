@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod connection;
+pub mod control_channel;
 pub mod detect;
 pub mod discovery;
 pub mod drain;

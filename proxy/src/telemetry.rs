@@ -41,7 +41,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use crate::config::ControlPlane;
-use crate::discovery::{Backoff, chain};
+use crate::discovery::Backoff;
+use crate::identity::CredentialsWatch;
 use crate::metrics::{
     DURATION_BUCKETS, Direction, EdgeTally, EdgeTotals, Metrics, MirrorOutcome, OutcomeTotals,
     RequestProtocol, TALLY_BUCKETS, TCP_INDEX, TallyKey,
@@ -458,23 +459,16 @@ impl Link {
     }
 }
 
-async fn open(settings: ControlPlane) -> Result<Box<Open>, TelemetryError> {
-    let url = settings.url.clone();
-    let connect_error = |reason: String| TelemetryError::Connect {
-        url: url.clone(),
-        reason,
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(settings.url.clone())
-        .map_err(|e| connect_error(chain(&e)))?
-        .connect_timeout(settings.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout)
-        .keep_alive_while_idle(true);
-    let channel = endpoint
-        .connect()
+async fn open(
+    settings: ControlPlane,
+    credentials: CredentialsWatch,
+) -> Result<Box<Open>, TelemetryError> {
+    let channel = crate::control_channel::stream_channel(&settings, &credentials)
         .await
-        .map_err(|e| connect_error(chain(&e)))?;
+        .map_err(|e| TelemetryError::Connect {
+            url: e.url,
+            reason: e.reason,
+        })?;
     let (tx, rx) = mpsc::channel(MAX_UNACKED);
     let acks = TelemetryClient::new(channel)
         .report(ReceiverStream::new(rx))
@@ -502,6 +496,7 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 #[derive(Debug)]
 pub struct Reporter {
     settings: ControlPlane,
+    credentials: CredentialsWatch,
     interval: Duration,
     identity: v1::ProxyIdentity,
     metrics: Arc<Metrics>,
@@ -521,6 +516,7 @@ impl Reporter {
     ) -> Reporter {
         Reporter {
             settings,
+            credentials: crate::identity::none(),
             interval,
             identity,
             metrics,
@@ -528,8 +524,18 @@ impl Reporter {
         }
     }
 
+    /// The workload certificate to present on the control plane's mTLS port
+    /// ([`ControlPlane::tls_url`]), as the Discovery client does.
+    pub fn with_credentials(mut self, credentials: CredentialsWatch) -> Reporter {
+        self.credentials = credentials;
+        self
+    }
+
     fn connect(&self) -> Link {
-        Link::Connecting(Box::pin(open(self.settings.clone())))
+        Link::Connecting(Box::pin(open(
+            self.settings.clone(),
+            self.credentials.clone(),
+        )))
     }
 
     /// Takes deltas and reports them every interval, reopening the stream after every failure,
@@ -613,7 +619,7 @@ impl Reporter {
                     }
                 }
                 Event::Opened(Ok(open)) => {
-                    tracing::info!(control_plane = %self.settings.url, "telemetry stream open");
+                    tracing::info!(control_plane = %crate::control_channel::stream_url(&self.settings), "telemetry stream open");
                     stats.connections.inc();
                     link = Link::Up(open);
                 }
@@ -678,7 +684,7 @@ impl Reporter {
     fn failed(&self, backoff: &mut Backoff, error: &TelemetryError, lost: u64) -> Link {
         self.metrics.telemetry.reports_dropped.inc_by(lost);
         let delay = backoff.next();
-        tracing::warn!(control_plane = %self.settings.url, %error, retry_in = ?delay, lost, "telemetry disconnected; serving on, reports dropped meanwhile");
+        tracing::warn!(control_plane = %crate::control_channel::stream_url(&self.settings), %error, retry_in = ?delay, lost, "telemetry disconnected; serving on, reports dropped meanwhile");
         Link::Waiting(Box::pin(tokio::time::sleep(delay)))
     }
 }

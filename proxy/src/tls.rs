@@ -207,6 +207,34 @@ impl Credentials {
     }
 }
 
+/// A client config without a client certificate that checks the server against `roots_pem` and
+/// for the SPIFFE ID `expected`: a sidecar's first certificate request to the control plane's
+/// mTLS port, before it has a certificate of its own.
+pub fn server_checked_client_config(
+    roots_pem: &str,
+    expected: &str,
+    alpn: &[u8],
+) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for root in certs_from_pem("control plane roots", roots_pem)? {
+        roots.add(root)?;
+    }
+    let verifier = Arc::new(SpiffeVerifier {
+        roots: Arc::new(roots),
+        expected: expected.to_owned(),
+        provider: Arc::clone(&provider),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.enable_sni = false;
+    Ok(config)
+}
+
 /// Verifies a server's chain against the mesh roots, then that it is the expected workload.
 #[derive(Debug)]
 struct SpiffeVerifier {

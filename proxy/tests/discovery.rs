@@ -138,6 +138,7 @@ fn workload(pod: &str, version: &str, ip: &str) -> v1::RegisterWorkloadRequest {
             ..Default::default()
         }),
         ttl: None,
+        ..Default::default()
     }
 }
 

@@ -136,6 +136,7 @@ fn registration(pod: &str, service: &str, ip: Ipv4Addr, port: u16) -> v1::Regist
             seconds: 300,
             nanos: 0,
         }),
+        ..Default::default()
     }
 }
 

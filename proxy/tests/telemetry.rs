@@ -104,6 +104,7 @@ fn workload(pod: &str, version: &str, ip: Ipv4Addr, port: u16) -> v1::RegisterWo
             ..Default::default()
         }),
         ttl: None,
+        ..Default::default()
     }
 }
 

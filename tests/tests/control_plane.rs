@@ -191,6 +191,7 @@ fn register(cp_pod: &Pod, pod: &Pod, version: &str) {
                             seconds: 3600,
                             nanos: 0,
                         }),
+                        ..Default::default()
                     })
                     .await
                     .expect("RegisterWorkload");

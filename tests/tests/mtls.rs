@@ -444,6 +444,7 @@ async fn register(cp_pod: &Pod, pod: &Pod, service: &str, port: u16) -> String {
                 seconds: 3600,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("RegisterWorkload {}: {e}", pod.name()))

@@ -597,6 +597,7 @@ async fn register(cp_pod: &Pod, pod: &Pod, service: &str, version: &str, kind: K
                 seconds: 3600,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("RegisterWorkload {}: {e}", pod.name()));

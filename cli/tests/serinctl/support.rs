@@ -295,6 +295,7 @@ pub fn register(cp: &ControlPlane, workloads: &[(&str, &str, &str, &str)]) {
                 .register_workload(v1::RegisterWorkloadRequest {
                     workload: Some(w),
                     ttl: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

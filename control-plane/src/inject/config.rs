@@ -46,6 +46,8 @@ pub const TOKEN_FILE: &str = "/var/run/secrets/serin.io/token/token";
 pub const PROXY_ADMIN_PORT: i32 = 15000;
 /// The default control-plane gRPC address the sidecars follow.
 pub const DEFAULT_CONTROL_PLANE: &str = "http://serin-control.serin-system.svc:15010";
+/// The mTLS URL injected sidecars subscribe on by default.
+pub const DEFAULT_CONTROL_PLANE_TLS: &str = "https://serin-control.serin-system.svc:15012";
 /// The default image of the sidecar (it also holds `serin-iptables` for the init container).
 pub const DEFAULT_PROXY_IMAGE: &str = "ghcr.io/serin-mesh/serin-proxy:0.1.0";
 
@@ -135,6 +137,12 @@ pub struct InjectConfig {
     pub image_pull_policy: Option<String>,
     /// gRPC URL of the control plane, as the sidecars reach it.
     pub control_plane: String,
+    /// The control plane's mTLS URL: sidecars subscribe and report there with their workload
+    /// certificate; `None`: they stay on `control_plane`.
+    pub control_plane_tls: Option<String>,
+    /// The CA's roots (PEM) put in the sidecar's environment, so that its first certificate
+    /// request checks the mTLS port too; empty: that request goes to `control_plane`.
+    pub control_plane_ca_pem: String,
     /// The cluster's version: native sidecars from 1.29 on.
     pub kubernetes_version: KubernetesVersion,
     /// The sidecar's resources.
@@ -155,6 +163,8 @@ impl Default for InjectConfig {
             init_image: DEFAULT_PROXY_IMAGE.to_owned(),
             image_pull_policy: Some("IfNotPresent".to_owned()),
             control_plane: DEFAULT_CONTROL_PLANE.to_owned(),
+            control_plane_tls: Some(DEFAULT_CONTROL_PLANE_TLS.to_owned()),
+            control_plane_ca_pem: String::new(),
             kubernetes_version: KubernetesVersion::default(),
             proxy_resources: Resources {
                 cpu_request: "50m".to_owned(),

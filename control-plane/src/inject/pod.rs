@@ -372,18 +372,31 @@ fn proxy_container(config: &InjectConfig, native: bool) -> Container {
         image: Some(config.proxy_image.clone()),
         image_pull_policy: config.image_pull_policy.clone(),
         command: Some(vec!["serin-proxy".to_owned()]),
-        env: Some(vec![
-            value("SERIN_CONTROL_PLANE", &config.control_plane),
-            field("SERIN_POD_NAME", "metadata.name"),
-            field("SERIN_NAMESPACE", "metadata.namespace"),
-            field("SERIN_POD_IP", "status.podIPs"),
-            field("SERIN_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            field("SERIN_NODE_NAME", "spec.nodeName"),
-            field("SERIN_SERVICE", "metadata.labels['app']"),
-            field("SERIN_VERSION", "metadata.labels['version']"),
-            value("SERIN_LOG_LEVEL", &config.log_level),
-            value("SERIN_IDENTITY_TOKEN_FILE", TOKEN_FILE),
-        ]),
+        env: Some({
+            let mut env = vec![value("SERIN_CONTROL_PLANE", &config.control_plane)];
+            // The mTLS port, and the roots to check it by before the first certificate.
+            if let Some(tls) = &config.control_plane_tls {
+                env.push(value("SERIN_CONTROL_PLANE_TLS", tls));
+                if !config.control_plane_ca_pem.is_empty() {
+                    env.push(value(
+                        "SERIN_CONTROL_PLANE_CA_PEM",
+                        &config.control_plane_ca_pem,
+                    ));
+                }
+            }
+            env.extend([
+                field("SERIN_POD_NAME", "metadata.name"),
+                field("SERIN_NAMESPACE", "metadata.namespace"),
+                field("SERIN_POD_IP", "status.podIPs"),
+                field("SERIN_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+                field("SERIN_NODE_NAME", "spec.nodeName"),
+                field("SERIN_SERVICE", "metadata.labels['app']"),
+                field("SERIN_VERSION", "metadata.labels['version']"),
+                value("SERIN_LOG_LEVEL", &config.log_level),
+                value("SERIN_IDENTITY_TOKEN_FILE", TOKEN_FILE),
+            ]);
+            env
+        }),
         volume_mounts: Some(vec![VolumeMount {
             name: TOKEN_VOLUME_NAME.to_owned(),
             mount_path: TOKEN_MOUNT_PATH.to_owned(),

@@ -145,6 +145,7 @@ impl Writer {
         &mut self,
         lease_id: &str,
         ttl: Option<Duration>,
+        ready: bool,
     ) -> Result<Lease, MeshError> {
         let Some(old) = self.leases.by_id.get(lease_id).cloned() else {
             return Err(MeshError::NotFound(format!(
@@ -165,12 +166,30 @@ impl Writer {
                 "lease {lease_id} has no workload; register it again"
             ))
         })?;
+        // A starting workload becomes ready: its endpoint takes traffic from now on.
+        let became_ready = ready && !workload.ready;
+        let workload = if became_ready {
+            Arc::new(Workload {
+                ready: true,
+                ..(*workload).clone()
+            })
+        } else {
+            workload
+        };
         let mut change = self.change()?;
         change.put_registration(&registration(&workload, &lease))?;
         change.commit()?;
-        // Only the expiry changed: nothing readers see, so the view is not republished.
         self.leases.remove_id(lease_id);
         self.leases.insert(lease.clone());
+        if became_ready {
+            tracing::info!(workload = %format_args!("{}/{}", lease.key.namespace, lease.key.pod_name), "workload ready");
+            self.registered.insert(lease.key.clone(), workload.clone());
+            self.view
+                .workloads
+                .insert(workload.endpoint_key(), workload);
+            self.dirty = true;
+        }
+        // Otherwise only the expiry changed: nothing readers see, so the view is not republished.
         Ok(lease)
     }
 

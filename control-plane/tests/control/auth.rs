@@ -15,6 +15,7 @@ fn register() -> v1::RegisterWorkloadRequest {
     v1::RegisterWorkloadRequest {
         workload: Some(workload("reviews-v1-0", "reviews", "v1", "10.244.0.11")),
         ttl: None,
+        ..Default::default()
     }
 }
 

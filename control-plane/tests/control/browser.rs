@@ -146,6 +146,7 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
                     seconds: 3600,
                     nanos: 0,
                 }),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -208,6 +208,7 @@ pub async fn register_bookinfo(h: &Harness) {
                     seconds: 3600,
                     nanos: 0,
                 }),
+                ..Default::default()
             })
             .await
             .unwrap();

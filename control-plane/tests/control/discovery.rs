@@ -194,6 +194,7 @@ async fn a_slow_subscriber_does_not_delay_the_others() {
             .register_workload(v1::RegisterWorkloadRequest {
                 workload: Some(w),
                 ttl: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -308,6 +309,7 @@ async fn watch_topology_streams_the_registry_nodes() {
             .register_workload(v1::RegisterWorkloadRequest {
                 workload: Some(workload(pod, "reviews", version, ip)),
                 ttl: None,
+                ..Default::default()
             })
             .await
             .unwrap();

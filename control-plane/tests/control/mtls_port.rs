@@ -103,6 +103,7 @@ async fn register(h: &Harness, namespace: &str, pod: &str, service: &str, ip: &s
         .register_workload(v1::RegisterWorkloadRequest {
             workload: Some(w),
             ttl: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -452,4 +453,114 @@ async fn without_a_certificate_a_caller_can_bootstrap_but_not_subscribe() {
         }
     })
     .await;
+}
+
+/// Opens Telemetry.Report on `channel` as a proxy of `namespace`; the first answer or refusal.
+async fn report(channel: Channel, namespace: &str) -> Result<v1::ReportResponse, tonic::Status> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(v1::ReportRequest {
+        reporter: Some(v1::ProxyIdentity {
+            pod_name: "reviews-0".into(),
+            namespace: namespace.into(),
+            pod_ips: vec!["10.244.1.1".into()],
+            service: "reviews".into(),
+            version: "v1".into(),
+            proxy_version: "test".into(),
+            ..Default::default()
+        }),
+        sequence: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut answers = v1::telemetry_client::TelemetryClient::new(channel)
+        .report(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), answers.message())
+        .await
+        .expect("an answer within 5 s")?;
+    drop(tx);
+    Ok(first.expect("the stream ended without an answer"))
+}
+
+#[tokio::test]
+async fn telemetry_on_the_mtls_port_is_only_for_the_certificates_namespace() {
+    let h = start(true).await;
+    let shop = certificate(&h, "shop", "reviews-0", "reviews", "10.244.1.1").await;
+    let with_cert = || {
+        tls_channel(
+            h.grpc_tls.unwrap(),
+            client_config(&shop.trust, Some((&shop.chain, &shop.key))),
+        )
+    };
+    // Its own namespace: accepted.
+    report(with_cert().await.unwrap(), "shop")
+        .await
+        .expect("a shop sidecar reports as shop");
+    // Another namespace's proxy: refused (the dashboard cannot be fed lies about it).
+    let e = report(with_cert().await.unwrap(), "bank")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("\"bank\"") && e.message().contains("\"shop\""),
+        "{}",
+        e.message()
+    );
+    // No certificate on the mTLS port, or the plaintext port with --require-client-certs.
+    let channel = tls_channel(h.grpc_tls.unwrap(), client_config(&shop.trust, None))
+        .await
+        .unwrap();
+    let e = report(channel, "shop").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = report(h.channel().await, "shop").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains("--require-client-certs"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test]
+async fn a_renewal_with_another_workloads_certificate_is_refused() {
+    let h = start(false).await;
+    let shop = certificate(&h, "shop", "reviews-0", "reviews", "10.244.1.1").await;
+    let bank = register(&h, "bank", "ledger-0", "ledger", "10.244.2.1").await;
+    let channel = || {
+        tls_channel(
+            h.grpc_tls.unwrap(),
+            client_config(&shop.trust, Some((&shop.chain, &shop.key))),
+        )
+    };
+    // shop's sidecar presenting bank's token (stolen) asks for bank's identity: refused.
+    let bank_id = format!("spiffe://{DEFAULT_TRUST_DOMAIN}/ns/bank/sa/ledger");
+    let e = IdentityClient::new(channel().await.unwrap())
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr(&bank_id).0,
+            bootstrap_token: bank,
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("ns/shop/sa/reviews") && e.message().contains(&bank_id),
+        "{}",
+        e.message()
+    );
+    // Its own renewal with its certificate works.
+    let token = register(&h, "shop", "reviews-0", "reviews", "10.244.1.1").await;
+    let shop_id = format!("spiffe://{DEFAULT_TRUST_DOMAIN}/ns/shop/sa/reviews");
+    let renewed = IdentityClient::new(channel().await.unwrap())
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr(&shop_id).0,
+            bootstrap_token: token,
+            ttl: None,
+        })
+        .await
+        .expect("a renewal with the same workload's certificate")
+        .into_inner();
+    assert_eq!(renewed.identity, shop_id);
 }

@@ -21,6 +21,7 @@ async fn register(
         .register_workload(v1::RegisterWorkloadRequest {
             workload: Some(w),
             ttl,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -131,6 +132,7 @@ async fn registration_creates_services_with_stable_vips_and_counts_versions() {
         .register_workload(v1::RegisterWorkloadRequest {
             workload: Some(workload("bad", "reviews", "v1", "not-an-ip")),
             ttl: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -177,7 +179,7 @@ async fn an_expired_lease_removes_the_workload_and_pushes_a_snapshot() {
             tokio::select! {
                 _ = &mut stopped => return,
                 _ = tick.tick() => {
-                    admin.renew_lease(v1::RenewLeaseRequest { lease_id: kept.lease_id.clone(), ttl: None }).await.unwrap();
+                    admin.renew_lease(v1::RenewLeaseRequest { lease_id: kept.lease_id.clone(), ttl: None, ..Default::default() }).await.unwrap();
                 }
             }
         }
@@ -206,6 +208,7 @@ async fn an_expired_lease_removes_the_workload_and_pushes_a_snapshot() {
         .renew_lease(v1::RenewLeaseRequest {
             lease_id: lease.lease_id.clone(),
             ttl: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -528,4 +531,44 @@ spec:
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err}");
+}
+
+#[tokio::test]
+async fn a_starting_registration_takes_no_traffic_until_marked_ready() {
+    let h = Harness::start().await;
+    let versions = |services: Vec<v1::ServiceStatus>| -> Vec<(u32, u32)> {
+        services
+            .iter()
+            .filter(|s| s.service.as_ref().is_some_and(|s| s.name == "reviews"))
+            .flat_map(|s| &s.versions)
+            .map(|v| (v.ready_endpoints, v.total_endpoints))
+            .collect()
+    };
+    let started = h
+        .admin()
+        .await
+        .register_workload(v1::RegisterWorkloadRequest {
+            workload: Some(workload("reviews-v1-0", "reviews", "v1", "10.244.0.11")),
+            ttl: None,
+            starting: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Registered (its token works for a certificate) but not ready.
+    assert!(!started.bootstrap_token.is_empty());
+    assert_eq!(versions(services(&h).await), vec![(0, 1)]);
+    // A plain renewal keeps it as it is.
+    let renew = |ready: bool| v1::RenewLeaseRequest {
+        lease_id: started.lease_id.clone(),
+        ttl: None,
+        ready,
+    };
+    h.admin().await.renew_lease(renew(false)).await.unwrap();
+    assert_eq!(versions(services(&h).await), vec![(0, 1)]);
+    // Marked ready: it takes traffic; a later plain renewal does not take it back.
+    h.admin().await.renew_lease(renew(true)).await.unwrap();
+    assert_eq!(versions(services(&h).await), vec![(1, 1)]);
+    h.admin().await.renew_lease(renew(false)).await.unwrap();
+    assert_eq!(versions(services(&h).await), vec![(1, 1)]);
 }

@@ -71,14 +71,20 @@ impl ControlPlane {
         }
     }
 
-    /// Registers `workload` under a lease.
-    pub async fn register(&self, workload: v1::Workload) -> Result<Registration, Error> {
+    /// Registers `workload` under a lease; `starting`: not ready (no traffic) until
+    /// [`ControlPlane::mark_ready`].
+    pub async fn register(
+        &self,
+        workload: v1::Workload,
+        starting: bool,
+    ) -> Result<Registration, Error> {
         let response = self
             .client
             .clone()
             .register_workload(v1::RegisterWorkloadRequest {
                 workload: Some(workload),
                 ttl: Some(proto_duration(LEASE_TTL)),
+                starting,
             })
             .await
             .map_err(|s| status("RegisterWorkload", &s))?
@@ -93,6 +99,20 @@ impl ControlPlane {
         })
     }
 
+    /// Marks a workload registered as starting ready: its endpoint takes traffic from now on.
+    pub async fn mark_ready(&self, lease_id: &str) -> Result<(), Error> {
+        self.client
+            .clone()
+            .renew_lease(v1::RenewLeaseRequest {
+                lease_id: lease_id.to_owned(),
+                ttl: None,
+                ready: true,
+            })
+            .await
+            .map_err(|s| status("RenewLease", &s))?;
+        Ok(())
+    }
+
     /// Extends a lease; `Ok(false)` when the control plane no longer knows it.
     pub async fn renew(&self, lease_id: &str) -> Result<bool, Error> {
         match self
@@ -101,6 +121,7 @@ impl ControlPlane {
             .renew_lease(v1::RenewLeaseRequest {
                 lease_id: lease_id.to_owned(),
                 ttl: None,
+                ready: false,
             })
             .await
         {

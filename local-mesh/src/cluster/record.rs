@@ -78,6 +78,12 @@ impl StateDir {
         self.0.join("tokens").join(pod)
     }
 
+    /// The CA's trust bundle, written by the control plane at start (public; sidecars check
+    /// its mTLS port by it).
+    pub fn trust_bundle(&self) -> PathBuf {
+        self.0.join("trust-bundle.pem")
+    }
+
     /// The control plane's store.
     pub fn store(&self) -> PathBuf {
         self.0.join(STORE_DIR)
