@@ -726,6 +726,41 @@ fn an_injected_pod_gets_capture_rules_and_a_sidecar_before_its_app() {
             assert!(String::from_utf8_lossy(&out.stdout).contains("\"version\":\"v1\""));
             let log = cluster.log_path("reviews-v1", LogStream::Sidecar).unwrap();
             assert!(log.is_file());
+            // The sidecar lives on the control plane's mTLS port (its certificate came from
+            // the registration made before it started), connected there.
+            let dump = cluster
+                .exec(
+                    "reviews-v1",
+                    [
+                        demo_app().as_str(),
+                        "get",
+                        "http://127.0.0.1:15000/config_dump",
+                    ],
+                )
+                .unwrap()
+                .output()
+                .unwrap();
+            // `get` prints the status, then the body.
+            let text = String::from_utf8_lossy(&dump.stdout);
+            let body = text.split_once('\n').map_or("", |(_, body)| body);
+            let dump: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let cp_ip = cluster.record().control_plane_ip.unwrap();
+            assert_eq!(
+                dump["discovery"]["controlPlane"],
+                format!("https://{cp_ip}:15012"),
+                "{dump:#}"
+            );
+            assert_eq!(dump["discovery"]["state"], "connected", "{dump:#}");
+            // The trust bundle it checks that port by is public; the mesh's sidecars have no
+            // other way in: Discovery on the plaintext port is refused.
+            let bundle = std::fs::read_to_string(cluster.state_dir().join("trust-bundle.pem"))
+                .expect("the control plane wrote its trust bundle");
+            assert!(bundle.contains("BEGIN CERTIFICATE"));
+            let cp_pid = cluster.record().control_plane_pid.unwrap();
+            let cmdline = std::fs::read(format!("/proc/{cp_pid}/cmdline")).unwrap();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(cmdline.contains("--require-client-certs"), "{cmdline}");
         }
         Err(e) => {
             // Today's serin-proxy has no discovery client yet: with --control-plane it stays not
