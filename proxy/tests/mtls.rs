@@ -206,6 +206,22 @@ fn key_and_csr(identity: &str) -> (rcgen::KeyPair, String) {
     (key, csr)
 }
 
+/// A key and a one-hour certificate for `identity` from a new root the mesh does not trust.
+fn signed_by_a_foreign_root(identity: &str) -> (rcgen::KeyPair, serin_control::ca::Signed) {
+    let foreign = serin_control::ca::Authority::new(
+        "cluster.local",
+        serin_control::ca::StoredRoots {
+            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
+        },
+    )
+    .unwrap();
+    let (key, csr) = key_and_csr(identity);
+    let signed = foreign
+        .sign(&csr, identity, Duration::from_secs(3600))
+        .unwrap();
+    (key, signed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
     init_tracing();
@@ -321,17 +337,7 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
     server.abort();
 
     // The right identity, but from a root the mesh does not trust.
-    let foreign = serin_control::ca::Authority::new(
-        "cluster.local",
-        serin_control::ca::StoredRoots {
-            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
-        },
-    )
-    .unwrap();
-    let (key, csr) = key_and_csr(SERVER_ID);
-    let signed = foreign
-        .sign(&csr, SERVER_ID, Duration::from_secs(3600))
-        .unwrap();
+    let (key, signed) = signed_by_a_foreign_root(SERVER_ID);
     // The aborted listener lets go of the port a moment later.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _server = impostor(
@@ -352,17 +358,7 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_an_untrusted_root_is_refused_by_the_server_sidecar() {
     let mesh = Mesh::builder().start().await;
-    let foreign = serin_control::ca::Authority::new(
-        "cluster.local",
-        serin_control::ca::StoredRoots {
-            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
-        },
-    )
-    .unwrap();
-    let (key, csr) = key_and_csr(CLIENT_ID);
-    let signed = foreign
-        .sign(&csr, CLIENT_ID, Duration::from_secs(3600))
-        .unwrap();
+    let (key, signed) = signed_by_a_foreign_root(CLIENT_ID);
     let credentials = serin_proxy::tls::Credentials::new(
         key.serialize_der(),
         &signed.chain_pem.concat(),
