@@ -240,42 +240,13 @@ fn mtls_cost(
     stage: &Stage,
     plain: Option<&Figures>,
 ) -> anyhow::Result<String> {
-    let workload = Workload::Http1KeepAlive;
     let dir = std::env::temp_dir().join(format!("serin-bench-mtls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let certs = crate::mtls::Certs::write(&dir)?;
     let snapshot = crate::mtls::snapshot(stage.client().ip().into(), stage.server().ip().into());
+    let workload = Workload::Http1KeepAlive;
     let proxies = stage.start_proxies(workload, &env.programs, Some(&snapshot), Some(&certs))?;
-    let pids = proxies.pids();
-    let closed = Spec {
-        workload,
-        target: stage.target(workload),
-        connections: plan.connections,
-        duration: plan.capacity,
-        mode: Mode::Closed,
-    };
-    drive::run(
-        stage.client(),
-        env.pinning.client,
-        Spec {
-            duration: plan.warmup,
-            ..closed
-        },
-    )?;
-    let cpu0 = resources::usage(&pids);
-    let started = std::time::Instant::now();
-    let capacity = drive::run(stage.client(), env.pinning.client, closed)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu1 = resources::usage(&pids);
-    let latency = drive::run(
-        stage.client(),
-        env.pinning.client,
-        Spec {
-            mode: Mode::Open(plan.rate),
-            duration: plan.latency,
-            ..closed
-        },
-    )?;
+    let runs = keep_alive_runs(plan, env, stage, &proxies.pids())?;
     proxies.check_alive()?;
     // The requests must have gone over mTLS: the server sidecar counts the client's identity.
     let (status, metrics) = shape::admin_get(stage.server(), "/metrics")?;
@@ -293,20 +264,12 @@ fn mtls_cost(
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let errors = capacity.errors + latency.errors;
-    if errors > 0 {
-        anyhow::bail!(
-            "{errors} failed requests (first: {})",
-            capacity
-                .first_error
-                .or(latency.first_error)
-                .unwrap_or_default()
-        );
-    }
-    let rps = capacity.ok as f64 / elapsed;
-    let cpu_us =
-        (capacity.ok > 0).then(|| (cpu1.cpu_us - cpu0.cpu_us) as f64 / capacity.ok as f64 / 2.0);
-    let summary = latency.latencies.summary();
+    no_failed_requests(&runs.capacity, &runs.latency)?;
+    let rps = runs.capacity_rps();
+    let (cpu0, cpu1) = runs.cpu;
+    let cpu_us = (runs.capacity.ok > 0)
+        .then(|| (cpu1.cpu_us - cpu0.cpu_us) as f64 / runs.capacity.ok as f64 / 2.0);
+    let summary = runs.latency.latencies.summary();
     let mut text = format!(
         "capacity {rps:.0} rps; CPU {} µs per request per hop; latency at {} rps: p50 {} ms, p99 {} ms",
         cpu_us.map_or("?".into(), |c| format!("{c:.1}")),
@@ -494,16 +457,7 @@ fn sweep_point(
             ..closed
         },
     )?;
-    let errors = capacity.errors + latency.errors;
-    if errors > 0 {
-        anyhow::bail!(
-            "{errors} failed requests (first: {})",
-            capacity
-                .first_error
-                .or(latency.first_error)
-                .unwrap_or_default()
-        );
-    }
+    no_failed_requests(&capacity, &latency)?;
     Ok((rps, latency.latencies.summary(), capacity.ok + latency.ok))
 }
 
@@ -601,6 +555,50 @@ fn feature_cost(
     );
     let workload = Workload::Http1KeepAlive;
     let proxies = stage.start_proxies(workload, &env.programs, Some(&snapshot), None)?;
+    let runs = keep_alive_runs(plan, env, stage, &proxies.pids())?;
+    proxies.check_alive()?;
+    no_failed_requests(&runs.capacity, &runs.latency)?;
+    // The path the requests took, from the sidecar's own counts: refused if not the one meant.
+    if scenario == Scenario::MirrorHangs {
+        std::thread::sleep(features::MIRROR_SETTLE);
+    }
+    let (status, body) = shape::admin_get(stage.client(), "/routes")?;
+    if status != 200 {
+        anyhow::bail!("/routes answered {status} after the run");
+    }
+    let seen = features::check_routes(scenario, &body).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((runs.capacity_rps(), runs.latency.latencies.summary(), seen))
+}
+
+/// The runs of the HTTP/1.1 keep-alive workload behind a feature or mTLS row.
+struct KeepAliveRuns {
+    /// The closed-loop capacity run.
+    capacity: Outcome,
+    /// How long the capacity run took, in seconds.
+    elapsed: f64,
+    /// The proxies' usage right before and right after the capacity run.
+    cpu: (Usage, Usage),
+    /// The open-loop run at the plan's rate.
+    latency: Outcome,
+}
+
+impl KeepAliveRuns {
+    /// Successful requests per second of the capacity run.
+    fn capacity_rps(&self) -> f64 {
+        self.capacity.ok as f64 / self.elapsed
+    }
+}
+
+/// Warm-up, closed-loop capacity (the CPU of the proxies `pids` read before and after), then
+/// open-loop latency at the plan's rate: the HTTP/1.1 keep-alive workload from the client pod
+/// through the running proxies.
+fn keep_alive_runs(
+    plan: &Plan,
+    env: &Env,
+    stage: &Stage,
+    pids: &[u32],
+) -> anyhow::Result<KeepAliveRuns> {
+    let workload = Workload::Http1KeepAlive;
     let closed = Spec {
         workload,
         target: stage.target(workload),
@@ -616,9 +614,11 @@ fn feature_cost(
             ..closed
         },
     )?;
+    let cpu0 = resources::usage(pids);
     let started = std::time::Instant::now();
     let capacity = drive::run(stage.client(), env.pinning.client, closed)?;
-    let rps = capacity.ok as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu1 = resources::usage(pids);
     let latency = drive::run(
         stage.client(),
         env.pinning.client,
@@ -628,25 +628,26 @@ fn feature_cost(
             ..closed
         },
     )?;
-    proxies.check_alive()?;
+    Ok(KeepAliveRuns {
+        capacity,
+        elapsed,
+        cpu: (cpu0, cpu1),
+        latency,
+    })
+}
+
+/// Fails when a request of `capacity` or `latency` failed, naming how many and the first error.
+fn no_failed_requests(capacity: &Outcome, latency: &Outcome) -> anyhow::Result<()> {
     let errors = capacity.errors + latency.errors;
     if errors > 0 {
         anyhow::bail!(
             "{errors} failed requests (first: {})",
             capacity
                 .first_error
-                .or(latency.first_error)
+                .as_deref()
+                .or(latency.first_error.as_deref())
                 .unwrap_or_default()
         );
     }
-    // The path the requests took, from the sidecar's own counts: refused if not the one meant.
-    if scenario == Scenario::MirrorHangs {
-        std::thread::sleep(features::MIRROR_SETTLE);
-    }
-    let (status, body) = shape::admin_get(stage.client(), "/routes")?;
-    if status != 200 {
-        anyhow::bail!("/routes answered {status} after the run");
-    }
-    let seen = features::check_routes(scenario, &body).map_err(|e| anyhow::anyhow!(e))?;
-    Ok((rps, latency.latencies.summary(), seen))
+    Ok(())
 }

@@ -743,8 +743,7 @@ fn an_injected_pod_gets_capture_rules_and_a_sidecar_before_its_app() {
             // `get` prints the status, then the body.
             let text = String::from_utf8_lossy(&dump.stdout);
             let body = text.split_once('\n').map_or("", |(_, body)| body);
-            let dump: serde_json::Value =
-                serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let dump: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
             let cp_ip = cluster.record().control_plane_ip.unwrap();
             assert_eq!(
                 dump["discovery"]["controlPlane"],

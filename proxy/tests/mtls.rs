@@ -2,7 +2,8 @@
 //! serin-control library: CA, Identity service, registry), a client sidecar and a server
 //! sidecar (`Bound`, following it, each with the bootstrap token of its registration). The
 //! server's inbound listener sits behind a small relay on the endpoint address that records
-//! the bytes on the wire. No root: the original destinations are injected.
+//! the bytes on the wire (the fixture `Mesh` of `support/mesh.rs`). No root: the original
+//! destinations are injected.
 //!
 //! Shown here: the hop is TLS on the wire and the server counts the client's SPIFFE ID
 //! (`source_principal`); a plain client is served in permissive mode and refused in strict mode;
@@ -14,390 +15,31 @@
 
 #[path = "support/control_plane.rs"]
 mod control_plane;
+#[path = "support/mesh.rs"]
+mod mesh;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use control_plane::{ControlPlaneProcess, LONG, eventually, free_addr, init_tracing};
+use control_plane::{ControlPlaneProcess, LONG, free_addr, init_tracing};
+use mesh::{
+    CLIENT_IP, CLIENT_PORT, Mesh, Workload, get, sample, start_sidecar, until_certified,
+    until_meshed,
+};
 use serin_proto::v1;
-use serin_proxy::app::Bound;
-use serin_proxy::config::{Config, ConfigSource, ControlPlane, Identity, ProxySettings};
-use serin_proxy::identity::{self, IdentitySettings, TokenSource};
-use serin_proxy::orig_dst::FromFn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The server pod's address (its endpoint): the relay listens here.
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-/// Where the server sidecar's inbound listener is.
-const SERVER_INBOUND_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 /// The server pod's address in the test with impostors (no other test binds it).
 const IMPOSTOR_TEST_SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
-/// The client pod's address.
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
 
-/// An HTTP/1.1 app on a free port of 127.0.0.1 answering every request `200 ok`: its address.
-async fn start_app() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// A TCP relay from `listen` to `to` that keeps the first bytes the client sent on each
-/// connection: the wire between the two sidecars.
-struct Relay {
-    first_bytes: Arc<Mutex<Vec<Vec<u8>>>>,
-    /// Where it listens (the server's endpoint).
-    addr: SocketAddr,
-}
-
-impl Relay {
-    /// A relay on a free port of `ip`.
-    async fn start(ip: Ipv4Addr, to: Arc<Mutex<Option<SocketAddr>>>) -> Relay {
-        let listener = TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let first_bytes = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&first_bytes);
-        tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                let seen = Arc::clone(&seen);
-                let to = *to.lock().unwrap();
-                tokio::spawn(async move {
-                    let Some(to) = to else { return };
-                    let Ok(mut up) = TcpStream::connect(to).await else {
-                        return;
-                    };
-                    let mut first = vec![0u8; 512];
-                    let Ok(n) = down.read(&mut first).await else {
-                        return;
-                    };
-                    first.truncate(n);
-                    if up.write_all(&first).await.is_err() {
-                        return;
-                    }
-                    seen.lock().unwrap().push(first);
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                });
-            }
-        });
-        Relay { first_bytes, addr }
-    }
-
-    fn first_bytes(&self) -> Vec<Vec<u8>> {
-        self.first_bytes.lock().unwrap().clone()
-    }
-}
-
-fn registration(pod: &str, service: &str, ip: Ipv4Addr, port: u16) -> v1::RegisterWorkloadRequest {
-    v1::RegisterWorkloadRequest {
-        workload: Some(v1::Workload {
-            pod_name: pod.into(),
-            namespace: "default".into(),
-            addresses: vec![ip.to_string()],
-            service: service.into(),
-            version: "v1".into(),
-            ports: vec![v1::WorkloadPort {
-                name: "http".into(),
-                port: u32::from(port),
-                protocol: v1::Protocol::Http1 as i32,
-            }],
-            service_account: service.into(),
-            ..Default::default()
-        }),
-        ttl: Some(prost_types::Duration {
-            seconds: 300,
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-}
-
-/// A sidecar of `service` following the control plane at `grpc` with `token`; `orig` is where
-/// every captured connection "was going".
-async fn sidecar(
-    grpc: SocketAddr,
-    service: &str,
-    ip: Ipv4Addr,
-    inbound: SocketAddr,
-    token: String,
-    cert_ttl: Option<Duration>,
-    orig: SocketAddr,
-) -> Arc<Bound> {
-    sidecar_on(grpc, None, service, ip, inbound, token, cert_ttl, orig).await
-}
-
-/// [`sidecar`], subscribing on the control plane's mTLS port `grpc_tls` when given.
-#[allow(clippy::too_many_arguments)]
-async fn sidecar_on(
-    grpc: SocketAddr,
-    grpc_tls: Option<SocketAddr>,
-    service: &str,
-    ip: Ipv4Addr,
-    inbound: SocketAddr,
-    token: String,
-    cert_ttl: Option<Duration>,
-    orig: SocketAddr,
-) -> Arc<Bound> {
-    let settings = ControlPlane {
-        tls_url: grpc_tls.map(|a| format!("https://{a}")),
-        backoff_initial: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        connect_timeout: Duration::from_secs(2),
-        telemetry_interval: None,
-        identity: Some(Box::new(IdentitySettings {
-            token: TokenSource::Value(token),
-            trust_domain: identity::DEFAULT_TRUST_DOMAIN.into(),
-            service_account: service.into(),
-            cert_ttl,
-            backoff_initial: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(300),
-        })),
-        ..ControlPlane::new(format!("http://{grpc}"))
-    };
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let config = Config {
-        identity: Identity {
-            pod_name: format!("{service}-0"),
-            namespace: "default".into(),
-            pod_ips: vec![ip.into()],
-            service: service.into(),
-            version: "v1".into(),
-        },
-        source: ConfigSource::ControlPlane(settings),
-        admin_addr: any,
-        outbound_addr: any,
-        inbound_addr: inbound,
-        drain_deadline: Duration::from_secs(1),
-        proxy: ProxySettings::default(),
-        static_tls: None,
-    };
-    let lookup = FromFn(move |_: &TcpStream| Ok(orig));
-    let bound = Arc::new(Bound::start(&config, Arc::new(lookup)).await.unwrap());
-    for task in 0..2 {
-        let bound = Arc::clone(&bound);
-        tokio::spawn(async move {
-            if task == 0 {
-                bound.discover().await
-            } else {
-                bound.certify().await
-            }
-        });
-    }
-    bound
-}
-
-/// `GET /` on a new connection to `addr`: the status line, or the error.
-async fn get(addr: SocketAddr) -> Result<String, String> {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        stream
-            .read_to_string(&mut out)
-            .await
-            .map_err(|e| e.to_string())?;
-        match out.lines().next() {
-            Some(line) if !line.is_empty() => Ok(line.to_owned()),
-            _ => Err("closed without an answer".to_owned()),
-        }
-    };
-    tokio::time::timeout(LONG, attempt)
-        .await
-        .unwrap_or_else(|_| Err("no answer in time".into()))
-}
-
-/// Two meshed sidecars with certificates, a control plane, and the wire between them.
-struct Mesh {
-    cp: Option<ControlPlaneProcess>,
-    /// The control plane's gRPC address (the same across restarts).
-    grpc: SocketAddr,
-    client: Arc<Bound>,
-    server: Arc<Bound>,
-    relay: Relay,
-    /// The server's endpoint (the relay).
-    endpoint: SocketAddr,
-    store: tempfile::TempDir,
-}
-
-impl Mesh {
-    async fn start(cert_ttl: Option<Duration>) -> Mesh {
-        Mesh::start_on(cert_ttl, false).await
-    }
-
-    /// With `over_tls`, the control plane serves its mTLS port and refuses Discovery on the
-    /// plaintext one; the sidecars subscribe on the mTLS port with their certificates.
-    async fn start_on(cert_ttl: Option<Duration>, over_tls: bool) -> Mesh {
-        init_tracing();
-        let store = tempfile::tempdir().unwrap();
-        let cp = ControlPlaneProcess::start_with(store.path(), free_addr(), |c| {
-            if over_tls {
-                c.grpc_tls = Some(serin_control::tls::TlsPortConfig {
-                    addr: "127.0.0.1:0".parse().unwrap(),
-                    sans: vec!["localhost".into()],
-                });
-                c.require_client_certs = true;
-            }
-        })
-        .await;
-        let grpc = cp.grpc;
-        let grpc_tls = cp.grpc_tls;
-        let app_addr = start_app().await;
-        // The relay first: its port is the server's endpoint port.
-        let target = Arc::new(Mutex::new(None));
-        let relay = Relay::start(SERVER_IP, Arc::clone(&target)).await;
-        let endpoint = relay.addr;
-        let port = endpoint.port();
-        let mut admin = cp.admin().await;
-        let server_token = admin
-            .register_workload(registration("reviews-0", "reviews", SERVER_IP, port))
-            .await
-            .unwrap()
-            .into_inner()
-            .bootstrap_token;
-        let client_token = admin
-            .register_workload(registration("client-0", "client", CLIENT_IP, 8080))
-            .await
-            .unwrap()
-            .into_inner()
-            .bootstrap_token;
-        assert!(!server_token.is_empty() && server_token != client_token);
-        let vip = control_plane::vip_of(&mut admin, "reviews").await;
-
-        // The server sidecar: its inbound listener on its own address, the relay in front of it
-        // on the endpoint address; it forwards to the app.
-        let server = sidecar_on(
-            grpc,
-            grpc_tls,
-            "reviews",
-            SERVER_IP,
-            SocketAddr::new(SERVER_INBOUND_IP.into(), 0),
-            server_token,
-            cert_ttl,
-            app_addr,
-        )
-        .await;
-        *target.lock().unwrap() = Some(server.inbound_addr);
-        let client = sidecar_on(
-            grpc,
-            grpc_tls,
-            "client",
-            CLIENT_IP,
-            SocketAddr::new(CLIENT_IP.into(), 0),
-            client_token,
-            cert_ttl,
-            SocketAddr::new(vip, port),
-        )
-        .await;
-        let mesh = Mesh {
-            cp: Some(cp),
-            grpc,
-            client,
-            server,
-            relay,
-            endpoint,
-            store,
-        };
-        // Both hold certificates, and the client knows the server's endpoint is meshed.
-        for (what, bound) in [("client", &mesh.client), ("server", &mesh.server)] {
-            let mut creds = bound.certificates.as_ref().unwrap().subscribe();
-            eventually(&format!("the {what} sidecar's certificate"), || {
-                let has = creds.borrow_and_update().is_some();
-                async move { has.then_some(()) }
-            })
-            .await;
-        }
-        let tables = mesh.client.config.subscribe();
-        eventually("the server endpoint meshed in the client's tables", || {
-            let t = tables.borrow().clone();
-            async move {
-                let d = t.destination(SocketAddr::new(vip, port))?;
-                let identity = d.backends.first()?.state.pool.peer_identity()?;
-                (&*identity == SERVER_ID).then_some(())
-            }
-        })
-        .await;
-        mesh
-    }
-
-    async fn call(&self) -> Result<String, String> {
-        get(self.client.outbound_addr).await
-    }
-
-    fn server_metrics(&self) -> String {
-        self.server.metrics.render()
-    }
-
-    fn client_metrics(&self) -> String {
-        self.client.metrics.render()
-    }
-
-    async fn set_mode(&self, mode: v1::MtlsMode) {
-        let cp = self.cp.as_ref().unwrap();
-        cp.admin()
-            .await
-            .set_mtls_mode(v1::SetMtlsModeRequest {
-                namespace: "default".into(),
-                mode: mode as i32,
-            })
-            .await
-            .unwrap();
-        let want = match mode {
-            v1::MtlsMode::Strict => serin_proxy::snapshot::MtlsMode::Strict,
-            _ => serin_proxy::snapshot::MtlsMode::Permissive,
-        };
-        let tables = self.server.config.subscribe();
-        eventually("the server sidecar in the new mode", || {
-            let mode = tables.borrow().mtls_mode;
-            async move { (mode == want).then_some(()) }
-        })
-        .await;
-    }
-}
-
-/// The value of the sample of `name` whose labels contain every one of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hop_between_meshed_sidecars_is_mtls_and_names_the_client() {
-    let mesh = Mesh::start(None).await;
+    let mesh = Mesh::builder().start().await;
     for _ in 0..3 {
         assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
     }
@@ -449,9 +91,9 @@ async fn the_hop_between_meshed_sidecars_is_mtls_and_names_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_subscribe_on_the_mtls_port_with_their_certificates_and_serve() {
     // The control plane refuses Discovery on its plaintext port: the config that reaches the
-    // sidecars (Mesh::start_on waits for the server's endpoint in the client's tables) came over
+    // sidecars (MeshBuilder::start waits for the server's endpoint in the client's tables) came over
     // the mTLS port.
-    let mesh = Mesh::start_on(None, true).await;
+    let mesh = Mesh::builder().control_plane_tls().start().await;
     for _ in 0..3 {
         assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
     }
@@ -480,7 +122,7 @@ async fn sidecars_subscribe_on_the_mtls_port_with_their_certificates_and_serve()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_client_is_served_when_permissive_and_refused_when_strict() {
-    let mesh = Mesh::start(None).await;
+    let mesh = Mesh::builder().start().await;
     // Permissive (the default): a client without a sidecar is served.
     assert_eq!(get(mesh.endpoint).await.unwrap(), "HTTP/1.1 200 OK");
     let server = mesh.server_metrics();
@@ -564,6 +206,22 @@ fn key_and_csr(identity: &str) -> (rcgen::KeyPair, String) {
     (key, csr)
 }
 
+/// A key and a one-hour certificate for `identity` from a new root the mesh does not trust.
+fn signed_by_a_foreign_root(identity: &str) -> (rcgen::KeyPair, serin_control::ca::Signed) {
+    let foreign = serin_control::ca::Authority::new(
+        "cluster.local",
+        serin_control::ca::StoredRoots {
+            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
+        },
+    )
+    .unwrap();
+    let (key, csr) = key_and_csr(identity);
+    let signed = foreign
+        .sign(&csr, identity, Duration::from_secs(3600))
+        .unwrap();
+    (key, signed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
     init_tracing();
@@ -579,17 +237,9 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
         .unwrap()
         .port();
     // reviews is registered and meshed (a certificate was signed for its token) ...
-    let reviews_token = admin
-        .register_workload(registration(
-            "reviews-0",
-            "reviews",
-            IMPOSTOR_TEST_SERVER_IP,
-            port,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .bootstrap_token;
+    let reviews_token = Workload::new("reviews", IMPOSTOR_TEST_SERVER_IP, port)
+        .register(&mut admin)
+        .await;
     let (_, csr) = key_and_csr(SERVER_ID);
     identity
         .sign_certificate(v1::SignCertificateRequest {
@@ -623,18 +273,9 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 
     // An impostor on reviews' address: a valid mesh certificate, but for another workload.
-    let impostor_token = admin
-        .register_workload(registration(
-            "impostor-0",
-            "impostor",
-            Ipv4Addr::new(127, 0, 0, 9),
-            8080,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .bootstrap_token;
-    let impostor_id = "spiffe://cluster.local/ns/default/sa/impostor";
+    let impostor_workload = Workload::new("impostor", Ipv4Addr::new(127, 0, 0, 9), 8080);
+    let impostor_token = impostor_workload.register(&mut admin).await;
+    let impostor_id = &impostor_workload.spiffe_id();
     let (key, csr) = key_and_csr(impostor_id);
     let signed = identity
         .sign_certificate(v1::SignCertificateRequest {
@@ -655,37 +296,25 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
     )
     .await;
 
-    let client_token = admin
-        .register_workload(registration("client-0", "client", CLIENT_IP, 8080))
-        .await
-        .unwrap()
-        .into_inner()
-        .bootstrap_token;
+    let client_workload = Workload::new("client", CLIENT_IP, CLIENT_PORT);
+    let client_token = client_workload.register(&mut admin).await;
     let vip = control_plane::vip_of(&mut admin, "reviews").await;
-    let client = sidecar(
-        cp.grpc,
-        "client",
-        CLIENT_IP,
-        SocketAddr::new(CLIENT_IP.into(), 0),
+    let client = start_sidecar(
+        &cp,
+        &client_workload,
         client_token,
         None,
+        SocketAddr::new(CLIENT_IP.into(), 0),
         SocketAddr::new(vip, port),
     )
     .await;
-    let mut creds = client.certificates.as_ref().unwrap().subscribe();
-    eventually("the client's certificate", || {
-        let has = creds.borrow_and_update().is_some();
-        async move { has.then_some(()) }
-    })
-    .await;
-    let tables = client.config.subscribe();
-    eventually("reviews meshed in the client's tables", || {
-        let t = tables.borrow().clone();
-        async move {
-            let d = t.destination(SocketAddr::new(vip, port))?;
-            d.backends.first()?.state.pool.peer_identity().map(|_| ())
-        }
-    })
+    until_certified("client", &client).await;
+    until_meshed(
+        "reviews meshed in the client's tables",
+        &client,
+        SocketAddr::new(vip, port),
+        None,
+    )
     .await;
     let answer = get(client.outbound_addr).await.unwrap();
     assert_eq!(
@@ -708,17 +337,7 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
     server.abort();
 
     // The right identity, but from a root the mesh does not trust.
-    let foreign = serin_control::ca::Authority::new(
-        "cluster.local",
-        serin_control::ca::StoredRoots {
-            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
-        },
-    )
-    .unwrap();
-    let (key, csr) = key_and_csr(SERVER_ID);
-    let signed = foreign
-        .sign(&csr, SERVER_ID, Duration::from_secs(3600))
-        .unwrap();
+    let (key, signed) = signed_by_a_foreign_root(SERVER_ID);
     // The aborted listener lets go of the port a moment later.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _server = impostor(
@@ -738,18 +357,8 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_an_untrusted_root_is_refused_by_the_server_sidecar() {
-    let mesh = Mesh::start(None).await;
-    let foreign = serin_control::ca::Authority::new(
-        "cluster.local",
-        serin_control::ca::StoredRoots {
-            roots: vec![serin_control::ca::generate_root("cluster.local").unwrap()],
-        },
-    )
-    .unwrap();
-    let (key, csr) = key_and_csr(CLIENT_ID);
-    let signed = foreign
-        .sign(&csr, CLIENT_ID, Duration::from_secs(3600))
-        .unwrap();
+    let mesh = Mesh::builder().start().await;
+    let (key, signed) = signed_by_a_foreign_root(CLIENT_ID);
     let credentials = serin_proxy::tls::Credentials::new(
         key.serialize_der(),
         &signed.chain_pem.concat(),
@@ -785,7 +394,10 @@ async fn a_client_with_an_untrusted_root_is_refused_by_the_server_sidecar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renew_under_load_without_a_failed_request() {
     // 2 s certificates: renewed every 1.4 s, several times during the load.
-    let mesh = Mesh::start(Some(Duration::from_secs(2))).await;
+    let mesh = Mesh::builder()
+        .cert_ttl(Duration::from_secs(2))
+        .start()
+        .await;
     let deadline = Instant::now() + Duration::from_secs(6);
     let (mut ok, mut failed) = (0u64, Vec::new());
     while Instant::now() < deadline && ok + (failed.len() as u64) < 100_000 {
@@ -820,7 +432,10 @@ async fn certificates_renew_under_load_without_a_failed_request() {
 async fn the_ca_down_longer_than_a_renewal_period_breaks_nothing_before_expiry() {
     // 6 s certificates, renewed at 4.2 s: the control plane goes away at once and stays away
     // past the renewal time; requests keep working on the certificates held.
-    let mut mesh = Mesh::start(Some(Duration::from_secs(6))).await;
+    let mut mesh = Mesh::builder()
+        .cert_ttl(Duration::from_secs(6))
+        .start()
+        .await;
     let issued = Instant::now();
     mesh.cp.take().unwrap().stop().await;
     let mut ok = 0u64;
@@ -862,44 +477,6 @@ async fn the_ca_down_longer_than_a_renewal_period_breaks_nothing_before_expiry()
     );
 }
 
-impl Mesh {
-    /// Restarts the control plane on the same store and address taking `step` of a root
-    /// rotation, then waits until both sidecars renewed with the new trust bundle.
-    async fn rotate(&mut self, step: serin_control::identity::RotationStep) {
-        self.cp.take().unwrap().stop().await;
-        let cp = ControlPlaneProcess::start_with(self.store.path(), self.grpc, |c| {
-            c.ca.rotation = Some(step);
-        })
-        .await;
-        self.cp = Some(cp);
-        for bound in [&self.client, &self.server] {
-            let mut creds = bound.certificates.as_ref().unwrap().subscribe();
-            creds.borrow_and_update();
-            // Two renewals: the first may have been signed before the restart.
-            for _ in 0..2 {
-                tokio::time::timeout(LONG, creds.changed())
-                    .await
-                    .expect("a renewal in time")
-                    .unwrap();
-            }
-        }
-    }
-
-    /// A new mTLS connection to the server sidecar (straight to its inbound listener) with the
-    /// client sidecar's current certificate.
-    async fn mtls_connection(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-        let creds = self.client.certificates.as_ref().unwrap().subscribe();
-        let creds = creds.borrow().clone().expect("the client's certificate");
-        let tcp = TcpStream::connect(self.server.inbound_addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        creds
-            .connect(tcp, SERVER_ID, serin_proxy::tls::ALPN_HTTP1)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// One keep-alive `GET /` on `conn`: the status line (the app answers `ok`, 2 bytes).
 async fn get_on(conn: &mut tokio_rustls::client::TlsStream<TcpStream>) -> Result<String, String> {
     conn.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
@@ -927,7 +504,10 @@ async fn get_on(conn: &mut tokio_rustls::client::TlsStream<TcpStream>) -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_rotation_and_renewals_drop_no_live_connection() {
     use serin_control::identity::RotationStep;
-    let mut mesh = Mesh::start(Some(Duration::from_secs(2))).await;
+    let mut mesh = Mesh::builder()
+        .cert_ttl(Duration::from_secs(2))
+        .start()
+        .await;
     assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
     // A connection opened with the first certificates (signed by the first root), kept open.
     let mut held = mesh.mtls_connection().await.unwrap();

@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use control_plane::{ControlPlaneProcess, LONG, eventually, free_addr, init_tracing};
+use control_plane::{ControlPlaneProcess, LONG, eventually, free_addr, init_tracing, serve_app};
 use serin_control::telemetry::{Direction, EdgeKey};
 use serin_proto::v1;
 use serin_proxy::app::Bound;
@@ -38,34 +38,7 @@ impl ControlPlaneProcess {
 
 /// An HTTP/1.1 app on `ip:port` answering every request `200` with `body`.
 async fn start_app(ip: Ipv4Addr, port: u16, body: &'static str) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind((ip, port)).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    })
+    serve_app(TcpListener::bind((ip, port)).await.unwrap(), body)
 }
 
 /// One `GET /` through the proxy's outbound listener: the body of a 200.

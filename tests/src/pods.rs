@@ -1,6 +1,7 @@
 //! Helpers the root end-to-end tests share for pods with sidecars: the workspace's built
 //! binaries (and copies every uid can run), `serin-control` and `serin-proxy` started in pods,
-//! the real capture rules, and plain HTTP/1.1 GETs on a pod's loopback (a sidecar's admin port).
+//! the real capture rules, plain HTTP/1.1 GETs on a pod's loopback (a sidecar's admin port),
+//! connections and gRPC channels opened inside a pod, and the control plane's Admin API.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -10,11 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use serin_iptables::config::Config as CaptureConfig;
 use serin_iptables::executor::SystemExecutor;
 use serin_iptables::install;
 use serin_iptables::plan::plan;
 use serin_local::{Pod, Process, Redirect};
+use serin_proto::auth::{AuthorizedAdmin, BearerToken, admin_client};
+use serin_proto::v1;
+use tonic::transport::{Channel, Endpoint};
 
 /// The uid and gid sidecars run as (the capture rules let their traffic out unredirected).
 pub const PROXY_UID: u32 = 1337;
@@ -22,6 +27,8 @@ pub const PROXY_UID: u32 = 1337;
 pub const CONTROL_PLANE_PORT: u16 = 15010;
 /// How long the control plane may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection from inside a pod may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A binary of the workspace, built by `cargo build --workspace --bins` into the calling test's
 /// target directory (the test command builds them before it runs the tests).
@@ -191,7 +198,8 @@ pub fn start_control_plane(pod: &Pod, files: &Files) -> Process {
 }
 
 /// Starts `serin-proxy` in `pod` as uid [`PROXY_UID`], following the control plane at `cp`, as
-/// `version` of `service` in namespace `default`; its log is `files.log(pod name)`.
+/// `version` of `service` in namespace `default` (service account `default`); its log is
+/// `files.log(pod name)`.
 pub fn start_sidecar(
     files: &Files,
     pod: &Pod,
@@ -199,7 +207,21 @@ pub fn start_sidecar(
     service: &str,
     version: &str,
 ) -> Process {
-    pod.exec([
+    start_sidecar_with(files, pod, cp, service, version, "default", &[])
+}
+
+/// [`start_sidecar`] with service account `service_account` and the `extra` flags appended
+/// (e.g. `--identity-token` and `--cert-ttl`).
+pub fn start_sidecar_with(
+    files: &Files,
+    pod: &Pod,
+    cp: Ipv4Addr,
+    service: &str,
+    version: &str,
+    service_account: &str,
+    extra: &[&str],
+) -> Process {
+    let args = [
         &files.bin("serin-proxy")[..],
         "--control-plane",
         &format!("http://{cp}:{CONTROL_PLANE_PORT}"),
@@ -214,15 +236,108 @@ pub fn start_sidecar(
         "--version",
         version,
         "--service-account",
-        "default",
+        service_account,
         "--node-name",
         "serin-test",
         "--log-level",
         "info,serin_proxy=debug",
-    ])
-    .user(PROXY_UID, PROXY_UID)
-    .stdout(Redirect::Append(files.log(pod.name())))
-    .stderr(Redirect::Append(files.log(pod.name())))
-    .spawn()
-    .expect("spawn serin-proxy")
+    ];
+    pod.exec(args.iter().chain(extra))
+        .user(PROXY_UID, PROXY_UID)
+        .stdout(Redirect::Append(files.log(pod.name())))
+        .stderr(Redirect::Append(files.log(pod.name())))
+        .spawn()
+        .expect("spawn serin-proxy")
+}
+
+/// Connects to `addr` from inside `pod` (with TCP_NODELAY): a tokio stream that any task of the
+/// runtime can use.
+pub async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    let pod = pod.clone();
+    let stream = tokio::task::spawn_blocking(move || {
+        pod.run_in(|| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))
+            .map_err(io::Error::other)?
+    })
+    .await
+    .map_err(io::Error::other)??;
+    stream.set_nonblocking(true)?;
+    stream.set_nodelay(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+/// A gRPC channel to `addr` whose connections [`connect_in`] opens inside `pod`.
+pub async fn channel_in(pod: &Pod, addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    let pod = pod.clone();
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("http://<socket address> is a valid URI")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let pod = pod.clone();
+            async move { connect_in(&pod, addr).await.map(TokioIo::new) }
+        }))
+        .await
+}
+
+/// A client of the Admin API of the control plane in `cp_pod` (on its loopback, port
+/// [`CONTROL_PLANE_PORT`]) with the write token [`ADMIN_TOKEN`].
+pub async fn admin(cp_pod: &Pod) -> AuthorizedAdmin {
+    let addr = SocketAddr::from(([127, 0, 0, 1], CONTROL_PLANE_PORT));
+    let channel = channel_in(cp_pod, addr)
+        .await
+        .expect("connect to the control plane's Admin API");
+    let token = BearerToken::new(ADMIN_TOKEN).expect("ADMIN_TOKEN is a valid bearer token");
+    admin_client(channel, token)
+}
+
+/// `pod` (its address) as the `version` endpoint of `service` in namespace `default`, serving
+/// `port`; the other fields (service account, ...) are left empty.
+pub fn workload(pod: &Pod, service: &str, version: &str, port: v1::WorkloadPort) -> v1::Workload {
+    v1::Workload {
+        pod_name: pod.name().to_owned(),
+        namespace: "default".into(),
+        addresses: vec![pod.ip().to_string()],
+        service: service.to_owned(),
+        version: version.to_owned(),
+        ports: vec![port],
+        ..Default::default()
+    }
+}
+
+/// Registers `workload` with the control plane in `cp_pod` under a one-hour lease (the test
+/// ends long before; the control plane goes with it): the registration's bootstrap token.
+pub async fn register(cp_pod: &Pod, workload: v1::Workload) -> String {
+    let pod = workload.pod_name.clone();
+    admin(cp_pod)
+        .await
+        .register_workload(v1::RegisterWorkloadRequest {
+            workload: Some(workload),
+            ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RegisterWorkload {pod}: {e}"))
+        .into_inner()
+        .bootstrap_token
+}
+
+/// The IPv4 VIP the control plane in `cp_pod` gave `service` of namespace `default`.
+pub async fn service_vip(cp_pod: &Pod, service: &str) -> Ipv4Addr {
+    let services = admin(cp_pod)
+        .await
+        .list_services(v1::ListServicesRequest {
+            namespace: "default".into(),
+        })
+        .await
+        .expect("ListServices")
+        .into_inner()
+        .services;
+    services
+        .iter()
+        .filter_map(|s| s.service.as_ref())
+        .filter(|s| s.name == service)
+        .flat_map(|s| s.vips.iter())
+        .find_map(|vip| vip.parse::<Ipv4Addr>().ok())
+        .unwrap_or_else(|| panic!("no IPv4 VIP for {service} in {services:?}"))
 }

@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_local::{Mesh, Pod};
+use serin_proto::v1;
 use serin_tests::pods::{
-    ADMIN_TOKEN, CONTROL_PLANE_PORT as GRPC_PORT, Files, admin_get, apply_capture,
-    start_control_plane, start_sidecar,
+    self, ADMIN_TOKEN, CONTROL_PLANE_PORT as GRPC_PORT, Files, admin_get, apply_capture,
+    start_control_plane, start_sidecar, workload,
 };
 
 /// The port `reviews` serves on (VIP and pods).
@@ -152,52 +153,22 @@ fn all_in_sync(pod: &Pod, files: &Files, n: usize) -> String {
     })
 }
 
-/// Registers a `reviews` workload under a one-hour lease; `serinctl` has no verb for it, so the
-/// call goes from a client in the control plane's pod.
+/// Registers `pod` as the `version` endpoint of `reviews` (`serinctl` has no verb for it: the
+/// call goes through the Admin API in the control plane's pod).
 fn register(cp_pod: &Pod, pod: &Pod, version: &str) {
-    let (name, ip, version) = (pod.name().to_owned(), pod.ip(), version.to_owned());
-    cp_pod
-        .run_in(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use serin_proto::v1;
-                let channel =
-                    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{GRPC_PORT}"))
-                        .unwrap()
-                        .connect()
-                        .await
-                        .expect("connect to the control plane");
-                let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
-                let mut admin = serin_proto::auth::admin_client(channel, token);
-                admin
-                    .register_workload(v1::RegisterWorkloadRequest {
-                        workload: Some(v1::Workload {
-                            pod_name: name,
-                            namespace: "default".into(),
-                            addresses: vec![ip.to_string()],
-                            service: "reviews".into(),
-                            version,
-                            ports: vec![v1::WorkloadPort {
-                                name: "http".into(),
-                                port: u32::from(PORT),
-                                protocol: v1::Protocol::Http1 as i32,
-                            }],
-                            ..Default::default()
-                        }),
-                        ttl: Some(prost_types::Duration {
-                            seconds: 3600,
-                            nanos: 0,
-                        }),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("RegisterWorkload");
-            });
-        })
+    let port = v1::WorkloadPort {
+        name: "http".into(),
+        port: u32::from(PORT),
+        protocol: v1::Protocol::Http1 as i32,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
+    rt.block_on(pods::register(
+        cp_pod,
+        workload(pod, "reviews", version, port),
+    ));
 }
 
 /// The VIP the control plane gave `reviews`, from `serinctl get services -o json`.

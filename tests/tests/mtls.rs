@@ -20,16 +20,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
-use serin_local::{Mesh, Pod, Process, Redirect};
+use serin_local::{Mesh, Pod, Process};
 use serin_proto::v1;
-use serin_tests::pods::{ADMIN_TOKEN, Files, admin_get, apply_capture, start_control_plane};
+use serin_tests::pods::{
+    self, Files, admin, admin_get, apply_capture, service_vip, start_control_plane,
+    start_sidecar_with, workload,
+};
 
-const PROXY_UID: u32 = 1337;
 /// The port of the reviews app (and of its service).
 const PORT: u16 = 9080;
-const CP_PORT: u16 = 15010;
 const ADMIN_PORT: u16 = 15000;
 const LONG: Duration = Duration::from_secs(30);
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
@@ -247,48 +247,12 @@ impl Fixture {
 
     /// `GET /` from inside `pod` to the reviews VIP on a new connection: the status line.
     fn get(&self, pod: &Pod) -> Result<String, String> {
-        let addr = SocketAddr::from((self.vip, PORT));
-        pod.run_in(move || -> io::Result<String> {
-            let mut stream = StdTcpStream::connect_timeout(&addr, LONG)?;
-            stream.set_read_timeout(Some(LONG))?;
-            stream.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")?;
-            let mut out = String::new();
-            stream.read_to_string(&mut out)?;
-            Ok(out.lines().next().unwrap_or_default().to_owned())
-        })
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
-        .and_then(|line| {
-            if line.is_empty() {
-                Err("closed without an answer".into())
-            } else {
-                Ok(line)
-            }
-        })
+        get_from(pod, SocketAddr::from((self.vip, PORT)))
     }
 
     /// `GET /` from the plain pod straight to the server pod (no sidecar on its side).
     fn get_plain(&self) -> Result<String, String> {
-        let addr = SocketAddr::from((self.server.ip(), PORT));
-        self.plain
-            .run_in(move || -> io::Result<String> {
-                let mut stream = StdTcpStream::connect_timeout(&addr, LONG)?;
-                stream.set_read_timeout(Some(LONG))?;
-                stream
-                    .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")?;
-                let mut out = String::new();
-                stream.read_to_string(&mut out)?;
-                Ok(out.lines().next().unwrap_or_default().to_owned())
-            })
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-            .and_then(|line| {
-                if line.is_empty() {
-                    Err("closed without an answer".into())
-                } else {
-                    Ok(line)
-                }
-            })
+        get_from(&self.plain, SocketAddr::from((self.server.ip(), PORT)))
     }
 
     fn metrics(&self, pod: &Pod) -> String {
@@ -322,6 +286,8 @@ impl Drop for Fixture {
     }
 }
 
+/// A sidecar of `service` (service account of the same name) in `pod` with the bootstrap
+/// `token` of its registration, asking for certificates lasting `cert_ttl`.
 fn start_sidecar(
     files: &Files,
     pod: &Pod,
@@ -330,34 +296,29 @@ fn start_sidecar(
     token: &str,
     cert_ttl: &str,
 ) -> Process {
-    pod.exec([
-        &files.bin("serin-proxy")[..],
-        "--control-plane",
-        &format!("http://{cp}:{CP_PORT}"),
-        "--pod-name",
-        pod.name(),
-        "--namespace",
-        "default",
-        "--pod-ip",
-        &pod.ip().to_string(),
-        "--service",
-        service,
-        "--version",
-        "v1",
-        "--service-account",
-        service,
-        "--identity-token",
-        token,
-        "--cert-ttl",
-        cert_ttl,
-        "--log-level",
-        "info,serin_proxy=debug",
-    ])
-    .user(PROXY_UID, PROXY_UID)
-    .stdout(Redirect::Append(files.log(pod.name())))
-    .stderr(Redirect::Append(files.log(pod.name())))
-    .spawn()
-    .expect("spawn serin-proxy")
+    let extra = ["--identity-token", token, "--cert-ttl", cert_ttl];
+    start_sidecar_with(files, pod, cp, service, "v1", service, &extra)
+}
+
+/// `GET /` from inside `pod` to `addr` on a new connection: the status line.
+fn get_from(pod: &Pod, addr: SocketAddr) -> Result<String, String> {
+    pod.run_in(move || -> io::Result<String> {
+        let mut stream = StdTcpStream::connect_timeout(&addr, LONG)?;
+        stream.set_read_timeout(Some(LONG))?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out)?;
+        Ok(out.lines().next().unwrap_or_default().to_owned())
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+    .and_then(|line| {
+        if line.is_empty() {
+            Err("closed without an answer".into())
+        } else {
+            Ok(line)
+        }
+    })
 }
 
 /// An HTTP/1.1 app on `PORT` in `pod` answering `200 ok` (a plain loop, one connection at a
@@ -394,80 +355,18 @@ fn start_app(rt: &tokio::runtime::Runtime, pod: &Pod) {
     });
 }
 
-async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
-    let pod = pod.clone();
-    let stream = tokio::task::spawn_blocking(move || {
-        pod.run_in(|| StdTcpStream::connect_timeout(&addr, LONG))
-            .map_err(io::Error::other)?
-    })
-    .await
-    .map_err(io::Error::other)??;
-    stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(stream)
-}
-
-async fn admin(cp_pod: &Pod) -> serin_proto::auth::AuthorizedAdmin {
-    let pod = cp_pod.clone();
-    let addr = SocketAddr::from(([127, 0, 0, 1], CP_PORT));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let pod = pod.clone();
-            async move { connect_in(&pod, addr).await.map(TokioIo::new) }
-        }))
-        .await
-        .expect("connect to the control plane's Admin API");
-    let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
-    serin_proto::auth::admin_client(channel, token)
-}
-
 /// Registers `pod` as service `service` (service account of the same name): its bootstrap token.
 async fn register(cp_pod: &Pod, pod: &Pod, service: &str, port: u16) -> String {
-    admin(cp_pod)
-        .await
-        .register_workload(v1::RegisterWorkloadRequest {
-            workload: Some(v1::Workload {
-                pod_name: pod.name().to_owned(),
-                namespace: "default".into(),
-                addresses: vec![pod.ip().to_string()],
-                service: service.to_owned(),
-                version: "v1".into(),
-                ports: vec![v1::WorkloadPort {
-                    name: "http".into(),
-                    port: u32::from(port),
-                    protocol: v1::Protocol::Http1 as i32,
-                }],
-                service_account: service.to_owned(),
-                ..Default::default()
-            }),
-            ttl: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RegisterWorkload {}: {e}", pod.name()))
-        .into_inner()
-        .bootstrap_token
-}
-
-async fn service_vip(cp_pod: &Pod, service: &str) -> Ipv4Addr {
-    admin(cp_pod)
-        .await
-        .list_services(v1::ListServicesRequest {
-            namespace: "default".into(),
-        })
-        .await
-        .expect("ListServices")
-        .into_inner()
-        .services
-        .iter()
-        .filter_map(|s| s.service.as_ref())
-        .filter(|s| s.name == service)
-        .flat_map(|s| s.vips.iter())
-        .find_map(|vip| vip.parse().ok())
-        .expect("an IPv4 VIP")
+    let port = v1::WorkloadPort {
+        name: "http".into(),
+        port: u32::from(port),
+        protocol: v1::Protocol::Http1 as i32,
+    };
+    let workload = v1::Workload {
+        service_account: service.to_owned(),
+        ..workload(pod, service, "v1", port)
+    };
+    pods::register(cp_pod, workload).await
 }
 
 /// The sum of the samples of `name` whose labels contain each of `labels`.

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,11 +36,10 @@ use serin_local::{Mesh, Pod, Process};
 use serin_proto::v1;
 use serin_tests::echo::{Echo, EchoClient, EchoReply, EchoRequest, EchoServer};
 use serin_tests::pods::{
-    ADMIN_TOKEN, CONTROL_PLANE_PORT as CP_PORT, Files, admin_get, apply_capture,
-    start_control_plane, start_sidecar,
+    self, ADMIN_TOKEN, CONTROL_PLANE_PORT as CP_PORT, Files, admin_get, apply_capture, channel_in,
+    connect_in, service_vip, start_control_plane, start_sidecar, workload,
 };
 use serin_tests::shares::{assert_shares, share};
-use tokio::net::TcpStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 
@@ -490,17 +489,9 @@ impl Fixture {
 
     /// A gRPC channel from the client pod to the service (one HTTP/2 connection).
     fn grpc_channel(&self) -> Channel {
-        let (pod, addr) = (self.client.clone(), self.addr());
-        self.rt().block_on(async move {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let pod = pod.clone();
-                    async move { connect_in(&pod, addr).await.map(TokioIo::new) }
-                }))
-                .await
-                .expect("gRPC channel from the client pod")
-        })
+        self.rt()
+            .block_on(channel_in(&self.client, self.addr()))
+            .expect("gRPC channel from the client pod")
     }
 
     /// One `curl` in the client pod (a real client, own process) with `headers`: the body.
@@ -540,87 +531,18 @@ impl Drop for Fixture {
     }
 }
 
-/// Connects to `addr` from inside `pod`.
-async fn connect_in(pod: &Pod, addr: SocketAddr) -> io::Result<TcpStream> {
-    let pod = pod.clone();
-    let stream = tokio::task::spawn_blocking(move || {
-        pod.run_in(|| StdTcpStream::connect_timeout(&addr, LONG))
-            .map_err(io::Error::other)?
-    })
-    .await
-    .map_err(io::Error::other)??;
-    stream.set_nonblocking(true)?;
-    stream.set_nodelay(true)?;
-    TcpStream::from_std(stream)
-}
-
-/// The control plane's Admin API, reached inside its pod.
-async fn admin(cp_pod: &Pod) -> serin_proto::auth::AuthorizedAdmin {
-    let pod = cp_pod.clone();
-    let addr = SocketAddr::from(([127, 0, 0, 1], CP_PORT));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let pod = pod.clone();
-            async move { connect_in(&pod, addr).await.map(TokioIo::new) }
-        }))
-        .await
-        .expect("connect to the control plane's Admin API");
-    let token = serin_proto::auth::BearerToken::new(ADMIN_TOKEN).unwrap();
-    serin_proto::auth::admin_client(channel, token)
-}
-
-/// Registers `pod` as the `version` endpoint of `service` under a one-hour lease (the test ends
-/// long before; the control plane goes with it).
+/// Registers `pod` as the `version` endpoint of `service`.
 async fn register(cp_pod: &Pod, pod: &Pod, service: &str, version: &str, kind: Kind) {
     let protocol = match kind {
         Kind::Http => v1::Protocol::Http1,
         Kind::Grpc => v1::Protocol::Grpc,
     };
-    admin(cp_pod)
-        .await
-        .register_workload(v1::RegisterWorkloadRequest {
-            workload: Some(v1::Workload {
-                pod_name: pod.name().to_owned(),
-                namespace: "default".into(),
-                addresses: vec![pod.ip().to_string()],
-                service: service.to_owned(),
-                version: version.to_owned(),
-                ports: vec![v1::WorkloadPort {
-                    name: "main".into(),
-                    port: u32::from(kind.port()),
-                    protocol: protocol as i32,
-                }],
-                ..Default::default()
-            }),
-            ttl: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RegisterWorkload {}: {e}", pod.name()));
-}
-
-/// The IPv4 VIP the control plane gave `service`.
-async fn service_vip(cp_pod: &Pod, service: &str) -> Ipv4Addr {
-    let services = admin(cp_pod)
-        .await
-        .list_services(v1::ListServicesRequest {
-            namespace: "default".into(),
-        })
-        .await
-        .expect("ListServices")
-        .into_inner()
-        .services;
-    services
-        .iter()
-        .filter_map(|s| s.service.as_ref())
-        .filter(|s| s.name == service)
-        .flat_map(|s| s.vips.iter())
-        .find_map(|vip| vip.parse::<Ipv4Addr>().ok())
-        .unwrap_or_else(|| panic!("no IPv4 VIP for {service} in {services:?}"))
+    let port = v1::WorkloadPort {
+        name: "main".into(),
+        port: u32::from(kind.port()),
+        protocol: protocol as i32,
+    };
+    pods::register(cp_pod, workload(pod, service, version, port)).await;
 }
 
 // ---------------------------------------------------------------------------------------------

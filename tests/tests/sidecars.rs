@@ -9,8 +9,7 @@
 //! redirect like any app.
 
 use std::fs;
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serin_local::testing::{eventually, init_tracing, skip_unless_root};
 use serin_local::{Mesh, Pod, Process, Redirect, Signal};
 use serin_tests::echo::{EchoClient, EchoRequest, EchoServer, EchoService};
-use serin_tests::pods::{admin_get, apply_capture, built_binary};
+use serin_tests::pods::{admin_get, apply_capture, built_binary, channel_in, connect_in};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -212,7 +211,7 @@ impl Sidecars {
 
     /// A connection from the client pod to `ip:port` (captured by its outbound rules).
     async fn connect_to(&self, ip: Ipv4Addr, port: u16) -> TcpStream {
-        connect_in(&self.client, SocketAddr::new(ip.into(), port)).await
+        connect_from(&self.client, SocketAddr::new(ip.into(), port)).await
     }
 
     async fn connect(&self, port: u16) -> TcpStream {
@@ -220,18 +219,11 @@ impl Sidecars {
     }
 }
 
-/// Connects to `addr` from inside `pod`.
-async fn connect_in(pod: &Pod, addr: SocketAddr) -> TcpStream {
-    let pod = pod.clone();
-    let stream = tokio::task::spawn_blocking(move || {
-        pod.run_in(|| StdTcpStream::connect_timeout(&addr, LONG))
-            .unwrap()
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream.set_nonblocking(true).unwrap();
-    TcpStream::from_std(stream).unwrap()
+/// Connects to `addr` from inside `pod`, panicking if it cannot.
+async fn connect_from(pod: &Pod, addr: SocketAddr) -> TcpStream {
+    connect_in(pod, addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr} from {}: {e}", pod.name()))
 }
 
 /// Starts `serin-proxy` in `pod` as uid 1337 with the config file and `extra` flags.
@@ -593,17 +585,7 @@ fn every_protocol_through_two_sidecars_with_metrics_on_both() {
         }
 
         // gRPC unary (ok and failing) and bidirectional streaming, with tonic.
-        let pod = fx.client.clone();
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{VIP}:{GRPC_PORT}"))
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let pod = pod.clone();
-                async move {
-                    Ok::<_, io::Error>(TokioIo::new(
-                        connect_in(&pod, SocketAddr::new(VIP.into(), GRPC_PORT)).await,
-                    ))
-                }
-            }))
+        let channel = channel_in(&fx.client, SocketAddr::new(VIP.into(), GRPC_PORT))
             .await
             .unwrap();
         let mut grpc = EchoClient::new(channel);
@@ -1029,7 +1011,8 @@ fn readiness_needs_a_config_taken_ports_fail_and_sigterm_drains() {
         let pod = fx.client.clone();
         async move {
             let mut client =
-                http1_client(connect_in(&pod, SocketAddr::new(VIP.into(), HTTP_PORT)).await).await;
+                http1_client(connect_from(&pod, SocketAddr::new(VIP.into(), HTTP_PORT)).await)
+                    .await;
             let response = client.send_request(get("/slow")).await.unwrap();
             let close = response.headers().get("connection").cloned();
             (text(response).await, close)
@@ -1069,10 +1052,10 @@ fn ipv6_vip_goes_through_both_sidecars() {
     }
     fx.rt.block_on(async {
         let v6 = |port| SocketAddr::new(VIP6.into(), port);
-        let mut client = http1_client(connect_in(&fx.client, v6(HTTP_PORT)).await).await;
+        let mut client = http1_client(connect_from(&fx.client, v6(HTTP_PORT)).await).await;
         let response = client.send_request(get("/six")).await.unwrap();
         assert_eq!(text(response).await, "GET /six HTTP/1.1\n");
-        let mut tcp = connect_in(&fx.client, v6(TCP_PORT)).await;
+        let mut tcp = connect_from(&fx.client, v6(TCP_PORT)).await;
         tcp.write_all(b"over ipv6").await.unwrap();
         tcp.shutdown().await.unwrap();
         let mut echoed = Vec::new();

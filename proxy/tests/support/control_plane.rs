@@ -1,6 +1,6 @@
 //! The real control plane (the serin-control library) in the test process, for the loopback
-//! tests of the sidecar's clients of it (Discovery, Telemetry): start on a fixed address, stop,
-//! start again on the same store.
+//! tests of the sidecar's clients of it (Discovery, Telemetry, Identity): start on a fixed
+//! address, stop, start again on the same store; and a small app to put behind a sidecar.
 
 #![allow(
     dead_code,
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serin_control::app::{App, Handles};
 use serin_proto::auth::{AuthorizedAdmin, BearerToken, Role, Tokens, admin_client};
 use serin_proto::v1;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -54,6 +56,37 @@ where
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     l.local_addr().unwrap()
+}
+
+/// An HTTP/1.1 app on `listener` answering every request `200` with `body` (keep-alive).
+pub fn serve_app(listener: TcpListener, body: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    })
 }
 
 /// A control plane running in this process on a fixed address, its store in `store`.
