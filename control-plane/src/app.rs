@@ -248,7 +248,6 @@ impl App {
             k.write_status(crate::kubernetes::status::StatusSource {
                 replica: kc.replica.clone(),
                 proxies: proxies.clone(),
-                snapshots: snapshots.clone(),
                 interval: kc.status_interval,
             });
         }

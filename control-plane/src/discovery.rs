@@ -292,8 +292,12 @@ impl Pusher {
                 self.last_version = Some(snapshot.version.clone());
             }
             self.nonce += 1;
-            self.proxies
-                .sent(&self.session, &snapshot.version, self.nonce);
+            self.proxies.sent(
+                &self.session,
+                &snapshot.version,
+                &snapshot.policy_generations,
+                self.nonce,
+            );
             self.metrics.pushes.inc();
             return Some(Ok(Push {
                 snapshot,

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Who a proxy is, from its hello.
@@ -90,8 +90,13 @@ pub struct ProxyState {
     pub sent_version: String,
     /// Nonce of the latest push (0 before the first).
     pub sent_nonce: u64,
+    /// The generation of each policy in the latest push (a scoped stream's snapshot has only
+    /// the policies its namespace sees, and a version of its own).
+    pub sent_policy_generations: PolicyGenerations,
     /// Version of the latest accepted ACK.
     pub acked_version: String,
+    /// The generation of each policy in the ACKed snapshot (what the proxy applies).
+    pub acked_policy_generations: PolicyGenerations,
     /// Nonce of that ACK.
     pub acked_nonce: u64,
     /// When it arrived.
@@ -118,6 +123,9 @@ pub enum Answer {
 
 /// (namespace, pod name).
 type ProxyKey = (String, String);
+
+/// The generation of each policy in one snapshot.
+pub type PolicyGenerations = Arc<BTreeMap<crate::model::PolicyKey, u64>>;
 
 /// One open stream's place in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +167,9 @@ impl ProxyTable {
             peer,
             sent_version: String::new(),
             sent_nonce: 0,
+            sent_policy_generations: PolicyGenerations::default(),
             acked_version: String::new(),
+            acked_policy_generations: PolicyGenerations::default(),
             acked_nonce: 0,
             acked_at: None,
             nack: None,
@@ -191,11 +201,18 @@ impl ProxyTable {
         }
     }
 
-    /// Records a push.
-    pub fn sent(&self, session: &Session, version: &str, nonce: u64) {
+    /// Records a push of a snapshot `version` holding the policies at `generations`.
+    pub fn sent(
+        &self,
+        session: &Session,
+        version: &str,
+        generations: &PolicyGenerations,
+        nonce: u64,
+    ) {
         self.with(session, |s| {
             s.sent_version = version.to_owned();
             s.sent_nonce = nonce;
+            s.sent_policy_generations = Arc::clone(generations);
         });
     }
 
@@ -206,6 +223,7 @@ impl ProxyTable {
                 return Answer::Stale;
             }
             s.acked_version = version.to_owned();
+            s.acked_policy_generations = Arc::clone(&s.sent_policy_generations);
             s.acked_nonce = nonce;
             s.acked_at = Some(SystemTime::now());
             Answer::Accepted

@@ -16,7 +16,7 @@
 //! "In sync" for a sidecar of the policy's service (same namespace, `service` in its hello): the
 //! last snapshot it ACKed holds the policy at the object's current generation.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,14 +30,11 @@ use super::view::effective;
 use crate::discovery::ProxyTable;
 use crate::discovery::proxies::{ProxyState, ResourceKind};
 use crate::model::PolicyKey;
-use crate::snapshot::EncodedSnapshot;
 
 /// A replica refreshes its entry at least this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Entries not refreshed for this long are a gone replica's.
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
-/// Snapshot versions remembered to tell which policy generations a sidecar ACKed.
-const VERSIONS_KEPT: usize = 64;
 
 /// What this replica knows about the sidecars.
 #[derive(Debug, Clone)]
@@ -46,14 +43,9 @@ pub struct StatusSource {
     pub replica: String,
     /// The sidecars connected to this replica.
     pub proxies: Arc<ProxyTable>,
-    /// The snapshots it pushes.
-    pub snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
     /// One pass over the policies per interval.
     pub interval: Duration,
 }
-
-/// The generation of each policy in one snapshot.
-pub type Generations = Arc<BTreeMap<PolicyKey, u64>>;
 
 /// This replica's entry for one policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +59,10 @@ pub struct ReplicaEntry {
 }
 
 /// Counts the sidecars of `service` in `namespace` and those whose ACKed snapshot holds `key`
-/// at `generation`; the first current NACK naming the policy.
+/// at `generation` (each proxy's own: a sidecar on the mTLS port gets a snapshot scoped to its
+/// namespace, with a version of its own); the first current NACK naming the policy.
 pub fn entry(
     proxies: &[ProxyState],
-    generations: &dyn Fn(&str) -> Option<Generations>,
     key: &PolicyKey,
     service: &str,
     generation: u64,
@@ -85,7 +77,7 @@ pub fn entry(
         .filter(|p| p.identity.namespace == key.namespace && p.identity.service == service)
     {
         out.total += 1;
-        if generations(&p.acked_version).is_some_and(|g| g.get(key) == Some(&generation)) {
+        if p.acked_policy_generations.get(key) == Some(&generation) {
             out.in_sync += 1;
         }
         if out.last_error.is_empty()
@@ -199,30 +191,13 @@ pub(crate) async fn run(
     resource: ApiResource,
     store: Store<DynamicObject>,
     policies: watch::Receiver<Arc<ClusterPolicies>>,
-    mut source: StatusSource,
+    source: StatusSource,
 ) {
-    let mut versions: VecDeque<(String, Generations)> = VecDeque::new();
     let params = PatchParams::apply(FIELD_MANAGER);
     loop {
-        {
-            let latest = source.snapshots.borrow_and_update().clone();
-            if versions.back().is_none_or(|(v, _)| *v != latest.version) {
-                versions.push_back((latest.version.clone(), latest.policy_generations.clone()));
-                if versions.len() > VERSIONS_KEPT {
-                    versions.pop_front();
-                }
-            }
-        }
         let policies = policies.borrow().clone();
         let outcomes = effective(&policies);
         let proxies = source.proxies.list();
-        let generations = |version: &str| {
-            versions
-                .iter()
-                .rev()
-                .find(|(v, _)| v == version)
-                .map(|(_, g)| g.clone())
-        };
         for object in store.state() {
             let (Some(name), Some(namespace)) = (&object.metadata.name, &object.metadata.namespace)
             else {
@@ -237,7 +212,6 @@ pub(crate) async fn run(
             let mine = match outcome {
                 Ok(p) => entry(
                     &proxies,
-                    &generations,
                     &key,
                     &p.spec.service,
                     u64::try_from(generation).unwrap_or(0),
