@@ -83,7 +83,7 @@ pub fn read(
             None => {
                 settings.ignored.insert(
                     format!("configmap {namespace}/{MESH_CONFIGMAP}"),
-                    format!("key {MTLS_KEY} is {value:?}, not strict or permissive; ignored (the mesh-wide default stays permissive)"),
+                    format!("key {MTLS_KEY} is {value:?}, not strict or permissive; ignored (the mesh-wide default is unset: permissive)"),
                 );
             }
         }
@@ -152,8 +152,8 @@ impl SettingsWatcher {
         let namespace = namespace.to_owned();
         let builder = tokio::spawn(async move {
             for store in [
-                namespaces.wait_until_ready().await.map(drop),
-                configmaps.wait_until_ready().await.map(drop),
+                namespaces.wait_until_ready().await,
+                configmaps.wait_until_ready().await,
             ] {
                 if store.is_err() {
                     return;
