@@ -141,8 +141,8 @@ fn every_manifest_parses_into_its_kubernetes_type() {
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "SERIN_NAMESPACE")
-        .expect("SERIN_NAMESPACE in the Deployment");
+        .find(|e| e.name == "SERIN_CONTROL_PLANE_NAMESPACE")
+        .expect("SERIN_CONTROL_PLANE_NAMESPACE in the Deployment");
     assert_eq!(
         namespace_env
             .value_from
