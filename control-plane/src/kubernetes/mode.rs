@@ -1,6 +1,6 @@
 //! Kubernetes mode put together: the API client, the registry, policy and settings watchers,
-//! and the [`MeshView`] merged from them that the snapshot publisher, the Admin API and the dashboard
-//! read as they read the embedded store's.
+//! and the [`MeshView`] merged from them that the snapshot publisher, the Admin API and the
+//! dashboard read as they read the embedded store's.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -171,7 +171,8 @@ impl SettingsWatcher {
                     if **current == next {
                         return false;
                     }
-                    tracing::debug!(?next.mtls, private = ?next.private_namespaces, "mesh settings changed");
+                    let private = &next.private_namespaces;
+                    tracing::debug!(mtls = ?next.mtls, ?private, "mesh settings changed");
                     *current = Arc::new(next);
                     true
                 });
@@ -325,7 +326,8 @@ impl SettingsObjects {
                 Err(e) => return Err(api_error(&what, &e)),
             }
         }
-        tracing::info!(configmap = %format!("{}/{MESH_CONFIGMAP}", self.namespace), ?mode, "mesh-wide mtls mode written");
+        let configmap = format!("{}/{MESH_CONFIGMAP}", self.namespace);
+        tracing::info!(%configmap, ?mode, "mesh-wide mtls mode written");
         Ok(())
     }
 
