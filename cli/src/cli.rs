@@ -58,6 +58,8 @@ pub enum Command {
     Top(TopArgs),
     /// Show the mTLS modes, or set the namespace's (`-n`) or the mesh-wide one.
     Mtls(MtlsArgs),
+    /// Show the private namespaces, or make the namespace (`-n`) private or public.
+    Visibility(VisibilityArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Add the Serin sidecar to the pods and pod templates of Kubernetes manifests (offline).
@@ -266,6 +268,23 @@ pub struct MtlsArgs {
     /// Set the mesh-wide default instead of the namespace's mode.
     #[arg(long)]
     pub mesh_wide: bool,
+}
+
+/// A namespace's visibility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VisibilityArg {
+    /// Its services, endpoints and policies reach only its own sidecars (on the mTLS port).
+    Private,
+    /// Seen by every sidecar (the default).
+    Public,
+}
+
+/// `visibility`.
+#[derive(Debug, Args)]
+pub struct VisibilityArgs {
+    /// The visibility to give the namespace (`-n`); without it, show the private namespaces.
+    #[arg(value_enum)]
+    pub visibility: Option<VisibilityArg>,
 }
 
 /// `top`.

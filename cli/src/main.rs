@@ -127,6 +127,7 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Explain(args) => verbs::inspect::explain(&mut cp, ns, args, out).await,
         Command::Top(args) => verbs::top::top(&mut cp, ns, args, out).await,
         Command::Mtls(args) => verbs::mtls::mtls(&mut cp, ns, args, out).await,
+        Command::Visibility(args) => verbs::visibility::visibility(&mut cp, ns, args, out).await,
         Command::Completion(_)
         | Command::Up(_)
         | Command::Down(_)

@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod local;
 pub mod mtls;
 pub mod top;
+pub mod visibility;
 
 /// How often a read-modify-write verb starts over when the policy changed under it.
 pub const MAX_ATTEMPTS: usize = 8;

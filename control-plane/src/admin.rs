@@ -576,6 +576,15 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn get_namespace_visibility(
+        &self,
+        _request: Request<v1::GetNamespaceVisibilityRequest>,
+    ) -> Result<Response<v1::GetNamespaceVisibilityResponse>, Status> {
+        Ok(Response::new(v1::GetNamespaceVisibilityResponse {
+            private_namespaces: self.view().private_namespaces.iter().cloned().collect(),
+        }))
+    }
+
     async fn get_mtls_modes(
         &self,
         _request: Request<v1::GetMtlsModesRequest>,

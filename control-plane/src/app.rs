@@ -160,9 +160,19 @@ impl App {
             (None, k) => {
                 let k = k.as_ref().context("neither a store nor Kubernetes mode")?;
                 let client = crate::kubernetes::mode::client(k).await?;
+                // The mesh-wide settings live in the control plane's own namespace.
+                let namespace = k
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_owned());
                 Source::Kubernetes(Box::new(
-                    KubernetesMode::start(client, config.debounce, config.ca.trust_domain.clone())
-                        .await,
+                    KubernetesMode::start(
+                        client,
+                        namespace,
+                        config.debounce,
+                        config.ca.trust_domain.clone(),
+                    )
+                    .await,
                 ))
             }
         };

@@ -229,8 +229,15 @@ fn write_generated(path: &Path) -> Result<(), AuthError> {
 /// The role each Admin rpc needs: reads need `read`; every other rpc, known or not, `write`.
 pub fn rpc_role(method: &str) -> Role {
     match method {
-        "GetPolicy" | "ListPolicies" | "PolicyHistory" | "Explain" | "ListServices"
-        | "ListProxies" | "WatchTopology" | "GetMtlsModes" => Role::Read,
+        "GetPolicy"
+        | "ListPolicies"
+        | "PolicyHistory"
+        | "Explain"
+        | "ListServices"
+        | "ListProxies"
+        | "WatchTopology"
+        | "GetMtlsModes"
+        | "GetNamespaceVisibility" => Role::Read,
         _ => Role::Write,
     }
 }
@@ -360,7 +367,14 @@ mod tests {
 
     #[test]
     fn only_reads_are_read_rpcs() {
-        for m in ["GetPolicy", "ListServices", "WatchTopology", "Explain"] {
+        for m in [
+            "GetPolicy",
+            "ListServices",
+            "WatchTopology",
+            "Explain",
+            "GetMtlsModes",
+            "GetNamespaceVisibility",
+        ] {
             assert_eq!(rpc_role(m), Role::Read, "{m}");
         }
         for m in [
@@ -372,6 +386,8 @@ mod tests {
             "RegisterWorkload",
             "RenewLease",
             "DeregisterWorkload",
+            "SetMtlsMode",
+            "SetNamespaceVisibility",
             "SomethingNew",
         ] {
             assert_eq!(rpc_role(m), Role::Write, "{m}");

@@ -78,6 +78,11 @@ pub struct Args {
     /// the host name).
     #[arg(long, env = "SERIN_REPLICA", requires = "kubernetes")]
     pub replica: Option<String>,
+    /// Kubernetes mode: the control plane's own namespace, where the mesh-wide settings are kept
+    /// (the ConfigMap serin-mesh); default: the in-cluster service account's namespace, else the
+    /// kubeconfig context's, else `default`.
+    #[arg(long, env = "SERIN_CONTROL_PLANE_NAMESPACE", requires = "kubernetes")]
+    pub control_plane_namespace: Option<String>,
     /// Kubernetes mode: the audience the sidecars' projected service-account tokens must be for
     /// (checked with a TokenReview when a sidecar asks for its workload certificate); the
     /// webhook's injected token volume asks the kubelet for it.
@@ -147,6 +152,11 @@ pub enum ConfigError {
     /// `--replica` is empty or not a DNS label.
     #[error("--replica {0:?}: must be a DNS label (lowercase letters, digits and '-', at most 63)")]
     BadReplica(String),
+    /// `--control-plane-namespace` is not a namespace name.
+    #[error(
+        "--control-plane-namespace {0:?}: must be a namespace name (lowercase letters, digits and '-', at most 63)"
+    )]
+    BadNamespace(String),
     /// `--grpc-tls` is neither an address nor `off`.
     #[error("--grpc-tls {0:?}: must be an address such as 0.0.0.0:15012, or off")]
     BadGrpcTls(String),
@@ -166,6 +176,9 @@ pub struct KubernetesConfig {
     pub status_interval: Duration,
     /// The audience of the sidecars' projected service-account tokens.
     pub token_audience: String,
+    /// The control plane's namespace (the ConfigMap `serin-mesh` is there); `None`: the
+    /// client's default namespace.
+    pub namespace: Option<String>,
 }
 
 /// Default audience of the sidecars' projected service-account tokens (what injection asks
@@ -258,11 +271,21 @@ impl TryFrom<&Args> for Config {
         let kubernetes = match (a.kubernetes, &a.replica) {
             (false, _) => None,
             (true, Some(r)) if !is_dns_label(r) => return Err(ConfigError::BadReplica(r.clone())),
+            (true, _)
+                if a.control_plane_namespace
+                    .as_deref()
+                    .is_some_and(|n| !is_dns_label(n)) =>
+            {
+                return Err(ConfigError::BadNamespace(
+                    a.control_plane_namespace.clone().unwrap_or_default(),
+                ));
+            }
             (true, replica) => Some(KubernetesConfig {
                 kubeconfig: a.kubeconfig.clone(),
                 replica: replica.clone().unwrap_or_else(host_name),
                 status_interval: DEFAULT_STATUS_INTERVAL,
                 token_audience: a.token_audience.clone(),
+                namespace: a.control_plane_namespace.clone(),
             }),
         };
         let grpc_tls = match a.grpc_tls.as_str() {
@@ -384,6 +407,24 @@ mod tests {
             config(&["--require-client-certs"])
                 .unwrap()
                 .require_client_certs
+        );
+    }
+
+    #[test]
+    fn kubernetes_mode_takes_the_control_plane_namespace() {
+        let k = config(&["--kubernetes", "--control-plane-namespace", "serin-system"])
+            .unwrap()
+            .kubernetes
+            .unwrap();
+        assert_eq!(k.namespace.as_deref(), Some("serin-system"));
+        // Unset: the client's default namespace (in-cluster, the service account's).
+        let k = config(&["--kubernetes"]).unwrap().kubernetes.unwrap();
+        assert_eq!(k.namespace, None);
+        let e = config(&["--kubernetes", "--control-plane-namespace", "Serin_System"]).unwrap_err();
+        assert!(matches!(e, ConfigError::BadNamespace(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "--control-plane-namespace \"Serin_System\": must be a namespace name (lowercase letters, digits and '-', at most 63)"
         );
     }
 }

@@ -85,9 +85,10 @@ type Command = Box<dyn FnOnce(&mut Writer) + Send>;
 
 /// Handle to the writer; cheap to clone. The writer thread stops when the last handle is dropped.
 ///
-/// In Kubernetes mode ([`Mesh::kubernetes`]) the same handle writes TrafficPolicy objects on the
-/// API server instead, its view follows the API server, and workload registration is refused
-/// (the registry is the cluster's).
+/// In Kubernetes mode ([`Mesh::kubernetes`]) the same handle writes TrafficPolicy objects (and
+/// the mTLS modes and visibility as Namespace annotations and a ConfigMap) on the API server
+/// instead, its view follows the API server, and workload registration is refused (the registry
+/// is the cluster's).
 #[derive(Clone)]
 pub struct Mesh {
     backend: Backend,
@@ -100,7 +101,10 @@ enum Backend {
         commands: mpsc::Sender<Command>,
         store: Arc<Store>,
     },
-    Kubernetes(Arc<crate::kubernetes::objects::PolicyObjects>),
+    Kubernetes {
+        policies: Arc<crate::kubernetes::objects::PolicyObjects>,
+        settings: Arc<crate::kubernetes::settings::SettingsObjects>,
+    },
 }
 
 impl std::fmt::Debug for Mesh {
@@ -110,7 +114,7 @@ impl std::fmt::Debug for Mesh {
                 .debug_struct("Mesh")
                 .field("store", &store.path())
                 .finish_non_exhaustive(),
-            Backend::Kubernetes(_) => f
+            Backend::Kubernetes { .. } => f
                 .debug_struct("Mesh")
                 .field("store", &"kubernetes")
                 .finish_non_exhaustive(),
@@ -192,13 +196,17 @@ impl Mesh {
     }
 
     /// Kubernetes mode: the view is `view` (built from the API server's objects), policy changes
-    /// are written by `objects`.
+    /// are written by `policies`, the mTLS modes and visibility by `settings`.
     pub fn kubernetes(
-        objects: crate::kubernetes::objects::PolicyObjects,
+        policies: crate::kubernetes::objects::PolicyObjects,
+        settings: crate::kubernetes::settings::SettingsObjects,
         view: watch::Receiver<Arc<MeshView>>,
     ) -> Mesh {
         Mesh {
-            backend: Backend::Kubernetes(Arc::new(objects)),
+            backend: Backend::Kubernetes {
+                policies: Arc::new(policies),
+                settings: Arc::new(settings),
+            },
             view,
         }
     }
@@ -217,7 +225,7 @@ impl Mesh {
     pub fn store(&self) -> Option<&Arc<Store>> {
         match &self.backend {
             Backend::Embedded { store, .. } => Some(store),
-            Backend::Kubernetes(_) => None,
+            Backend::Kubernetes { .. } => None,
         }
     }
 
@@ -247,7 +255,7 @@ impl Mesh {
         if_generation: Option<u64>,
         dry_run: bool,
     ) -> Result<Applied, MeshError> {
-        if let Backend::Kubernetes(k) = &self.backend {
+        if let Backend::Kubernetes { policies: k, .. } = &self.backend {
             return k.apply(draft, if_generation, dry_run).await;
         }
         self.call(move |w| w.apply(draft, if_generation, dry_run))
@@ -260,7 +268,7 @@ impl Mesh {
         key: PolicyKey,
         if_generation: Option<u64>,
     ) -> Result<(Arc<StoredPolicy>, u64), MeshError> {
-        if let Backend::Kubernetes(k) = &self.backend {
+        if let Backend::Kubernetes { policies: k, .. } = &self.backend {
             return k.delete(key, if_generation).await;
         }
         self.call(move |w| w.delete(&key, if_generation)).await
@@ -275,7 +283,7 @@ impl Mesh {
         if_generation: Option<u64>,
     ) -> Result<Applied, MeshError> {
         let (ns, service) = (namespace_or_default(namespace), service.to_owned());
-        if let Backend::Kubernetes(k) = &self.backend {
+        if let Backend::Kubernetes { policies: k, .. } = &self.backend {
             return k.set_weights(&ns, &service, weights, if_generation).await;
         }
         self.call(move |w| w.set_weights(&ns, &service, weights, if_generation))
@@ -296,7 +304,7 @@ impl Mesh {
             service.to_owned(),
             version.to_owned(),
         );
-        if let Backend::Kubernetes(k) = &self.backend {
+        if let Backend::Kubernetes { policies: k, .. } = &self.backend {
             return k
                 .promote(&ns, &service, &version, if_generation, force)
                 .await;
@@ -315,7 +323,7 @@ impl Mesh {
         if_generation: Option<u64>,
     ) -> Result<(Applied, u64), MeshError> {
         let (ns, service) = (namespace_or_default(namespace), service.to_owned());
-        if let Backend::Kubernetes(k) = &self.backend {
+        if let Backend::Kubernetes { policies: k, .. } = &self.backend {
             return k
                 .rollback(&ns, &service, to_generation, if_generation)
                 .await;
@@ -364,6 +372,9 @@ impl Mesh {
         namespace: String,
         mode: Option<MtlsMode>,
     ) -> Result<MtlsModes, MeshError> {
+        if let Backend::Kubernetes { settings, .. } = &self.backend {
+            return settings.set_mtls_mode(&namespace, mode).await;
+        }
         self.call(move |w| {
             let mut modes = w.view.mtls.clone();
             modes.set(&namespace, mode);
@@ -385,6 +396,9 @@ impl Mesh {
         namespace: String,
         private: bool,
     ) -> Result<BTreeSet<String>, MeshError> {
+        if let Backend::Kubernetes { settings, .. } = &self.backend {
+            return settings.set_visibility(&namespace, private).await;
+        }
         self.call(move |w| {
             let mut private_namespaces = w.view.private_namespaces.clone();
             if private {
@@ -408,7 +422,7 @@ impl Mesh {
     pub async fn history(&self, key: PolicyKey, limit: usize) -> Result<Vec<Revision>, MeshError> {
         let store = match &self.backend {
             Backend::Embedded { store, .. } => store.clone(),
-            Backend::Kubernetes(k) => return Ok(k.history(&key, limit)),
+            Backend::Kubernetes { policies: k, .. } => return Ok(k.history(&key, limit)),
         };
         tokio::task::spawn_blocking(move || store.history(&key, limit))
             .await
@@ -424,7 +438,7 @@ impl Mesh {
     ) -> Result<Option<Revision>, MeshError> {
         let store = match &self.backend {
             Backend::Embedded { store, .. } => store.clone(),
-            Backend::Kubernetes(k) => return Ok(k.revision(&key, generation)),
+            Backend::Kubernetes { policies: k, .. } => return Ok(k.revision(&key, generation)),
         };
         tokio::task::spawn_blocking(move || store.revision(&key, generation))
             .await

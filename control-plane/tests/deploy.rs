@@ -10,7 +10,7 @@ use clap::Parser as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -62,13 +62,17 @@ fn every_manifest_parses_into_its_kubernetes_type() {
     let mut typed_deployment = None;
     let mut typed_webhook = None;
     let mut typed_service = None;
+    let mut typed_role = None;
+    let mut typed_cluster_role = None;
     for (file, doc) in manifests(&deploy_dir().join("manifests")) {
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
         match kind.as_str() {
             "Namespace" => drop(round_trips::<Namespace>(&file, &doc)),
             "ServiceAccount" => drop(round_trips::<ServiceAccount>(&file, &doc)),
-            "ClusterRole" => drop(round_trips::<ClusterRole>(&file, &doc)),
+            "ClusterRole" => typed_cluster_role = Some(round_trips::<ClusterRole>(&file, &doc)),
             "ClusterRoleBinding" => drop(round_trips::<ClusterRoleBinding>(&file, &doc)),
+            "Role" => typed_role = Some(round_trips::<Role>(&file, &doc)),
+            "RoleBinding" => drop(round_trips::<RoleBinding>(&file, &doc)),
             "Service" => typed_service = Some(round_trips::<Service>(&file, &doc)),
             "Deployment" => typed_deployment = Some(round_trips::<Deployment>(&file, &doc)),
             "MutatingWebhookConfiguration" => {
@@ -92,6 +96,8 @@ fn every_manifest_parses_into_its_kubernetes_type() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "Service",
         "Deployment",
         "MutatingWebhookConfiguration",
@@ -100,11 +106,51 @@ fn every_manifest_parses_into_its_kubernetes_type() {
         assert!(kinds.contains_key(kind), "no {kind} in deploy/manifests");
     }
 
+    // The RBAC lets the control plane patch Namespaces (the serin.io/mtls and
+    // serin.io/visibility annotations) and own the ConfigMap serin-mesh of its namespace.
+    let can = |rules: &[k8s_openapi::api::rbac::v1::PolicyRule], resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r.resources
+                .as_ref()
+                .is_some_and(|res| res.iter().any(|x| x == resource))
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let cluster_rules = typed_cluster_role.unwrap().rules.unwrap();
+    for verb in ["get", "list", "watch", "patch"] {
+        assert!(can(&cluster_rules, "namespaces", verb), "namespaces {verb}");
+    }
+    let role = typed_role.unwrap();
+    assert_eq!(role.metadata.namespace.as_deref(), Some("serin-system"));
+    let role_rules = role.rules.unwrap();
+    for verb in ["get", "list", "watch", "create", "patch"] {
+        assert!(can(&role_rules, "configmaps", verb), "configmaps {verb}");
+    }
+    assert!(
+        !can(&cluster_rules, "configmaps", "get"),
+        "configmaps only in the control plane's namespace"
+    );
+
     // The Deployment: 2 replicas, and arguments serin-control accepts.
     let deployment = typed_deployment.unwrap();
     let spec = deployment.spec;
     assert_eq!(spec.replicas, Some(2));
     let container = &spec.template.spec.unwrap().containers[0];
+    // Its own namespace, where the ConfigMap serin-mesh is, from the downward API.
+    let namespace_env = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SERIN_CONTROL_PLANE_NAMESPACE")
+        .expect("SERIN_CONTROL_PLANE_NAMESPACE in the Deployment");
+    assert_eq!(
+        namespace_env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.namespace")
+    );
     let mut argv = vec!["serin-control".to_owned()];
     argv.extend(container.args.clone().unwrap());
     let args =

@@ -15,6 +15,8 @@ use serin_control::model::ServiceKey;
 #[path = "support/fake_api.rs"]
 mod fake_api;
 use fake_api::*;
+#[path = "support/mtls.rs"]
+mod mtls_support;
 
 /// A kube client of the fake.
 fn client(fake: &FakeApi) -> kube::Client {
@@ -298,9 +300,14 @@ mod mode {
     use tokio::sync::{mpsc, oneshot};
     use tokio_stream::wrappers::ReceiverStream;
 
+    /// The control plane's namespace in these tests (where the ConfigMap `serin-mesh` is).
+    pub const CONTROL_PLANE_NAMESPACE: &str = "serin-system";
+
     /// A control plane in Kubernetes mode on 127.0.0.1:0 whose kubeconfig names the fake.
     pub struct ControlPlane {
         pub grpc: SocketAddr,
+        /// The mTLS port, when it is on ([`ControlPlane::start_with_mtls_port`]).
+        pub grpc_tls: Option<SocketAddr>,
         stop: Option<oneshot::Sender<()>>,
         run: tokio::task::JoinHandle<anyhow::Result<()>>,
         _dir: tempfile::TempDir,
@@ -308,6 +315,15 @@ mod mode {
 
     impl ControlPlane {
         pub async fn start(fake: &FakeApi, replica: &str) -> ControlPlane {
+            Self::start_with(fake, replica, false).await
+        }
+
+        /// The same with the mTLS port on 127.0.0.1:0 (certificate names localhost, 127.0.0.1).
+        pub async fn start_with_mtls_port(fake: &FakeApi, replica: &str) -> ControlPlane {
+            Self::start_with(fake, replica, true).await
+        }
+
+        async fn start_with(fake: &FakeApi, replica: &str, mtls_port: bool) -> ControlPlane {
             let dir = tempfile::tempdir().unwrap();
             let kubeconfig = dir.path().join("kubeconfig");
             std::fs::write(
@@ -337,10 +353,17 @@ mod mode {
                     replica: replica.to_owned(),
                     status_interval: Duration::from_millis(50),
                     token_audience: "serin".to_owned(),
+                    namespace: Some(CONTROL_PLANE_NAMESPACE.to_owned()),
                 }),
                 ..Config::new(dir.path().join("unused-store"))
             };
             config.ca.root_files = Some((ca_cert, ca_key));
+            if mtls_port {
+                config.grpc_tls = Some(serin_control::tls::TlsPortConfig {
+                    addr: "127.0.0.1:0".parse().unwrap(),
+                    sans: vec!["localhost".into(), "127.0.0.1".into()],
+                });
+            }
             let app = tokio::time::timeout(Duration::from_secs(20), App::new(config))
                 .await
                 .expect("the cluster is listed within 20 s")
@@ -350,6 +373,7 @@ mod mode {
                 "no embedded store in Kubernetes mode"
             );
             let grpc = app.grpc_addr();
+            let grpc_tls = app.grpc_tls_addr();
             let (stop, stopped) = oneshot::channel::<()>();
             let (_, run) = app
                 .start(async move {
@@ -358,6 +382,7 @@ mod mode {
                 .unwrap();
             ControlPlane {
                 grpc,
+                grpc_tls,
                 stop: Some(stop),
                 run: tokio::spawn(run),
                 _dir: dir,
@@ -390,19 +415,35 @@ mod mode {
     pub struct Sidecar {
         tx: mpsc::Sender<v1::SubscribeRequest>,
         rx: tonic::Streaming<v1::SubscribeResponse>,
+        /// The version of the last push [`Sidecar::until`] read.
+        pub version: String,
     }
 
     impl Sidecar {
+        /// A sidecar of namespace shop on the plaintext port.
         pub async fn connect(cp: &ControlPlane, pod: &str, service: &str) -> Sidecar {
-            let mut client = DiscoveryClient::connect(format!("http://{}", cp.grpc))
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.grpc))
+                .unwrap()
+                .connect()
                 .await
                 .unwrap();
+            Self::subscribe(channel, "shop", pod, service).await
+        }
+
+        /// A sidecar of `namespace` on `channel` (the mTLS port's, with its certificate).
+        pub async fn subscribe(
+            channel: tonic::transport::Channel,
+            namespace: &str,
+            pod: &str,
+            service: &str,
+        ) -> Sidecar {
+            let mut client = DiscoveryClient::new(channel);
             let (tx, requests) = mpsc::channel(16);
             tx.send(v1::SubscribeRequest {
                 kind: Some(v1::subscribe_request::Kind::Hello(v1::Hello {
                     proxy: Some(v1::ProxyIdentity {
                         pod_name: pod.into(),
-                        namespace: "shop".into(),
+                        namespace: namespace.into(),
                         pod_ips: vec!["10.244.0.99".into()],
                         service: service.into(),
                         version: "v1".into(),
@@ -419,7 +460,11 @@ mod mode {
                 .await
                 .unwrap()
                 .into_inner();
-            Sidecar { tx, rx }
+            Sidecar {
+                tx,
+                rx,
+                version: String::new(),
+            }
         }
 
         /// Reads (and ACKs) pushes until one satisfies `check`, within 20 s.
@@ -437,6 +482,7 @@ mod mode {
                     .unwrap()
                     .expect("the stream is open");
                 self.ack(&msg).await;
+                self.version = msg.version.clone();
                 let Some(v1::subscribe_response::Payload::Snapshot(snapshot)) = msg.payload else {
                     panic!("a push without a snapshot");
                 };
@@ -599,7 +645,7 @@ async fn kubernetes_mode_pushes_the_cluster_to_sidecars_and_serinctl_writes_poli
 
     // A watch event: v2's endpoint terminates (not ready: it drains, no new requests).
     eventually("every watch open", || {
-        fake.requests(|r| r.contains("watch=true")) >= 4
+        fake.requests(|r| r.contains("watch=true")) >= 6
     })
     .await;
     fake.apply(SLICES, reviews_slice_v1_v2(false));
@@ -942,10 +988,7 @@ async fn two_replicas_write_one_status_without_fighting() {
 
 /// A PEM CSR whose one URI SAN is `identity`.
 fn csr_for(identity: &str) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
-    params.serialize_request(&key).unwrap().pem().unwrap()
+    mtls_support::csr(identity).0
 }
 
 #[tokio::test]
@@ -1068,4 +1111,414 @@ async fn kubernetes_mode_signs_for_projected_tokens_and_meshes_injected_pods() {
     );
     assert_eq!(fake.state.lock().unwrap().token_reviews.len(), 4);
     cp.stop().await;
+}
+
+/// The mTLS modes of a snapshot: (mesh-wide default, [(namespace, mode)] sorted).
+fn mtls_of(s: &serin_proto::v1::Snapshot) -> (i32, Vec<(String, i32)>) {
+    let tls = s.mtls.clone().unwrap_or_default();
+    let mut namespaces: Vec<_> = tls.namespaces.into_iter().collect();
+    namespaces.sort();
+    (tls.default_mode, namespaces)
+}
+
+#[tokio::test]
+async fn kubernetes_mode_keeps_mtls_modes_in_namespace_annotations_and_the_mesh_configmap() {
+    use mode::*;
+    use serin_proto::v1;
+    use serin_proto::v1::MtlsMode::{Permissive, Strict, Unspecified};
+    tracing();
+    let fake = FakeApi::start().await;
+    fake.apply(SERVICES, service("reviews", "10.96.0.10"));
+    fake.apply(PODS, pod("reviews-v1-a", "v1"));
+    fake.apply(SLICES, slice(&[("reviews-v1-a", "10.244.0.7", true)]));
+    fake.apply(NAMESPACES, namespace("shop", &[]));
+    fake.apply(
+        NAMESPACES,
+        namespace("bank", &[("serin.io/mtls", "strict")]),
+    );
+    fake.apply(NAMESPACES, namespace(CONTROL_PLANE_NAMESPACE, &[]));
+    // Another ConfigMap of the control plane's namespace is none of its business.
+    let mut other = mesh_configmap(CONTROL_PLANE_NAMESPACE, "strict");
+    other["metadata"]["name"] = json!("unrelated");
+    fake.apply(CONFIGMAPS, other);
+    let strict = Strict as i32;
+    let ns_modes = |pairs: &[(&str, v1::MtlsMode)]| -> Vec<(String, i32)> {
+        pairs
+            .iter()
+            .map(|(n, m)| ((*n).to_owned(), *m as i32))
+            .collect()
+    };
+
+    let cp = ControlPlane::start(&fake, "serin-control-a").await;
+    // Only the one ConfigMap is watched.
+    assert!(
+        fake.requests(
+            |r| r.starts_with("/api/v1/namespaces/serin-system/configmaps?")
+                && r.contains("fieldSelector=metadata.name%3Dserin-mesh")
+        ) >= 1
+    );
+    let mut sidecar = Sidecar::connect(&cp, "productpage-a", "productpage").await;
+    // The first push already has the annotated mode: never a less strict mesh first.
+    let first = sidecar.until("the listed cluster", |_| true).await;
+    assert_eq!(
+        mtls_of(&first),
+        (Unspecified as i32, ns_modes(&[("bank", Strict)]))
+    );
+
+    // `serinctl mtls -n shop strict`: the Namespace's annotation, merge-patched.
+    let mut admin = cp.admin().await;
+    let set = admin
+        .set_mtls_mode(v1::SetMtlsModeRequest {
+            namespace: "shop".into(),
+            mode: strict,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .mtls
+        .unwrap();
+    assert_eq!(set.namespaces.get("shop"), Some(&strict));
+    assert_eq!(set.namespaces.get("bank"), Some(&strict));
+    let (method, path, body) = fake.core_writes().last().cloned().unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("PATCH", "/api/v1/namespaces/shop")
+    );
+    assert_eq!(
+        body,
+        json!({"metadata": {"annotations": {"serin.io/mtls": "strict"}}})
+    );
+    assert_eq!(
+        fake.stored_in(NAMESPACES, "/shop")["metadata"]["annotations"]["serin.io/mtls"],
+        "strict"
+    );
+    // Read-your-write: the call returns once the watch shows it.
+    let got = admin
+        .get_mtls_modes(v1::GetMtlsModesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .mtls
+        .unwrap();
+    assert_eq!(got.namespaces.get("shop"), Some(&strict));
+    sidecar
+        .until("shop strict", |s| {
+            mtls_of(s)
+                == (
+                    Unspecified as i32,
+                    ns_modes(&[("bank", Strict), ("shop", Strict)]),
+                )
+        })
+        .await;
+
+    // `serinctl mtls --mesh-wide strict`: no ConfigMap yet, so it is created.
+    let set = admin
+        .set_mtls_mode(v1::SetMtlsModeRequest {
+            namespace: String::new(),
+            mode: strict,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .mtls
+        .unwrap();
+    assert_eq!(set.default_mode, strict);
+    let writes = fake.core_writes();
+    let (method, path, body) = writes.last().cloned().unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("POST", "/api/v1/namespaces/serin-system/configmaps")
+    );
+    assert_eq!(body["metadata"]["name"], "serin-mesh");
+    assert_eq!(body["data"], json!({"mtls": "strict"}));
+    assert_eq!(
+        writes[writes.len() - 2].0,
+        "PATCH",
+        "a patch first, which found no ConfigMap"
+    );
+    let on_a_snapshot = sidecar
+        .until("the mesh-wide default strict", |s| mtls_of(s).0 == strict)
+        .await;
+
+    // A second replica computes the same snapshot, version included.
+    let b = ControlPlane::start(&fake, "serin-control-b").await;
+    let mut on_b = Sidecar::connect(&b, "productpage-b", "productpage").await;
+    let on_b_snapshot = on_b
+        .until("the same modes on b", |s| mtls_of(s).0 == strict)
+        .await;
+    assert_eq!(on_b_snapshot, on_a_snapshot);
+    assert_eq!(
+        on_b.version, sidecar.version,
+        "both replicas push one version"
+    );
+    drop(on_b);
+    b.stop().await;
+
+    // kubectl annotate namespace shop serin.io/mtls=permissive --overwrite: pushed.
+    fake.apply(
+        NAMESPACES,
+        namespace("shop", &[("serin.io/mtls", "permissive")]),
+    );
+    sidecar
+        .until("shop permissive from kubectl", |s| {
+            mtls_of(s).1 == ns_modes(&[("bank", Strict), ("shop", Permissive)])
+        })
+        .await;
+
+    // A typo in an annotation and in the ConfigMap: each ignored (shop follows the default, the
+    // default is unset), everything else still served, and the next change still pushed.
+    fake.apply(
+        NAMESPACES,
+        namespace("shop", &[("serin.io/mtls", "sometimes")]),
+    );
+    fake.apply(
+        CONFIGMAPS,
+        mesh_configmap(CONTROL_PLANE_NAMESPACE, "always"),
+    );
+    let served = sidecar
+        .until("the typos ignored", |s| {
+            mtls_of(s) == (Unspecified as i32, ns_modes(&[("bank", Strict)]))
+        })
+        .await;
+    assert_eq!(reviews_endpoints(&served), [("v1".to_owned(), true)]);
+    fake.apply(NAMESPACES, namespace("web", &[("serin.io/mtls", "STRICT")]));
+    sidecar
+        .until("web strict after the typos", |s| {
+            mtls_of(s).1 == ns_modes(&[("bank", Strict), ("web", Strict)])
+        })
+        .await;
+
+    // `serinctl mtls --mesh-wide unset`: the key goes (a merge patch with null).
+    admin
+        .set_mtls_mode(v1::SetMtlsModeRequest {
+            namespace: String::new(),
+            mode: Unspecified as i32,
+        })
+        .await
+        .unwrap();
+    let (method, _, body) = fake.core_writes().last().cloned().unwrap();
+    assert_eq!(method, "PATCH");
+    assert_eq!(body, json!({"data": {"mtls": null}}));
+    assert!(
+        fake.stored_in(CONFIGMAPS, "serin-system/serin-mesh")["data"]
+            .get("mtls")
+            .is_none()
+    );
+
+    // A namespace the cluster does not have: NOT_FOUND, naming it.
+    let e = admin
+        .set_mtls_mode(v1::SetMtlsModeRequest {
+            namespace: "nowhere".into(),
+            mode: strict,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("namespace nowhere"), "{}", e.message());
+
+    // A restart: the modes are the API server's, so they are all still there.
+    drop(sidecar);
+    drop(admin);
+    cp.stop().await;
+    let cp = ControlPlane::start(&fake, "serin-control-c").await;
+    let modes = cp
+        .admin()
+        .await
+        .get_mtls_modes(v1::GetMtlsModesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .mtls
+        .unwrap();
+    let mut namespaces: Vec<_> = modes.namespaces.into_iter().collect();
+    namespaces.sort();
+    assert_eq!(
+        (modes.default_mode, namespaces),
+        (
+            Unspecified as i32,
+            ns_modes(&[("bank", Strict), ("web", Strict)])
+        )
+    );
+    cp.stop().await;
+}
+
+/// The namespace/name of every service in a snapshot.
+fn service_names(s: &serin_proto::v1::Snapshot) -> Vec<String> {
+    s.services
+        .iter()
+        .map(|svc| format!("{}/{}", svc.namespace, svc.name))
+        .collect()
+}
+
+#[tokio::test]
+async fn kubernetes_mode_keeps_private_namespaces_in_annotations_and_hides_them_on_the_mtls_port() {
+    use mode::*;
+    use serin_proto::v1;
+    use serin_proto::v1::identity_client::IdentityClient;
+    tracing();
+    let fake = FakeApi::start().await;
+    fake.apply(SERVICES, service("reviews", "10.96.0.10"));
+    let mut ledger = service("ledger", "10.96.0.20");
+    ledger["metadata"]["namespace"] = json!("bank");
+    fake.apply(SERVICES, ledger);
+    fake.apply(NAMESPACES, namespace("shop", &[]));
+    fake.apply(NAMESPACES, namespace("bank", &[]));
+    fake.issue_token("token-shop", &["serin"], "shop", "reviews", "reviews-v1-a");
+    let cp = ControlPlane::start_with_mtls_port(&fake, "serin-control-a").await;
+    let tls_addr = cp.grpc_tls.expect("the mTLS port is on");
+
+    // The shop sidecar's certificate, for its projected token, then Subscribe on the mTLS port.
+    let identity = format!(
+        "spiffe://{}/ns/shop/sa/reviews",
+        serin_control::ca::DEFAULT_TRUST_DOMAIN
+    );
+    let (csr_pem, key) = mtls_support::csr(&identity);
+    let signed = IdentityClient::connect(format!("http://{}", cp.grpc))
+        .await
+        .unwrap()
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem,
+            bootstrap_token: "token-shop".into(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let channel = mtls_support::tls_channel(
+        tls_addr,
+        mtls_support::client_config(
+            &signed.trust_bundle_pem,
+            Some((&signed.cert_chain_pem, &key)),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut shop = Sidecar::subscribe(channel, "shop", "reviews-v1-a", "reviews").await;
+    let mut plain = Sidecar::connect(&cp, "productpage-a", "productpage").await;
+    let both = vec!["bank/ledger".to_owned(), "shop/reviews".to_owned()];
+    shop.until("bank public at first", |s| service_names(s) == both)
+        .await;
+
+    // `serinctl visibility -n bank private`: the Namespace's annotation.
+    let mut admin = cp.admin().await;
+    let private = admin
+        .set_namespace_visibility(v1::SetNamespaceVisibilityRequest {
+            namespace: "bank".into(),
+            private: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .private_namespaces;
+    assert_eq!(private, ["bank"]);
+    let (method, path, body) = fake.core_writes().last().cloned().unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("PATCH", "/api/v1/namespaces/bank")
+    );
+    assert_eq!(
+        body,
+        json!({"metadata": {"annotations": {"serin.io/visibility": "private"}}})
+    );
+    let listed = admin
+        .get_namespace_visibility(v1::GetNamespaceVisibilityRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .private_namespaces;
+    assert_eq!(listed, ["bank"], "read-your-write");
+    let hidden = shop
+        .until("bank hidden from shop", |s| {
+            service_names(s) == ["shop/reviews"]
+        })
+        .await;
+    assert!(!format!("{hidden:?}").contains("ledger"), "{hidden:?}");
+    // The plaintext port gets the whole mesh, as in the embedded mode.
+    plain
+        .until("the whole mesh on the plaintext port", |s| {
+            service_names(s) == both
+        })
+        .await;
+
+    // kubectl annotate namespace bank serin.io/visibility=public --overwrite.
+    fake.apply(
+        NAMESPACES,
+        namespace("bank", &[("serin.io/visibility", "public")]),
+    );
+    shop.until("bank public again from kubectl", |s| {
+        service_names(s) == both
+    })
+    .await;
+    // kubectl with a typo on bank, private on shop: the typo is ignored (bank stays public),
+    // shop's own annotation is served.
+    fake.apply(
+        NAMESPACES,
+        namespace("bank", &[("serin.io/visibility", "secret")]),
+    );
+    fake.apply(
+        NAMESPACES,
+        namespace("shop", &[("serin.io/visibility", "private")]),
+    );
+    let listed = eventually_private(&mut admin, &["shop"]).await;
+    assert_eq!(listed, ["shop"]);
+    // The shop sidecar sees its own private namespace and the public bank.
+    shop.until("shop's own namespace and bank", |s| {
+        service_names(s) == both
+    })
+    .await;
+
+    // `serinctl visibility -n shop public`: the annotation goes.
+    admin
+        .set_namespace_visibility(v1::SetNamespaceVisibilityRequest {
+            namespace: "shop".into(),
+            private: false,
+        })
+        .await
+        .unwrap();
+    let (_, path, body) = fake.core_writes().last().cloned().unwrap();
+    assert_eq!(path, "/api/v1/namespaces/shop");
+    assert_eq!(
+        body,
+        json!({"metadata": {"annotations": {"serin.io/visibility": null}}})
+    );
+    assert!(
+        fake.stored_in(NAMESPACES, "/shop")["metadata"]["annotations"]
+            .get("serin.io/visibility")
+            .is_none()
+    );
+    // A namespace the cluster does not have: NOT_FOUND.
+    let e = admin
+        .set_namespace_visibility(v1::SetNamespaceVisibilityRequest {
+            namespace: "nowhere".into(),
+            private: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    drop((shop, plain, admin));
+    cp.stop().await;
+}
+
+/// Polls GetNamespaceVisibility (up to 20 s) until it lists `want`; returns the list.
+async fn eventually_private(
+    admin: &mut serin_proto::auth::AuthorizedAdmin,
+    want: &[&str],
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = admin
+            .get_namespace_visibility(serin_proto::v1::GetNamespaceVisibilityRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .private_namespaces;
+        if listed == want {
+            return listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "private namespaces {listed:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -57,6 +57,7 @@ fn services_expose_every_rpc() {
                     "DeregisterWorkload",
                     "Explain",
                     "GetMtlsModes",
+                    "GetNamespaceVisibility",
                     "GetPolicy",
                     "ListPolicies",
                     "ListProxies",

@@ -32,6 +32,7 @@ fn serinctl_verbs_write_traffic_policy_objects_in_kubernetes_mode() {
     fake.apply(SERVICES, service("reviews", "10.96.0.10"));
     fake.apply(PODS, pod("reviews-v1-a", "v1"));
     fake.apply(PODS, pod("reviews-v2-b", "v2"));
+    fake.apply(NAMESPACES, namespace("shop", &[]));
     fake.apply(
         SLICES,
         slice(&[
@@ -115,6 +116,56 @@ fn serinctl_verbs_write_traffic_policy_objects_in_kubernetes_mode() {
         "one write per verb: {:?}",
         fake.writes()
     );
+
+    // mtls and visibility: annotations of the Namespace, and the ConfigMap serin-mesh in the
+    // control plane's namespace (here the kubeconfig context's: default).
+    assert_eq!(
+        cp.ok(&["-n", "shop", "mtls", "strict"]),
+        "mtls mode of the namespace shop set to strict\nmesh-wide default: permissive (unset)\nnamespace shop: strict\n"
+    );
+    let (method, path, body) = fake.core_writes().last().cloned().unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("PATCH", "/api/v1/namespaces/shop")
+    );
+    assert_eq!(
+        body,
+        json!({"metadata": {"annotations": {"serin.io/mtls": "strict"}}})
+    );
+    cp.ok(&["mtls", "--mesh-wide", "strict"]);
+    let (method, path, body) = fake.core_writes().last().cloned().unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("POST", "/api/v1/namespaces/default/configmaps")
+    );
+    assert_eq!(body["data"], json!({"mtls": "strict"}));
+    assert_eq!(
+        cp.ok(&["-n", "shop", "visibility", "private"]),
+        "namespace shop is now private\nnamespace shop: private\nevery other namespace: public\n"
+    );
+    assert_eq!(
+        fake.stored_in(NAMESPACES, "/shop")["metadata"]["annotations"],
+        json!({"serin.io/mtls": "strict", "serin.io/visibility": "private"})
+    );
+    // kubectl annotate namespace shop serin.io/visibility=public --overwrite: serinctl shows it.
+    fake.apply(
+        NAMESPACES,
+        namespace(
+            "shop",
+            &[
+                ("serin.io/mtls", "strict"),
+                ("serin.io/visibility", "public"),
+            ],
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cp.ok(&["visibility"]) != "every namespace is public\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl's edit not shown within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     drop(cp);
     drop(runtime);
 }

@@ -486,3 +486,84 @@ fn mtls_modes_are_set_per_namespace_and_mesh_wide_and_survive_a_restart() {
     let bad = cp.ctl(&["mtls", "sometimes"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn namespaces_are_made_private_and_public_again_and_it_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path());
+    assert_eq!(cp.ok(&["visibility"]), "every namespace is public\n");
+    assert_eq!(
+        cp.ok(&["visibility", "-n", "bank", "private"]),
+        "namespace bank is now private\nnamespace bank: private\nevery other namespace: public\n"
+    );
+    assert_eq!(
+        cp.ok(&["visibility", "--namespace", "shop", "private"]),
+        "namespace shop is now private\nnamespace bank: private\nnamespace shop: private\nevery other namespace: public\n"
+    );
+    // The admin API says the same.
+    let private = runtime().block_on(async {
+        let channel = tonic::transport::Channel::from_shared(cp.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        serin_proto::auth::admin_client(
+            channel,
+            serin_proto::auth::BearerToken::new(&cp.token).unwrap(),
+        )
+        .get_namespace_visibility(serin_proto::v1::GetNamespaceVisibilityRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .private_namespaces
+    });
+    assert_eq!(private, ["bank", "shop"]);
+
+    let store = cp.kill9();
+    let cp = ControlPlane::start(&store);
+    assert_eq!(
+        cp.ok(&["visibility"]),
+        "namespace bank: private\nnamespace shop: private\nevery other namespace: public\n"
+    );
+    assert_eq!(
+        cp.ok(&["visibility", "-n", "bank", "public"]),
+        "namespace bank is now public\nnamespace shop: private\nevery other namespace: public\n"
+    );
+    // Public twice is no error.
+    assert_eq!(
+        cp.ok(&["visibility", "-n", "bank", "public"]),
+        "namespace bank is now public\nnamespace shop: private\nevery other namespace: public\n"
+    );
+
+    // A value that is neither: clap refuses it, one line naming it and the choices, exit 2.
+    let bad = cp.ctl(&["visibility", "-n", "bank", "secret"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = one_error_line(&bad);
+    assert!(
+        err.contains("'secret'") && err.contains("private") && err.contains("public"),
+        "{err}"
+    );
+    // A read token reads the visibility but cannot change it.
+    let read = token_of(&store, serin_proto::auth::Role::Read);
+    let listed = serinctl_as(&cp.url(), Some(&read), &["visibility"], None);
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(
+        String::from_utf8(listed.stdout).unwrap(),
+        "namespace shop: private\nevery other namespace: public\n"
+    );
+    let err = one_error_line(&serinctl_as(
+        &cp.url(),
+        Some(&read),
+        &["visibility", "-n", "shop", "public"],
+        None,
+    ));
+    assert_eq!(
+        err,
+        "serinctl: making namespace shop public: the admin token has role read; SetNamespaceVisibility needs a token with role write (give serinctl a write token with --token, SERIN_TOKEN or --token-file)"
+    );
+    assert_eq!(
+        cp.ok(&["visibility"]),
+        "namespace shop: private\nevery other namespace: public\n",
+        "nothing changed"
+    );
+}

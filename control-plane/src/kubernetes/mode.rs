@@ -1,6 +1,6 @@
-//! Kubernetes mode put together: the API client, the registry and policy watchers, and the
-//! [`MeshView`] merged from both that the snapshot publisher, the Admin API and the dashboard
-//! read as they read the embedded store's.
+//! Kubernetes mode put together: the API client, the registry, policy and settings watchers,
+//! and the [`MeshView`] merged from them that the snapshot publisher, the Admin API and the
+//! dashboard read as they read the embedded store's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::objects::PolicyObjects;
 use super::policies::{ClusterPolicies, PolicyWatcher};
+use super::settings::{SettingsObjects, SettingsWatcher};
 use super::view::mesh_view;
 use super::watch::ClusterRegistry;
 use crate::config::KubernetesConfig;
@@ -21,6 +22,9 @@ pub struct KubernetesMode {
     client: kube::Client,
     registry: ClusterRegistry,
     policies: PolicyWatcher,
+    settings: SettingsWatcher,
+    /// The control plane's namespace (where the ConfigMap `serin-mesh` is).
+    namespace: String,
     view: watch::Receiver<Arc<MeshView>>,
     merge: tokio::task::JoinHandle<()>,
 }
@@ -30,6 +34,8 @@ impl std::fmt::Debug for KubernetesMode {
         f.debug_struct("KubernetesMode")
             .field("registry", &self.registry)
             .field("policies", &self.policies)
+            .field("settings", &self.settings)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -59,24 +65,33 @@ pub async fn client(config: &KubernetesConfig) -> anyhow::Result<kube::Client> {
 }
 
 impl KubernetesMode {
-    /// Starts the watchers and returns once Services, EndpointSlices, Pods and TrafficPolicies
-    /// have all been listed, so that the first snapshot a proxy gets is the whole cluster, never
-    /// an empty mesh.
+    /// Starts the watchers and returns once Services, EndpointSlices, Pods, TrafficPolicies,
+    /// Namespaces and the ConfigMap `serin-mesh` of `namespace` (the control plane's) have all
+    /// been listed, so that the first snapshot a proxy gets is the whole cluster with its mTLS
+    /// modes, never an empty or a less strict mesh.
     /// Injected pods' endpoints carry identities in `trust_domain`.
     pub async fn start(
         client: kube::Client,
+        namespace: String,
         debounce: Duration,
         trust_domain: String,
     ) -> KubernetesMode {
         let registry = ClusterRegistry::start(&client, debounce);
         let policies = PolicyWatcher::start(&client, debounce);
-        tracing::info!("listing Services, EndpointSlices, Pods and TrafficPolicies");
-        tokio::join!(registry.listed(), policies.listed());
+        let settings = SettingsWatcher::start(&client, &namespace, debounce);
+        tracing::info!(
+            %namespace,
+            "listing Services, EndpointSlices, Pods, TrafficPolicies, Namespaces and the ConfigMap {}",
+            super::settings::MESH_CONFIGMAP
+        );
+        tokio::join!(registry.listed(), policies.listed(), settings.listed());
         let mut cluster_rx = registry.watch();
         let mut policies_rx = policies.watch();
+        let mut settings_rx = settings.watch();
         let first = mesh_view(
             &cluster_rx.borrow_and_update(),
             &policies_rx.borrow_and_update(),
+            &settings_rx.borrow_and_update(),
             &trust_domain,
         );
         tracing::info!(
@@ -91,10 +106,12 @@ impl KubernetesMode {
                 tokio::select! {
                     changed = cluster_rx.changed() => if changed.is_err() { return },
                     changed = policies_rx.changed() => if changed.is_err() { return },
+                    changed = settings_rx.changed() => if changed.is_err() { return },
                 }
                 let next = mesh_view(
                     &cluster_rx.borrow_and_update(),
                     &policies_rx.borrow_and_update(),
+                    &settings_rx.borrow_and_update(),
                     &trust_domain,
                 );
                 tx.send_if_modified(|current| {
@@ -110,18 +127,26 @@ impl KubernetesMode {
             client,
             registry,
             policies,
+            settings,
+            namespace,
             view,
             merge,
         }
     }
 
-    /// The Admin API's handle: reads the merged view, writes TrafficPolicy objects.
+    /// The Admin API's handle: reads the merged view, writes TrafficPolicy objects, Namespace
+    /// annotations and the ConfigMap `serin-mesh`.
     pub fn mesh(&self) -> Mesh {
         Mesh::kubernetes(
             PolicyObjects::new(
                 self.client.clone(),
                 self.view.clone(),
                 self.policies.watch(),
+            ),
+            SettingsObjects::new(
+                self.client.clone(),
+                self.namespace.clone(),
+                self.view.clone(),
             ),
             self.view.clone(),
         )

@@ -10,6 +10,7 @@ use serin_policy::TrafficPolicy;
 
 use super::cluster::ClusterView;
 use super::policies::{ClusterPolicies, PolicyObject};
+use super::settings::MeshSettings;
 use crate::model::{
     ChangeCause, MeshView, PolicyKey, Revision, ServicePort, ServiceRecord, StoredPolicy, Workload,
     WorkloadPort,
@@ -83,13 +84,19 @@ pub fn current_revision(key: &PolicyKey, object: &PolicyObject) -> Option<Revisi
 /// The whole view: Services with their ClusterIPs and ports, their endpoints (ready or not) with
 /// the pods' versions, and the policies that serve. Endpoints whose pod carries the injected
 /// sidecar are meshed with the identity of the pod's service account in `trust_domain` (the
-/// sidecar gets its certificate for it with its projected service-account token).
+/// sidecar gets its certificate for it with its projected service-account token). The mTLS
+/// modes and the private namespaces are the `settings`.
 pub fn mesh_view(
     cluster: &ClusterView,
     policies: &ClusterPolicies,
+    settings: &MeshSettings,
     trust_domain: &str,
 ) -> MeshView {
-    let mut view = MeshView::default();
+    let mut view = MeshView {
+        mtls: settings.mtls.clone(),
+        private_namespaces: settings.private_namespaces.clone(),
+        ..MeshView::default()
+    };
     for (key, svc) in &cluster.services {
         view.services.insert(
             key.clone(),
@@ -241,7 +248,14 @@ mod tests {
             .by_key
             .insert(PolicyKey::new("shop", "c"), object(1, Err("bad".into())));
 
-        let view = mesh_view(&cluster, &policies, "cluster.local");
+        let mut settings = MeshSettings::default();
+        settings.private_namespaces.insert("bank".into());
+        settings
+            .mtls
+            .set("shop", Some(crate::model::MtlsMode::Strict));
+        let view = mesh_view(&cluster, &policies, &settings, "cluster.local");
+        assert_eq!(view.mtls, settings.mtls);
+        assert_eq!(view.private_namespaces, settings.private_namespaces);
         assert_eq!(view.services[&reviews].vips.len(), 2);
         assert_eq!(view.services[&reviews].ports[0].target_port, 8080);
         let versions = view.versions("shop", "reviews");
@@ -289,7 +303,7 @@ mod tests {
             },
         );
         assert_eq!(
-            mesh_view(&cluster, &policies, "cluster.local")
+            mesh_view(&cluster, &policies, &settings, "cluster.local")
                 .workloads
                 .len(),
             3

@@ -37,9 +37,21 @@ impl ClusterRegistry {
     /// once every resource has been listed.
     pub fn start(client: &kube::Client, debounce: Duration) -> ClusterRegistry {
         let changed = Arc::new(Notify::new());
-        let (services, services_task) = reflect(Api::<Service>::all(client.clone()), &changed);
-        let (slices, slices_task) = reflect(Api::<EndpointSlice>::all(client.clone()), &changed);
-        let (pods, pods_task) = reflect(Api::<Pod>::all(client.clone()), &changed);
+        let (services, services_task) = reflect(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+        );
+        let (slices, slices_task) = reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+        );
+        let (pods, pods_task) = reflect(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            &changed,
+        );
         let (tx, view) = watch::channel(Arc::new(ClusterView::default()));
         let (listed_tx, listed) = watch::channel(false);
         let builder = tokio::spawn(async move {
@@ -93,8 +105,13 @@ impl Drop for ClusterRegistry {
     }
 }
 
-/// A reflector for `api` on its own task, waking `changed` after every event.
-fn reflect<K>(api: Api<K>, changed: &Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+/// A reflector for `api` (the objects `config` selects) on its own task, waking `changed` after
+/// every event.
+pub(crate) fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
@@ -103,10 +120,7 @@ where
     let changed = changed.clone();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let task = tokio::spawn(async move {
-        let events = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        );
+        let events = reflector::reflector(writer, watcher(api, config).default_backoff());
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             match event {

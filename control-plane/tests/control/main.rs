@@ -8,6 +8,8 @@ mod browser;
 mod dashboard;
 mod discovery;
 mod mtls_port;
+#[path = "../support/mtls.rs"]
+mod mtls_support;
 mod python;
 mod registry;
 mod service;

@@ -4,24 +4,19 @@
 //! (SignCertificate) but not subscribe; `require_client_certs` closes Discovery on the
 //! plaintext port.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{CertificateParams, KeyPair, SanType};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serin_control::ca::{Authority, DEFAULT_TRUST_DOMAIN, StoredRoots, generate_root};
 use serin_control::tls::TlsPortConfig;
 use serin_proto::v1;
 use serin_proto::v1::discovery_client::DiscoveryClient;
 use serin_proto::v1::identity_client::IdentityClient;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::mtls_support::{client_config, csr, tls_channel};
 use crate::support::{Harness, apply_request, eventually, policy, snapshot, workload};
 
 /// A control plane with the mTLS port on 127.0.0.1:0.
@@ -43,56 +38,6 @@ struct Cert {
     trust: Vec<String>,
 }
 
-/// A client configuration trusting `trust`, presenting `cert` when given.
-fn client_config(trust: &[String], cert: Option<(&[String], &str)>) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for pem in trust {
-        roots
-            .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-            .unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match cert {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(
-                chain
-                    .iter()
-                    .map(|c| CertificateDer::from_pem_slice(c.as_bytes()).unwrap())
-                    .collect(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    config
-}
-
-/// A channel to `addr` over TLS (server name `localhost`).
-async fn tls_channel(
-    addr: SocketAddr,
-    config: rustls::ClientConfig,
-) -> Result<Channel, tonic::transport::Error> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(addr).await?;
-                let tls = connector
-                    .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-}
-
 /// The trust bundle, read from the authority through a bootstrap call's answer.
 async fn register(h: &Harness, namespace: &str, pod: &str, service: &str, ip: &str) -> String {
     let mut w = workload(pod, service, "v1", ip);
@@ -109,14 +54,6 @@ async fn register(h: &Harness, namespace: &str, pod: &str, service: &str, ip: &s
         .unwrap()
         .into_inner()
         .bootstrap_token
-}
-
-fn csr(identity: &str) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    (csr, key.serialize_pem())
 }
 
 /// Bootstraps a certificate for `namespace`/`service` over the mTLS port, without a client

@@ -1,10 +1,12 @@
 //! A fake Kubernetes API server on loopback (plain HTTP), shared by the Kubernetes-mode tests of
 //! serin-control (`tests/kubernetes.rs`) and serinctl (`cli/tests/serinctl/cluster.rs`, through
-//! `#[path]`): lists and chunked watch streams of Services, EndpointSlices, Pods and
-//! TrafficPolicies with resourceVersions, the test driving what it says (events, watches that end
-//! or expire with 410 Gone); GET/POST/PUT/DELETE of TrafficPolicy objects as the API server
-//! answers them; merge-patched status; TokenReviews of the tokens the test issued; every request
-//! and write recorded.
+//! `#[path]`): lists and chunked watch streams of Services, EndpointSlices, Pods,
+//! TrafficPolicies, Namespaces and ConfigMaps (all or one namespace's, with a
+//! `metadata.name=` field selector) with resourceVersions, the test driving what it says
+//! (events, watches that end or expire with 410 Gone); GET/POST/PUT/DELETE of TrafficPolicy
+//! objects as the API server answers them; merge-patched status; GET and merge PATCH of
+//! Namespaces and ConfigMaps, POST of ConfigMaps; TokenReviews of the tokens the test issued;
+//! every request and write recorded.
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
@@ -28,6 +30,9 @@ pub const SERVICES: &str = "/api/v1/services";
 pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/serin.io/v1/trafficpolicies";
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+/// Every ConfigMap; a namespace's are served at `/api/v1/namespaces/NS/configmaps`.
+pub const CONFIGMAPS: &str = "/api/v1/configmaps";
 pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 /// A service-account token the fake API server authenticates.
@@ -53,6 +58,8 @@ pub struct State {
     pub patches: Vec<(String, Value)>,
     /// Every write of a TrafficPolicy object: (method, namespace/name, body).
     pub writes: Vec<(String, String, Value)>,
+    /// Every write of a Namespace or ConfigMap: (method, path, body).
+    pub core_writes: Vec<(String, String, Value)>,
     /// The next PUT loses a race: another writer changes the object first, and the PUT gets
     /// 409 Conflict.
     pub race_next_put: bool,
@@ -95,7 +102,7 @@ impl FakeApi {
             state: Arc::new(Mutex::new(State::default())),
             live,
         };
-        for path in [SERVICES, SLICES, PODS, POLICIES] {
+        for path in [SERVICES, SLICES, PODS, POLICIES, NAMESPACES, CONFIGMAPS] {
             fake.state
                 .lock()
                 .unwrap()
@@ -113,6 +120,20 @@ impl FakeApi {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let server = server.clone();
                         async move {
+                            if let Some(object) =
+                                core_object_path(req.method().as_str(), req.uri().path())
+                            {
+                                let method = req.method().to_string();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                return Ok::<_, Infallible>(
+                                    server.core_object(&method, &object, &body),
+                                );
+                            }
                             let object_path = req
                                 .uri()
                                 .path()
@@ -173,6 +194,32 @@ impl FakeApi {
             .collect();
         let mut state = self.state.lock().unwrap();
         state.requests.push(format!("{path}?{query}"));
+        // A namespace's ConfigMaps, and objects picked by name: a filter on the collection.
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (path, namespace) = match parts[..] {
+            ["api", "v1", "namespaces", ns, "configmaps"] => {
+                (CONFIGMAPS.to_owned(), Some(ns.to_owned()))
+            }
+            _ => (path.clone(), None),
+        };
+        let name = params
+            .get("fieldSelector")
+            .map(|f| f.replace("%3D", "=").replace("%3d", "="))
+            .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_owned));
+        let selects = move |object: &Value| {
+            namespace
+                .as_deref()
+                .is_none_or(|ns| object["metadata"]["namespace"] == ns)
+                && name
+                    .as_deref()
+                    .is_none_or(|n| object["metadata"]["name"] == n)
+        };
+        let selects_line = {
+            let selects = selects.clone();
+            move |line: &Bytes| {
+                serde_json::from_slice::<Value>(line).is_ok_and(|event| selects(&event["object"]))
+            }
+        };
         let Some((&collection, items)) = state.items.get_key_value(path.as_str()) else {
             return json_response(
                 404,
@@ -192,7 +239,7 @@ impl FakeApi {
             let replay: Vec<Bytes> = state
                 .log
                 .iter()
-                .filter(|(rv, p, _)| *rv > since && *p == collection)
+                .filter(|(rv, p, line)| *rv > since && *p == collection && selects_line(line))
                 .map(|(_, _, line)| line.clone())
                 .collect();
             let replayed_up_to = state.resource_version;
@@ -209,7 +256,10 @@ impl FakeApi {
                         *expired = true;
                         Some(Some(Bytes::from_static(b"{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"too old resource version\",\"reason\":\"Expired\",\"code\":410}}\n")))
                     } else if let Live::Event(rv, p, line) = m {
-                        Some((p == collection && rv > replayed_up_to).then_some(line))
+                        Some(
+                            (p == collection && rv > replayed_up_to && selects_line(&line))
+                                .then_some(line),
+                        )
                     } else {
                         Some(None)
                     };
@@ -227,6 +277,8 @@ impl FakeApi {
         let list_kind = match collection {
             SERVICES => "ServiceList",
             SLICES => "EndpointSliceList",
+            NAMESPACES => "NamespaceList",
+            CONFIGMAPS => "ConfigMapList",
             _ => "PodList",
         };
         let api_version = if collection == SLICES {
@@ -240,7 +292,7 @@ impl FakeApi {
                 "apiVersion": api_version,
                 "kind": list_kind,
                 "metadata": {"resourceVersion": state.resource_version.to_string()},
-                "items": items.values().cloned().collect::<Vec<_>>(),
+                "items": items.values().filter(|o| selects(o)).cloned().collect::<Vec<_>>(),
             }),
         )
     }
@@ -421,6 +473,88 @@ impl FakeApi {
         }
     }
 
+    /// GET and merge PATCH of a Namespace or ConfigMap, POST of a ConfigMap, as the API server
+    /// answers them: 404 for a missing object, 409 AlreadyExists on a second create; the change
+    /// goes to the watches.
+    pub fn core_object(
+        &self,
+        method: &str,
+        object: &CoreObject,
+        body: &[u8],
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return status(400, "BadRequest", &format!("the body is no JSON: {e}")),
+            }
+        };
+        let (collection, key, path) = match object {
+            CoreObject::Namespace(name) => (
+                NAMESPACES,
+                format!("/{name}"),
+                format!("{NAMESPACES}/{name}"),
+            ),
+            CoreObject::ConfigMaps(ns) => {
+                let name = body["metadata"]["name"].as_str().unwrap_or("");
+                (
+                    CONFIGMAPS,
+                    format!("{ns}/{name}"),
+                    format!("/api/v1/namespaces/{ns}/configmaps"),
+                )
+            }
+            CoreObject::ConfigMap(ns, name) => (
+                CONFIGMAPS,
+                format!("{ns}/{name}"),
+                format!("/api/v1/namespaces/{ns}/configmaps/{name}"),
+            ),
+        };
+        let stored = {
+            let mut state = self.state.lock().unwrap();
+            state.requests.push(format!("{method} {path}"));
+            if method != "GET" {
+                state
+                    .core_writes
+                    .push((method.to_owned(), path, body.clone()));
+            }
+            state.items[collection].get(&key).cloned()
+        };
+        match (method, object, stored) {
+            ("GET", CoreObject::Namespace(_) | CoreObject::ConfigMap(..), Some(o)) => {
+                json_response(200, &o)
+            }
+            ("PATCH", CoreObject::Namespace(_) | CoreObject::ConfigMap(..), Some(mut o)) => {
+                // A JSON merge patch (RFC 7386): null removes a key.
+                json_patch::merge(&mut o, &body);
+                self.apply(collection, o);
+                json_response(200, &self.stored_in(collection, &key))
+            }
+            ("GET" | "PATCH", _, None) => status(404, "NotFound", &format!("{key} not found")),
+            ("POST", CoreObject::ConfigMaps(ns), None) => {
+                let mut o = body;
+                o["metadata"]["namespace"] = json!(ns);
+                o["metadata"]["uid"] = json!(format!("uid-{key}"));
+                self.apply(collection, o);
+                json_response(201, &self.stored_in(collection, &key))
+            }
+            ("POST", CoreObject::ConfigMaps(_), Some(_)) => {
+                status(409, "AlreadyExists", &format!("{key} already exists"))
+            }
+            _ => status(405, "MethodNotAllowed", method),
+        }
+    }
+
+    /// The Namespace and ConfigMap writes so far: (method, path, body).
+    pub fn core_writes(&self) -> Vec<(String, String, Value)> {
+        self.state.lock().unwrap().core_writes.clone()
+    }
+
+    /// The stored object `key` (namespace/name; `/name` for a cluster-scoped one) of `collection`.
+    pub fn stored_in(&self, collection: &str, key: &str) -> Value {
+        self.state.lock().unwrap().items[collection][key].clone()
+    }
+
     /// Issues a token for `namespace/service_account`, bound to `pod_name`, for `audiences`.
     pub fn issue_token(
         &self,
@@ -511,6 +645,34 @@ impl FakeApi {
     }
 }
 
+/// A Namespace or ConfigMap path that names an object (or, for POST, the ConfigMaps of a
+/// namespace).
+#[derive(Debug, Clone)]
+pub enum CoreObject {
+    /// `/api/v1/namespaces/NAME`.
+    Namespace(String),
+    /// `/api/v1/namespaces/NS/configmaps` (POST creates one; GET lists, in `handle`).
+    ConfigMaps(String),
+    /// `/api/v1/namespaces/NS/configmaps/NAME`.
+    ConfigMap(String, String),
+}
+
+/// The Namespace or ConfigMap object `method` on `path` is about; `None` for lists and watches
+/// (GET of a collection) and every other path.
+pub fn core_object_path(method: &str, path: &str) -> Option<CoreObject> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts[..] {
+        ["api", "v1", "namespaces", ns, "configmaps"] if method == "POST" => {
+            Some(CoreObject::ConfigMaps(ns.to_owned()))
+        }
+        ["api", "v1", "namespaces", name] => Some(CoreObject::Namespace(name.to_owned())),
+        ["api", "v1", "namespaces", ns, "configmaps", name] => {
+            Some(CoreObject::ConfigMap(ns.to_owned(), name.to_owned()))
+        }
+        _ => None,
+    }
+}
+
 pub fn status(code: u16, reason: &str, message: &str) -> Response<BoxBody<Bytes, Infallible>> {
     json_response(
         code,
@@ -531,6 +693,23 @@ pub fn service(name: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}})
+}
+
+/// A Namespace with these annotations.
+pub fn namespace(name: &str, annotations: &[(&str, &str)]) -> Value {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "uid": format!("uid-ns-{name}"), "annotations": annotations}})
+}
+
+/// The ConfigMap `serin-mesh` of `namespace` with this `mtls` value.
+pub fn mesh_configmap(namespace: &str, mtls: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "serin-mesh", "namespace": namespace, "uid": "uid-serin-mesh"},
+           "data": {"mtls": mtls}})
 }
 
 pub fn pod(name: &str, version: &str) -> Value {
