@@ -1363,6 +1363,7 @@ async fn kubernetes_mode_keeps_private_namespaces_in_annotations_and_hides_them_
     fake.apply(SERVICES, ledger);
     fake.apply(NAMESPACES, namespace("shop", &[]));
     fake.apply(NAMESPACES, namespace("bank", &[]));
+    fake.apply(POLICIES, policy("reviews", 1, 100));
     fake.issue_token("token-shop", &["serin"], "shop", "reviews", "reviews-v1-a");
     let cp = ControlPlane::start_with_mtls_port(&fake, "serin-control-a").await;
     let tls_addr = cp.grpc_tls.expect("the mTLS port is on");
@@ -1433,6 +1434,16 @@ async fn kubernetes_mode_keeps_private_namespaces_in_annotations_and_hides_them_
         })
         .await;
     assert!(!format!("{hidden:?}").contains("ledger"), "{hidden:?}");
+    // Its snapshot is now scoped (a version of its own, not the whole mesh's): the policy's
+    // status still counts the shop reviews sidecar in sync, since it ACKed the generation.
+    let in_sync = |p: &Value| p["status"]["proxiesInSync"] == 1 && p["status"]["proxiesTotal"] == 1;
+    eventually("the reviews sidecar counted 1 of 1 in sync", || {
+        fake.patches("shop/reviews").iter().any(in_sync)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = fake.patches("shop/reviews").last().cloned().unwrap();
+    assert!(in_sync(&last), "{last:#}");
     // The plaintext port gets the whole mesh, as in the embedded mode.
     plain
         .until("the whole mesh on the plaintext port", |s| {
