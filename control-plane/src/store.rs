@@ -1,4 +1,6 @@
-//! The embedded store (redb, one file in `--store DIR`): every policy revision ever stored, the
+//! The embedded store (redb, one file in `--store DIR`): the last [`HISTORY_KEPT`] revisions of
+//! every policy (older ones are pruned as new ones are stored, so a store does not grow without
+//! bound under automated weight changes), the
 //! registered workloads with their leases, and the services with their VIPs. Every change is one
 //! atomic, durable write transaction, so the store survives restarts and `kill -9`.
 //!
@@ -14,7 +16,11 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{PolicyKey, Registration, Revision, ServiceKey, ServiceRecord, WorkloadKey};
 
-/// Every revision: (namespace, name, generation) → [`Revision`].
+/// Revisions kept per policy: storing generation `g` drops generations `..= g - HISTORY_KEPT`
+/// (rollback and history reach that far back).
+pub const HISTORY_KEPT: u64 = 1000;
+
+/// Every revision kept: (namespace, name, generation) → [`Revision`].
 const REVISIONS: TableDefinition<'_, (&str, &str, u64), &[u8]> =
     TableDefinition::new("policy_revisions");
 /// Registered workloads: (namespace, pod name) → [`Registration`].
@@ -315,19 +321,26 @@ impl Change {
         Ok(latest)
     }
 
-    /// Stores a revision.
+    /// Stores a revision, and drops the policy's revisions older than the last
+    /// [`HISTORY_KEPT`].
     pub fn put_revision(&mut self, rev: &Revision) -> Result<(), StoreError> {
         let key = rev.policy.key();
+        let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
         let mut table = self
             .txn
             .open_table(REVISIONS)
             .map_err(db_err("open table"))?;
         table
-            .insert(
-                (key.namespace.as_str(), key.name.as_str(), rev.generation),
-                encode(rev).as_slice(),
-            )
+            .insert((namespace, name, rev.generation), encode(rev).as_slice())
             .map_err(db_err("insert"))?;
+        if let Some(oldest_dropped) = rev.generation.checked_sub(HISTORY_KEPT) {
+            table
+                .retain_in(
+                    (namespace, name, 0)..=(namespace, name, oldest_dropped),
+                    |_, _| false,
+                )
+                .map_err(db_err("prune"))?;
+        }
         Ok(())
     }
 
@@ -393,5 +406,69 @@ impl Change {
     /// Makes every change of this transaction durable at once.
     pub fn commit(self) -> Result<(), StoreError> {
         self.txn.commit().map_err(db_err("commit"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::model::{ChangeCause, StoredPolicy};
+
+    fn revision(service: &str, generation: u64) -> Revision {
+        let mut policy = crate::mesh::policy_for(
+            "shop",
+            service,
+            vec![serin_policy::VersionWeight::new("v1", 100)],
+        );
+        policy.metadata.generation = Some(generation);
+        Revision {
+            generation,
+            cause: ChangeCause::SetWeights,
+            time: SystemTime::UNIX_EPOCH,
+            restored_generation: 0,
+            policy: StoredPolicy {
+                policy,
+                annotations: Default::default(),
+                create_time: SystemTime::UNIX_EPOCH,
+                update_time: SystemTime::UNIX_EPOCH,
+            },
+        }
+    }
+
+    #[test]
+    fn each_policy_keeps_its_last_revisions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut change = store.change().unwrap();
+        for g in 1..=HISTORY_KEPT + 5 {
+            change.put_revision(&revision("reviews", g)).unwrap();
+        }
+        change.put_revision(&revision("ratings", 1)).unwrap();
+        change.commit().unwrap();
+        let key = PolicyKey::new("shop", "reviews");
+        let change = store.change().unwrap();
+        for g in 1..=5 {
+            assert!(
+                change.revision(&key, g).unwrap().is_none(),
+                "generation {g}"
+            );
+        }
+        for g in [6, 500, HISTORY_KEPT + 5] {
+            assert!(
+                change.revision(&key, g).unwrap().is_some(),
+                "generation {g}"
+            );
+        }
+        let ratings = PolicyKey::new("shop", "ratings");
+        assert!(
+            change.revision(&ratings, 1).unwrap().is_some(),
+            "another policy untouched"
+        );
+        assert_eq!(
+            store.history(&key, usize::MAX).unwrap().len() as u64,
+            HISTORY_KEPT
+        );
     }
 }

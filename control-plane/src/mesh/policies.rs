@@ -395,7 +395,10 @@ impl Writer {
         let source = match to_generation {
             Some(g) => {
                 let rev = change.revision(&key, g)?.ok_or_else(|| {
-                    MeshError::NotFound(format!("policy {key} has no generation {g}"))
+                    MeshError::NotFound(format!(
+                        "policy {key} has no generation {g} (the store keeps the last {} generations of each policy)",
+                        crate::store::HISTORY_KEPT
+                    ))
                 })?;
                 if rev.is_delete() {
                     return Err(MeshError::Invalid(format!(
