@@ -155,14 +155,7 @@ async fn with_the_control_planes_roots_a_sidecar_needs_only_the_mtls_port() {
         .await
         .expect("the sidecar gets its configuration over the mTLS port")
         .unwrap();
-    let proxies = cp
-        .admin()
-        .await
-        .list_proxies(v1::ListProxiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .proxies;
+    let proxies = cp.proxies().await;
     assert_eq!(proxies.len(), 1, "{proxies:?}");
     // The telemetry stream is accepted; the certificate is renewed at least once.
     eventually("telemetry reported and the certificate renewed", || {
@@ -230,13 +223,6 @@ async fn with_roots_the_control_plane_does_not_chain_to_the_sidecar_refuses_it()
         0
     );
     assert!(!bound.config.subscribe().borrow().is_ready());
-    let proxies = cp
-        .admin()
-        .await
-        .list_proxies(v1::ListProxiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .proxies;
+    let proxies = cp.proxies().await;
     assert!(proxies.is_empty(), "{proxies:?}");
 }

@@ -98,14 +98,7 @@ async fn sidecars_subscribe_on_the_mtls_port_with_their_certificates_and_serve()
         assert_eq!(mesh.call().await.unwrap(), "HTTP/1.1 200 OK");
     }
     let cp = mesh.cp.as_ref().unwrap();
-    let proxies = cp
-        .admin()
-        .await
-        .list_proxies(v1::ListProxiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .proxies;
+    let proxies = cp.proxies().await;
     assert_eq!(proxies.len(), 2, "{proxies:?}");
     // The hop is still mTLS between the sidecars, naming the client.
     let server = mesh.server_metrics();

@@ -166,6 +166,18 @@ impl ControlPlaneProcess {
             .unwrap();
     }
 
+    /// The proxies subscribed to it (Admin.ListProxies).
+    #[allow(dead_code)] // not every test binary including this file lists proxies
+    pub async fn proxies(&self) -> Vec<v1::ProxyStatus> {
+        self.admin()
+            .await
+            .list_proxies(v1::ListProxiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .proxies
+    }
+
     /// A client of its Admin API, with the write token.
     pub async fn admin(&self) -> AuthorizedAdmin {
         admin_client(
