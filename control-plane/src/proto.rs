@@ -554,6 +554,18 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
                 ));
             }
         }
+        if e.source_principal.len() > MAX_PRINCIPAL {
+            return Err(InvalidField::new(
+                "edges[].source_principal",
+                "must be at most 2048 bytes (a SPIFFE ID)",
+            ));
+        }
+        if !e.mtls && !e.source_principal.is_empty() {
+            return Err(InvalidField::new(
+                "edges[].source_principal",
+                "must be empty when mtls is false (a principal is only known from a verified client certificate)",
+            ));
+        }
         let key = EdgeKey {
             direction,
             source_workload: e.source_workload,
@@ -585,10 +597,15 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
             received_bytes: e.received_bytes,
             version_fallbacks: e.version_fallbacks,
             mirror_outcomes: e.mirror_outcomes.into_iter().collect(),
+            mtls: e.mtls,
+            source_principal: e.source_principal,
         };
         Ok(EdgeReport { key, delta })
     }
 }
+
+/// Longest `source_principal` an edge may carry (the SPIFFE ID limit).
+const MAX_PRINCIPAL: usize = 2048;
 
 /// Longest name a rule-hit entry may carry (policy, rule, version: DNS-label sized names).
 const MAX_HIT_NAME: usize = 253;
@@ -673,6 +690,9 @@ impl From<&Graph> for v1::TopologyUpdate {
                     grpc_status_counts: e.grpc_statuses.clone().into_iter().collect(),
                     version_fallbacks: e.version_fallbacks,
                     active_connections: e.active_connections,
+                    mtls: e.mtls,
+                    mtls_fraction: e.mtls_fraction,
+                    source_principals: e.source_principals.clone(),
                 })
                 .collect(),
         }

@@ -196,6 +196,8 @@ pub fn edge_stats(key: &TallyKey, d: &EdgeTotals) -> Vec<v1::EdgeStats> {
         destination_version: e.destination_version.to_string(),
         protocol: protocol as i32,
         mirror: key.edge.mirror,
+        mtls: e.source_principal.is_some(),
+        source_principal: e.source_principal.as_deref().unwrap_or("").to_owned(),
         ..v1::EdgeStats::default()
     };
     let mut out = Vec::with_capacity(2);
@@ -705,6 +707,7 @@ mod tests {
             destination_namespace: "default".into(),
             destination_version: destination_version.into(),
             mirror: false,
+            source_principal: None,
         }
     }
 
