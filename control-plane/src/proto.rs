@@ -872,4 +872,42 @@ mod tests {
             assert_eq!(Workload::try_from(w).unwrap_err().field, field);
         }
     }
+    #[test]
+    fn edge_principals_come_with_mtls_only() {
+        crate::test_tracing();
+        let edge = v1::EdgeStats {
+            direction: v1::TrafficDirection::Inbound as i32,
+            protocol: v1::Protocol::Http1 as i32,
+            mtls: true,
+            source_principal: "spiffe://cluster.local/ns/default/sa/a".into(),
+            ..Default::default()
+        };
+        let report = EdgeReport::try_from(edge.clone()).unwrap();
+        assert!(report.delta.mtls);
+        assert_eq!(
+            report.delta.source_principal,
+            "spiffe://cluster.local/ns/default/sa/a"
+        );
+        // An older sidecar's edge: plaintext, no principal.
+        let old = EdgeReport::try_from(v1::EdgeStats {
+            mtls: false,
+            source_principal: String::new(),
+            ..edge.clone()
+        })
+        .unwrap();
+        assert!(!old.delta.mtls && old.delta.source_principal.is_empty());
+        for bad in [
+            v1::EdgeStats {
+                mtls: false,
+                ..edge.clone()
+            },
+            v1::EdgeStats {
+                source_principal: "x".repeat(MAX_PRINCIPAL + 1),
+                ..edge
+            },
+        ] {
+            let e = EdgeReport::try_from(bad).unwrap_err().to_string();
+            assert!(e.contains("edges[].source_principal"), "{e}");
+        }
+    }
 }
