@@ -4,7 +4,9 @@
 //! request is an atomic add and a histogram observation, with no string allocated.
 //!
 //! TCP metrics carry the edge labels only (`response_code` and `grpc_status` mean nothing for a
-//! byte stream). `serin_tcp_sent_bytes_total` counts bytes sent towards the destination,
+//! byte stream). Request and TCP metrics also carry `source_principal`: the SPIFFE ID of the
+//! verified client certificate of an inbound mTLS connection, "" for plaintext and outbound
+//! traffic (an inbound peer's mTLS edges are made per principal, see `tables.rs`). `serin_tcp_sent_bytes_total` counts bytes sent towards the destination,
 //! `serin_tcp_received_bytes_total` bytes received from it.
 //!
 //! Beside the Prometheus handles every edge has an [`EdgeTally`]: cumulative totals in plain
