@@ -1,5 +1,7 @@
-// The Serin dashboard: the live traffic graph (server-sent events from /api/stream) and the
-// release panel of one service (/api/services/NAME), with weight, promote and rollback actions.
+// The Serin dashboard: the live traffic graph (server-sent events from /api/stream), the
+// release panel of one service (/api/services/NAME), with weight, promote and rollback actions,
+// and the detail panel of one edge (from the graph itself: traffic, and whether its callers came
+// over mTLS and with which SPIFFE IDs; a padlock marks mTLS edges in the graph).
 // Plain JavaScript and SVG, no dependencies: it is embedded in serin-control and works offline.
 "use strict";
 
@@ -13,6 +15,7 @@ const state = {
   window: "10s",
   namespace: "",
   selected: null, // {namespace, service}
+  selectedEdge: null, // edgeId() of the edge whose detail panel is open
   detail: null,
   structure: { services: new Set(), edges: new Set() }, // every service link seen this session
   layoutKey: "",
@@ -62,6 +65,27 @@ function healthClass(e) {
 const COLORS = { ok: "#3fb950", warn: "#d29922", bad: "#f85149", tcp: "#58a6ff", mirror: "#bc8cff" };
 
 function serviceKey(node) { return node.namespace + "/" + node.service; }
+// One edge of the graph: caller, callee, protocol and mirror flag (the API's edge key).
+function edgeId(e) { return `${e.source}>${e.destination}>${e.protocol}${e.mirror ? ">mirror" : ""}`; }
+// "mtls" (every request over mTLS), "partial", or "" (plaintext, or not known).
+function security(e) {
+  if (e.mtls) return "mtls";
+  return (e.mtls_fraction || 0) > 0 ? "partial" : "";
+}
+// A padlock (10 × 11) at x, y in the graph; `id` is its edge's.
+const LOCK_SHAPE = `<path d="M2.5,5.2 V3.6 a2.5,2.5 0 0 1 5,0 V5.2"></path><rect x="1" y="5" width="8" height="6" rx="1.3"></rect>`;
+function lockMarker(x, y, id, level) {
+  return `<g class="lock ${level}" data-edge-lock="${esc(id)}" data-edge-id="${esc(id)}" transform="translate(${x.toFixed(1)},${y.toFixed(1)})">${LOCK_SHAPE}</g>`;
+}
+// The same padlock inline in HTML.
+function lockIcon(level) {
+  return `<svg class="lock ${level}" width="10" height="11" viewBox="0 0 10 11" aria-hidden="true">${LOCK_SHAPE}</svg>`;
+}
+function nodeName(id) {
+  if (id === "unknown/unknown/unknown") return "outside the mesh";
+  const [, service, version] = id.split("/");
+  return version ? `${service} ${version}` : service;
+}
 
 // ---------------------------------------------------------------------------------------------
 // layout: services in columns by call depth (longest path from the callers), versions stacked
@@ -195,7 +219,18 @@ function edgeTitle(e) {
     e.version_fallbacks ? `fallbacks: ${e.version_fallbacks}` : "",
     e.active_connections ? `open connections: ${e.active_connections}` : "",
     Object.keys(e.mirror_outcomes).length ? "mirror: " + Object.entries(e.mirror_outcomes).map(([k, n]) => `${k} ${n}`).join(", ") : "",
+    securityText(e),
   ].filter(Boolean).join("\n");
+}
+
+function securityText(e) {
+  const principals = e.source_principals || [];
+  const who = principals.length ? ` from ${principals.join(", ")}` : "";
+  switch (security(e)) {
+    case "mtls": return `mTLS${who}`;
+    case "partial": return `mTLS for ${fmtPct(e.mtls_fraction)}${who}, the rest plaintext`;
+    default: return e.reported_by === "inbound" ? "plaintext" : "";
+  }
 }
 
 function render() {
@@ -263,10 +298,16 @@ function render() {
     const geo = edgeGeometry(a, b, (i % 2 ? 1 : -1) * Math.ceil(i / 2) * 6);
     const cls = healthClass(e);
     const width = 1.5 + 7 * Math.sqrt(e.rps / maxRps);
-    out.push(`<path class="edge ${e.mirror ? "mirror" : ""}" data-edge="${esc(pair)}" d="${geo.d}" stroke="${COLORS[cls]}" stroke-width="${width.toFixed(2)}" marker-end="url(#arrow)"><title>${esc(edgeTitle(e))}</title></path>`);
+    const id = edgeId(e);
+    const secured = security(e);
+    const chosen = state.selectedEdge === id ? " selected" : "";
+    out.push(`<path class="edge${e.mirror ? " mirror" : ""}${secured ? " " + secured : ""}${chosen}" data-edge="${esc(pair)}" data-edge-id="${esc(id)}" d="${geo.d}" stroke="${COLORS[cls]}" stroke-width="${width.toFixed(2)}" marker-end="url(#arrow)"><title>${esc(edgeTitle(e))}</title></path>`);
+    let locked = false;
     if (labelled.has(e)) {
       const text = edgeLabel(e);
-      const w = text.length * 5.9 + 12;
+      // Room for the padlock at the label's left.
+      const pad = secured ? 14 : 0;
+      const w = text.length * 5.9 + 12 + pad;
       // The first free spot along the edge, middle first; a label with no room shows on hover.
       const spot = [0.5, 0.38, 0.62, 0.28, 0.72].flatMap((t) => {
         const p = geo.at(t);
@@ -274,12 +315,21 @@ function render() {
       }).find((r) => !placed.some((o) => r.x < o.x + o.w && o.x < r.x + r.w && r.y < o.y + o.h && o.y < r.y + r.h));
       if (spot) {
         placed.push(spot);
-        labels.push(`<g class="label" data-edge-label="${esc(pair)}${e.mirror ? " mirror" : ""}"><rect x="${spot.x.toFixed(1)}" y="${spot.y.toFixed(1)}" width="${w.toFixed(1)}" height="17"></rect><text x="${(spot.x + w / 2).toFixed(1)}" y="${(spot.y + 12.5).toFixed(1)}" text-anchor="middle"${e.mirror ? ` fill="${COLORS.mirror}"` : ""}>${esc(text)}</text><title>${esc(edgeTitle(e))}</title></g>`);
+        // The padlock has no text: the label's textContent starts with the rate.
+        const lock = secured ? lockMarker(spot.x + 4, spot.y + 3, id, secured) : "";
+        locked = Boolean(secured);
+        labels.push(`<g class="label" data-edge-label="${esc(pair)}${e.mirror ? " mirror" : ""}" data-edge-id="${esc(id)}"><rect x="${spot.x.toFixed(1)}" y="${spot.y.toFixed(1)}" width="${w.toFixed(1)}" height="17"></rect><text x="${(spot.x + pad + (w - pad) / 2).toFixed(1)}" y="${(spot.y + 12.5).toFixed(1)}" text-anchor="middle"${e.mirror ? ` fill="${COLORS.mirror}"` : ""}>${esc(text)}</text>${lock}<title>${esc(edgeTitle(e))}</title></g>`);
       }
+    }
+    // An mTLS edge without a label still shows its padlock, on the edge's middle.
+    if (secured && !locked) {
+      const p = geo.at(0.5);
+      labels.push(lockMarker(p.x - 5, p.y - 5.5, id, secured));
     }
   }
   $("viewport").innerHTML = out.join("") + labels.join("");
   applyView();
+  if (state.selectedEdge) renderEdgePanel();
 
   // Totals.
   const primary = graph.edges.filter((e) => !e.mirror);
@@ -339,6 +389,8 @@ function fitView() {
   window.addEventListener("mouseup", () => { setTimeout(() => { drag = null; }, 0); svg.classList.remove("dragging"); });
   svg.addEventListener("click", (ev) => {
     if (drag && drag.moved) return;
+    const edge = ev.target.closest("[data-edge-id]");
+    if (edge) { selectEdge(edge.getAttribute("data-edge-id")); return; }
     const g = ev.target.closest("[data-service]");
     if (!g) return;
     const [namespace, ...rest] = g.getAttribute("data-service").split("/");
@@ -426,6 +478,7 @@ $("namespace").addEventListener("change", (ev) => {
 
 function select(sel) {
   state.selected = sel;
+  state.selectedEdge = null;
   state.detail = null;
   state.editKey = "";
   $("panel").hidden = false;
@@ -436,7 +489,55 @@ function select(sel) {
   refreshPanel();
   if (!state.layoutFitPending && !state.view.user) setTimeout(fitView, 0);
 }
-$("panel-close").addEventListener("click", () => { state.selected = null; $("panel").hidden = true; render(); if (!state.view.user) setTimeout(fitView, 0); });
+$("panel-close").addEventListener("click", () => { state.selected = null; state.selectedEdge = null; $("panel").hidden = true; render(); if (!state.view.user) setTimeout(fitView, 0); });
+
+// ---------------------------------------------------------------------------------------------
+// the edge panel: drawn from the graph on every update, no request of its own
+
+function selectEdge(id) {
+  state.selected = null;
+  state.detail = null;
+  state.selectedEdge = id;
+  $("panel").hidden = false;
+  render();
+  if (!state.view.user) setTimeout(fitView, 0);
+}
+
+function renderEdgePanel() {
+  const id = state.selectedEdge;
+  const [source, destination, protocol, mirror] = id.split(">");
+  const e = state.graph && state.graph.edges.find((x) => edgeId(x) === id);
+  $("panel-title").textContent = `${nodeName(source)} → ${nodeName(destination)}`;
+  $("panel-sub").textContent = `${protocol}${mirror ? " · mirror" : ""}${e ? ` · from ${e.reported_by} reports` : ""}`;
+  if (!e) {
+    $("panel-body").innerHTML = `<div class="note" id="edge-detail">No traffic on this edge in the ${esc(state.window)} window.</div>`;
+    return;
+  }
+  const level = security(e);
+  const principals = e.source_principals || [];
+  let badge;
+  if (level === "mtls") badge = `<span class="badge ok">${lockIcon("mtls")} mTLS</span> <span class="muted">every request, client certificates verified</span>`;
+  else if (level === "partial") badge = `<span class="badge warn">${lockIcon("partial")} partly mTLS</span> <span class="muted">${fmtPct(e.mtls_fraction)} over mTLS, the rest plaintext</span>`;
+  else if (e.reported_by === "inbound") badge = `<span class="badge">plaintext</span>`;
+  else badge = `<span class="badge">not known</span><div class="note">Only the caller's sidecar reports this edge: mTLS is seen by the callee's sidecar.</div>`;
+  const who = principals.length
+    ? `<div class="barlabel">Client principals (verified SPIFFE IDs)</div><ul class="plain" id="edge-principals">${principals.map((p) => `<li class="mono" data-principal="${esc(p)}">${esc(p)}</li>`).join("")}</ul>`
+    : "";
+  const codes = Object.entries(e.response_codes).map(([c, n]) => `${c === "0" ? "no response" : esc(c)}: ${n}`).join(", ");
+  const rows = [
+    ["rate", `${fmtRate(e.rps)} ${e.protocol === "tcp" && e.requests === 0 ? "conn/s" : "rps"}`],
+    ["requests", `${e.requests}`],
+    ["errors", fmtPct(e.error_rate)],
+    ["latency", `p50 ${fmtMs(e.p50_ms)} · p95 ${fmtMs(e.p95_ms)} · p99 ${fmtMs(e.p99_ms)}`],
+    ["bytes", `in ${fmtBytes(e.received_bytes_per_second)} · out ${fmtBytes(e.sent_bytes_per_second)}`],
+    codes ? ["HTTP", codes] : null,
+    e.active_connections ? ["open connections", `${e.active_connections}`] : null,
+    e.version_fallbacks ? ["fallbacks", `${e.version_fallbacks}`] : null,
+  ].filter(Boolean).map(([k, v]) => `<tr><td class="muted">${k}</td><td>${v}</td></tr>`).join("");
+  $("panel-body").innerHTML = `<div id="edge-detail" data-edge-detail="${esc(id)}">
+    <h3 style="margin-top:0">Security</h3><div id="edge-security" data-security="${level || "none"}">${badge}</div>${who}
+    <h3>Traffic · ${state.graph.window_seconds} s window</h3><table class="split">${rows}</table></div>`;
+}
 
 async function refreshPanel() {
   const sel = state.selected;

@@ -554,6 +554,18 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
                 ));
             }
         }
+        if e.source_principal.len() > MAX_PRINCIPAL {
+            return Err(InvalidField::new(
+                "edges[].source_principal",
+                "must be at most 2048 bytes (a SPIFFE ID)",
+            ));
+        }
+        if !e.mtls && !e.source_principal.is_empty() {
+            return Err(InvalidField::new(
+                "edges[].source_principal",
+                "must be empty when mtls is false (a principal is only known from a verified client certificate)",
+            ));
+        }
         let key = EdgeKey {
             direction,
             source_workload: e.source_workload,
@@ -585,10 +597,15 @@ impl TryFrom<v1::EdgeStats> for EdgeReport {
             received_bytes: e.received_bytes,
             version_fallbacks: e.version_fallbacks,
             mirror_outcomes: e.mirror_outcomes.into_iter().collect(),
+            mtls: e.mtls,
+            source_principal: e.source_principal,
         };
         Ok(EdgeReport { key, delta })
     }
 }
+
+/// Longest `source_principal` an edge may carry (the SPIFFE ID limit).
+const MAX_PRINCIPAL: usize = 2048;
 
 /// Longest name a rule-hit entry may carry (policy, rule, version: DNS-label sized names).
 const MAX_HIT_NAME: usize = 253;
@@ -673,6 +690,9 @@ impl From<&Graph> for v1::TopologyUpdate {
                     grpc_status_counts: e.grpc_statuses.clone().into_iter().collect(),
                     version_fallbacks: e.version_fallbacks,
                     active_connections: e.active_connections,
+                    mtls: e.mtls,
+                    mtls_fraction: e.mtls_fraction,
+                    source_principals: e.source_principals.clone(),
                 })
                 .collect(),
         }
@@ -850,6 +870,44 @@ mod tests {
         ];
         for (w, field) in cases {
             assert_eq!(Workload::try_from(w).unwrap_err().field, field);
+        }
+    }
+    #[test]
+    fn edge_principals_come_with_mtls_only() {
+        crate::test_tracing();
+        let edge = v1::EdgeStats {
+            direction: v1::TrafficDirection::Inbound as i32,
+            protocol: v1::Protocol::Http1 as i32,
+            mtls: true,
+            source_principal: "spiffe://cluster.local/ns/default/sa/a".into(),
+            ..Default::default()
+        };
+        let report = EdgeReport::try_from(edge.clone()).unwrap();
+        assert!(report.delta.mtls);
+        assert_eq!(
+            report.delta.source_principal,
+            "spiffe://cluster.local/ns/default/sa/a"
+        );
+        // An older sidecar's edge: plaintext, no principal.
+        let old = EdgeReport::try_from(v1::EdgeStats {
+            mtls: false,
+            source_principal: String::new(),
+            ..edge.clone()
+        })
+        .unwrap();
+        assert!(!old.delta.mtls && old.delta.source_principal.is_empty());
+        for bad in [
+            v1::EdgeStats {
+                mtls: false,
+                ..edge.clone()
+            },
+            v1::EdgeStats {
+                source_principal: "x".repeat(MAX_PRINCIPAL + 1),
+                ..edge
+            },
+        ] {
+            let e = EdgeReport::try_from(bad).unwrap_err().to_string();
+            assert!(e.contains("edges[].source_principal"), "{e}");
         }
     }
 }

@@ -74,6 +74,15 @@ pub struct Edge {
     /// Mirror outcomes ("sent", "failed", "dropped", "too_large", "aborted", "no_endpoint"),
     /// for mirror edges; from the caller's outbound reports.
     pub mirror_outcomes: BTreeMap<String, u64>,
+    /// Every request (TCP-only edges: every connection) of the window came over mTLS, its client
+    /// certificate verified by the callee's sidecar; false when any was plaintext, and for edges
+    /// only the caller reports (its sidecar does not see the server's side of the handshake).
+    pub mtls: bool,
+    /// Fraction 0..=1 of the window's requests (TCP-only: connections) that came over mTLS.
+    pub mtls_fraction: f64,
+    /// SPIFFE IDs of the verified client certificates seen in the window, sorted (at most
+    /// [`crate::telemetry::window::MAX_PRINCIPALS`]); empty for plaintext edges.
+    pub source_principals: Vec<String>,
 }
 
 /// The graph.
@@ -236,6 +245,11 @@ pub fn build(
                     s.counts.mirror_outcomes.iter().cloned().collect(),
                 )
             });
+            // Only the callee's sidecar terminates mTLS: outbound reports say nothing of it.
+            let (mtls_fraction, source_principals) = match reported_by {
+                "inbound" => (s.mtls_fraction, s.source_principals.clone()),
+                _ => (0.0, Vec::new()),
+            };
             let mut response_codes = BTreeMap::new();
             let mut grpc_statuses = BTreeMap::new();
             for ((code, grpc), n) in &s.counts.responses {
@@ -263,6 +277,9 @@ pub fn build(
                 version_fallbacks,
                 active_connections: s.active_connections,
                 mirror_outcomes,
+                mtls: mtls_fraction >= 1.0,
+                mtls_fraction,
+                source_principals,
             })
         })
         .collect();
@@ -344,5 +361,72 @@ mod tests {
         let windows = vec![(key(Direction::Inbound, false), stats(1))];
         let other = build(&MeshView::default(), &[], windows, "shop", 10_500, 10);
         assert!(other.edges.is_empty() && other.nodes.is_empty());
+    }
+    #[test]
+    fn mtls_and_principals_come_from_the_callee_side() {
+        crate::test_tracing();
+        let alice = "spiffe://cluster.local/ns/default/sa/productpage";
+        let with = |mtls_requests: u64, plain: u64| {
+            let mut w = EdgeWindows::new(10_000, 1_000);
+            w.record(
+                10_000,
+                &Delta {
+                    responses: [((200, None), mtls_requests)].into(),
+                    mtls: true,
+                    source_principal: alice.into(),
+                    ..Delta::default()
+                },
+            );
+            if plain > 0 {
+                w.record(
+                    10_000,
+                    &Delta {
+                        responses: [((200, None), plain)].into(),
+                        ..Delta::default()
+                    },
+                );
+            }
+            w.window(10_500, 10_000).unwrap()
+        };
+        let g = build(
+            &MeshView::default(),
+            &[],
+            vec![(key(Direction::Inbound, false), with(40, 0))],
+            "",
+            10_500,
+            10,
+        );
+        let e = &g.edges[0];
+        assert!(e.mtls);
+        assert_eq!(
+            (e.mtls_fraction, &e.source_principals[..]),
+            (1.0, &[alice.to_owned()][..])
+        );
+        // Partly plaintext: no padlock, the share says how much.
+        let g = build(
+            &MeshView::default(),
+            &[],
+            vec![(key(Direction::Inbound, false), with(30, 10))],
+            "",
+            10_500,
+            10,
+        );
+        assert!(!g.edges[0].mtls);
+        assert!((g.edges[0].mtls_fraction - 0.75).abs() < 1e-9);
+        // Only the caller reports: nothing known of the server's side of the handshake.
+        let g = build(
+            &MeshView::default(),
+            &[],
+            vec![(key(Direction::Outbound, false), with(40, 0))],
+            "",
+            10_500,
+            10,
+        );
+        let e = &g.edges[0];
+        assert_eq!(e.reported_by, "outbound");
+        assert!(!e.mtls && e.mtls_fraction == 0.0 && e.source_principals.is_empty());
+        let json = serde_json::to_value(&g).unwrap();
+        assert_eq!(json["edges"][0]["mtls"], false);
+        assert_eq!(json["edges"][0]["source_principals"], serde_json::json!([]));
     }
 }

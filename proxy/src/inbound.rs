@@ -6,9 +6,12 @@
 //!
 //! When the sidecar holds a workload certificate, the first bytes are looked at (not consumed):
 //! a TLS ClientHello offering a mesh ALPN is a client sidecar's mTLS, terminated here with the
-//! client's certificate verified; its SPIFFE ID is counted as `source_principal`. Anything else
-//! (plain bytes, or the app's own TLS) is served as before in `permissive` mode and refused in
-//! `strict` mode.
+//! client's certificate verified; its SPIFFE ID (the connection's *principal*) is counted as
+//! `source_principal` of `serin_inbound_connections_total`, and every request and opaque
+//! connection served on it is recorded on the peer's inbound edge of that principal
+//! (`source_principal` of the request and TCP metrics, `mtls`/`source_principal` in telemetry).
+//! Anything else (plain bytes, or the app's own TLS) is served as before in `permissive` mode
+//! (on the plaintext edge, `source_principal=""`) and refused in `strict` mode.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,12 +41,11 @@ pub async fn handle(
     let tables = Arc::clone(&inputs.tables.borrow());
     let strict = tables.mtls_mode == MtlsMode::Strict;
     let mut buf = BytesMut::with_capacity(FIRST_READ_CAPACITY);
-    let stream = match secure(inputs, stream, &mut buf, strict).await {
-        Some(stream) => stream,
-        None => return,
+    let Some((stream, principal)) = secure(inputs, stream, &mut buf, strict).await else {
+        return;
     };
     let app = inputs.app(orig_dst.port());
-    let edges = Arc::clone(tables.inbound_edge(peer.ip()));
+    let edges = tables.inbound_edges(peer.ip(), principal.as_deref());
     let metrics = Arc::clone(&edges.primary);
     let protocol = tables.inbound_protocol(orig_dst.port());
     let target = Some((Arc::clone(&app), Arc::clone(&metrics)));
@@ -66,12 +68,14 @@ pub async fn handle(
 
 /// Terminates a client sidecar's mTLS, or lets a plain connection through (`permissive`), or
 /// refuses it (`strict`, closed with a RST). `buf` keeps what was read of a plain connection.
+/// Returns the connection and, for mTLS, the client's principal (its certificate's SPIFFE ID, ""
+/// when it has none); `None` for plaintext.
 async fn secure(
     inputs: &ProxyInputs,
     mut stream: TcpStream,
     buf: &mut BytesMut,
     strict: bool,
-) -> Option<MeshIo> {
+) -> Option<(MeshIo, Option<String>)> {
     let refuse = |stream: TcpStream, reason: &'static str| {
         tracing::debug!(reason, "inbound connection refused");
         let _ = stream.set_zero_linger();
@@ -83,7 +87,7 @@ async fn secure(
             inputs.metrics.identity.refused("plaintext_in_strict_mode");
             refuse(stream, "plaintext in strict mode")
         } else {
-            Some(MeshIo::Plain(stream))
+            Some((MeshIo::Plain(stream), None))
         };
     };
     let credentials = tls.credentials.borrow().clone();
@@ -102,11 +106,11 @@ async fn secure(
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first())
-                        .and_then(|cert| tls::spiffe_id(cert));
-                    tracing::debug!(source_principal = ?principal, "mtls connection");
-                    tls.metrics
-                        .inbound(Some(principal.as_deref().unwrap_or("")));
-                    Some(MeshIo::Server(Box::new(tls_stream)))
+                        .and_then(|cert| tls::spiffe_id(cert))
+                        .unwrap_or_default();
+                    tracing::debug!(source_principal = %principal, "mtls connection");
+                    tls.metrics.inbound(Some(&principal));
+                    Some((MeshIo::Server(Box::new(tls_stream)), Some(principal)))
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "inbound mtls handshake failed");
@@ -121,7 +125,7 @@ async fn secure(
         }
         _ => {
             tls.metrics.inbound(None);
-            Some(MeshIo::Plain(stream))
+            Some((MeshIo::Plain(stream), None))
         }
     }
 }

@@ -4,7 +4,9 @@
 //! request is an atomic add and a histogram observation, with no string allocated.
 //!
 //! TCP metrics carry the edge labels only (`response_code` and `grpc_status` mean nothing for a
-//! byte stream). `serin_tcp_sent_bytes_total` counts bytes sent towards the destination,
+//! byte stream). Request and TCP metrics also carry `source_principal`: the SPIFFE ID of the
+//! verified client certificate of an inbound mTLS connection, "" for plaintext and outbound
+//! traffic (an inbound peer's mTLS edges are made per principal, see `tables.rs`). `serin_tcp_sent_bytes_total` counts bytes sent towards the destination,
 //! `serin_tcp_received_bytes_total` bytes received from it.
 //!
 //! Beside the Prometheus handles every edge has an [`EdgeTally`]: cumulative totals in plain
@@ -66,14 +68,29 @@ pub struct Edge {
     pub destination_version: Arc<str>,
     /// Mirrored copies (`mirror="true"`), apart from the traffic they copy.
     pub mirror: bool,
+    /// How the caller was authenticated (inbound edges only): `None` for plaintext connections
+    /// and on every outbound edge; `Some` for mTLS from a client sidecar, holding the SPIFFE ID
+    /// of its verified certificate ("" when the certificate has none). The `source_principal`
+    /// label of the request and TCP metrics ("" when `None`).
+    pub source_principal: Option<Arc<str>>,
 }
 
 impl Edge {
-    fn encode_labels(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+    /// Encodes the edge's labels; `source_principal` only `with_principal` (request and TCP
+    /// metrics, not the outbound-only mirror counter).
+    fn encode_labels(
+        &self,
+        encoder: &mut LabelSetEncoder<'_>,
+        with_principal: bool,
+    ) -> Result<(), fmt::Error> {
         ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
         ("source_workload", &*self.source_workload).encode(encoder.encode_label())?;
         ("source_namespace", &*self.source_namespace).encode(encoder.encode_label())?;
         ("source_version", &*self.source_version).encode(encoder.encode_label())?;
+        if with_principal {
+            let principal = self.source_principal.as_deref().unwrap_or("");
+            ("source_principal", principal).encode(encoder.encode_label())?;
+        }
         ("destination_service", &*self.destination_service).encode(encoder.encode_label())?;
         ("destination_namespace", &*self.destination_namespace).encode(encoder.encode_label())?;
         ("destination_version", &*self.destination_version).encode(encoder.encode_label())
@@ -107,7 +124,7 @@ pub struct RequestLabels {
 
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
-        self.edge.encode_labels(encoder)?;
+        self.edge.encode_labels(encoder, true)?;
         ("response_code", self.response_code).encode(encoder.encode_label())?;
         ("grpc_status", self.grpc_status).encode(encoder.encode_label())?;
         ("mirror", self.edge.mirror_label()).encode(encoder.encode_label())
@@ -120,7 +137,7 @@ pub struct TcpLabels(Arc<Edge>);
 
 impl EncodeLabelSet for TcpLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
-        self.0.encode_labels(encoder)?;
+        self.0.encode_labels(encoder, true)?;
         ("mirror", self.0.mirror_label()).encode(encoder.encode_label())
     }
 }
@@ -197,7 +214,7 @@ pub struct MirrorLabels {
 
 impl EncodeLabelSet for MirrorLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
-        self.edge.encode_labels(encoder)?;
+        self.edge.encode_labels(encoder, false)?;
         ("outcome", self.outcome).encode(encoder.encode_label())
     }
 }
@@ -818,6 +835,7 @@ mod tests {
             destination_namespace: "default".into(),
             destination_version: "v2".into(),
             mirror: false,
+            source_principal: None,
         }
     }
 
@@ -837,7 +855,7 @@ mod tests {
         em.tcp().opened.inc();
         em.tcp().sent.inc_by(10);
         let text = metrics.render();
-        let labels = "direction=\"outbound\",source_workload=\"productpage\",source_namespace=\"default\",source_version=\"v1\",destination_service=\"reviews\",destination_namespace=\"default\",destination_version=\"v2\"";
+        let labels = "direction=\"outbound\",source_workload=\"productpage\",source_namespace=\"default\",source_version=\"v1\",source_principal=\"\",destination_service=\"reviews\",destination_namespace=\"default\",destination_version=\"v2\"";
         assert!(text.contains(&format!("serin_requests_total{{{labels},response_code=\"200\",grpc_status=\"\",mirror=\"false\"}} 2")), "{text}");
         assert!(text.contains(&format!("serin_requests_total{{{labels},response_code=\"503\",grpc_status=\"\",mirror=\"false\"}} 1")), "{text}");
         assert!(text.contains(&format!("serin_requests_total{{{labels},response_code=\"200\",grpc_status=\"14\",mirror=\"false\"}} 1")), "{text}");
@@ -883,21 +901,71 @@ mod tests {
         metrics.route_fallback("reviews", "default", "v3", "v1");
         metrics.retry("reviews", "default", RetryOutcome::BudgetExhausted);
         let text = metrics.render();
-        let labels = "direction=\"outbound\",source_workload=\"productpage\",source_namespace=\"default\",source_version=\"v1\",destination_service=\"reviews\",destination_namespace=\"default\",destination_version=\"v2\"";
+        let edge_labels = "direction=\"outbound\",source_workload=\"productpage\",source_namespace=\"default\",source_version=\"v1\",destination_service=\"reviews\",destination_namespace=\"default\",destination_version=\"v2\"";
+        // The request metrics name the (here absent) principal; the mirror counter does not.
+        let labels = "direction=\"outbound\",source_workload=\"productpage\",source_namespace=\"default\",source_version=\"v1\",source_principal=\"\",destination_service=\"reviews\",destination_namespace=\"default\",destination_version=\"v2\"";
         assert!(text.contains(&format!("serin_requests_total{{{labels},response_code=\"200\",grpc_status=\"\",mirror=\"true\"}} 1")), "{text}");
         assert!(
             text.contains(&format!(
-                "serin_mirror_requests_total{{{labels},outcome=\"dropped\"}} 2"
+                "serin_mirror_requests_total{{{edge_labels},outcome=\"dropped\"}} 2"
             )),
             "{text}"
         );
         assert!(
             text.contains(&format!(
-                "serin_mirror_requests_total{{{labels},outcome=\"sent\"}} 1"
+                "serin_mirror_requests_total{{{edge_labels},outcome=\"sent\"}} 1"
             )),
             "{text}"
         );
         assert!(text.contains("serin_route_fallbacks_total{destination_service=\"reviews\",destination_namespace=\"default\",chosen_version=\"v3\",fallback_version=\"v1\"} 1"), "{text}");
         assert!(text.contains("serin_retries_total{destination_service=\"reviews\",destination_namespace=\"default\",outcome=\"budget_exhausted\"} 1"), "{text}");
+    }
+    #[test]
+    fn inbound_edges_name_the_verified_client_principal() {
+        let metrics = Arc::new(Metrics::new());
+        let inbound = |principal: Option<&str>| Edge {
+            direction: Direction::Inbound,
+            source_principal: principal.map(Arc::from),
+            ..edge()
+        };
+        let id = "spiffe://cluster.local/ns/default/sa/productpage";
+        let mtls = EdgeMetrics::new(Arc::clone(&metrics), inbound(Some(id)));
+        let plain = EdgeMetrics::new(Arc::clone(&metrics), inbound(None));
+        mtls.record_request(RequestProtocol::Http1, 200, None, Duration::from_millis(2));
+        mtls.record_request(RequestProtocol::Http1, 200, None, Duration::from_millis(2));
+        plain.record_request(RequestProtocol::Http1, 200, None, Duration::from_millis(2));
+        mtls.tcp().opened.inc();
+        mtls.tcp().sent.inc_by(7);
+        let text = metrics.render();
+        let with = |principal: &str| {
+            format!(
+                "direction=\"inbound\",source_workload=\"productpage\",source_namespace=\"default\",source_version=\"v1\",source_principal=\"{principal}\",destination_service=\"reviews\""
+            )
+        };
+        for (line, n) in [
+            (format!("serin_requests_total{{{}", with(id)), 2),
+            (format!("serin_requests_total{{{}", with("")), 1),
+            (
+                format!("serin_request_duration_seconds_count{{{}", with(id)),
+                2,
+            ),
+            (
+                format!("serin_tcp_connections_opened_total{{{}", with(id)),
+                1,
+            ),
+            (format!("serin_tcp_sent_bytes_total{{{}", with(id)), 7),
+        ] {
+            let found: Vec<&str> = text.lines().filter(|l| l.starts_with(&line)).collect();
+            assert_eq!(found.len(), 1, "{line} in {text}");
+            assert!(found[0].ends_with(&format!(" {n}")), "{}", found[0]);
+        }
+        // Plain and mTLS traffic of one peer are apart in telemetry too.
+        let keys: Vec<_> = metrics
+            .edge_tallies()
+            .iter()
+            .map(|t| t.key().edge.source_principal.clone())
+            .collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.contains(&None) && keys.contains(&Some(Arc::from(id))));
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serin_policy::{RequestView, Target};
 use tokio::sync::watch;
@@ -27,6 +27,13 @@ use crate::snapshot::{Endpoint, MtlsMode, Protocol, Service, ServicePort, Snapsh
 
 /// Label value for a peer the config does not know.
 pub const UNKNOWN: &str = "unknown";
+/// Most distinct client principals one peer's inbound edges are kept apart for (per config
+/// version); mTLS connections presenting further ones count under [`OTHER_PRINCIPALS`], so a
+/// peer cannot grow `/metrics` and telemetry without bound.
+pub const MAX_PRINCIPALS_PER_PEER: usize = 32;
+/// `source_principal` of the mTLS traffic beyond [`MAX_PRINCIPALS_PER_PEER`] principals of one
+/// peer (a SPIFFE ID always starts with `spiffe://`, so it cannot be taken for one).
+pub const OTHER_PRINCIPALS: &str = "other";
 /// `destination_service` of traffic to addresses outside the mesh.
 pub const PASSTHROUGH: &str = "passthrough";
 
@@ -275,15 +282,72 @@ impl Destination {
     }
 }
 
-/// The inbound edges of one peer. Copies a mirroring sidecar sends (`x-serin-mirror: 1` to a
-/// `-shadow` host) are counted apart, on the `mirror` edge, as the sender counts them: so the
-/// mirror version's primary traffic is not inflated by copies, in `/metrics` and in telemetry.
+/// The inbound edges of one peer over one kind of connection (plaintext, or mTLS with one
+/// client principal). Copies a mirroring sidecar sends (`x-serin-mirror: 1` to a `-shadow`
+/// host) are counted apart, on the `mirror` edge, as the sender counts them: so the mirror
+/// version's primary traffic is not inflated by copies, in `/metrics` and in telemetry.
 #[derive(Debug)]
 pub struct InboundEdges {
     /// Its requests and connections.
     pub primary: Arc<EdgeMetrics>,
     /// The mirrored copies it sends us.
     pub mirror: Arc<EdgeMetrics>,
+}
+
+/// Everything one peer's inbound connections are counted on: the plaintext edges, made with the
+/// tables, and the edges of its mTLS connections by the client's verified principal, made on the
+/// first connection that presents it (the principal is only known after the handshake).
+#[derive(Debug)]
+pub struct InboundPeer {
+    plain: Arc<InboundEdges>,
+    secured: RwLock<HashMap<Arc<str>, Arc<InboundEdges>>>,
+}
+
+impl InboundPeer {
+    fn new(plain: InboundEdges) -> InboundPeer {
+        InboundPeer {
+            plain: Arc::new(plain),
+            secured: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The edges of a connection from this peer: plaintext (`None`), or mTLS whose client
+    /// certificate names `principal` ("" when it names none).
+    pub fn edges(&self, principal: Option<&str>) -> Arc<InboundEdges> {
+        let Some(principal) = principal else {
+            return Arc::clone(&self.plain);
+        };
+        // Plain data behind the lock: still fine after a panic elsewhere.
+        let read = self.secured.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(edges) = read.get(principal) {
+            return Arc::clone(edges);
+        }
+        drop(read);
+        let mut write = self.secured.write().unwrap_or_else(|e| e.into_inner());
+        let principal = if write.len() >= MAX_PRINCIPALS_PER_PEER && !write.contains_key(principal)
+        {
+            OTHER_PRINCIPALS
+        } else {
+            principal
+        };
+        let plain = &self.plain;
+        let edges = write.entry(Arc::from(principal)).or_insert_with(|| {
+            let variant = |of: &EdgeMetrics| {
+                Arc::new(EdgeMetrics::new(
+                    Arc::clone(of.registry()),
+                    Edge {
+                        source_principal: Some(Arc::from(principal)),
+                        ..of.edge().clone()
+                    },
+                ))
+            };
+            Arc::new(InboundEdges {
+                primary: variant(&plain.primary),
+                mirror: variant(&plain.mirror),
+            })
+        });
+        Arc::clone(edges)
+    }
 }
 
 /// Everything the forwarding path looks up, for one config version.
@@ -293,8 +357,8 @@ pub struct Tables {
     pub snapshot: Option<Arc<Snapshot>>,
     outbound: HashMap<SocketAddr, Arc<Destination>>,
     inbound_protocols: HashMap<u16, Protocol>,
-    peers: HashMap<IpAddr, Arc<InboundEdges>>,
-    unknown_peer: Arc<InboundEdges>,
+    peers: HashMap<IpAddr, Arc<InboundPeer>>,
+    unknown_peer: Arc<InboundPeer>,
     passthrough: Arc<EdgeMetrics>,
     endpoints: HashMap<SocketAddr, Arc<EndpointState>>,
     /// Routing state per policy, by (namespace, service).
@@ -348,16 +412,17 @@ impl Builder {
                 destination_namespace: dst.1.into(),
                 destination_version: dst.2.into(),
                 mirror,
+                source_principal: None,
             },
         ))
     }
 
     /// The inbound edges of a peer: its primary traffic and the mirrored copies it sends.
-    fn inbound_edges(&self, peer: (&str, &str, &str)) -> Arc<InboundEdges> {
-        Arc::new(InboundEdges {
+    fn inbound_peer(&self, peer: (&str, &str, &str)) -> Arc<InboundPeer> {
+        Arc::new(InboundPeer::new(InboundEdges {
             primary: self.edge_of(Direction::Inbound, peer, self.me(), false),
             mirror: self.edge_of(Direction::Inbound, peer, self.me(), true),
-        })
+        }))
     }
 
     fn me(&self) -> (&str, &str, &str) {
@@ -372,7 +437,7 @@ impl Builder {
             outbound: HashMap::new(),
             inbound_protocols: HashMap::new(),
             peers: HashMap::new(),
-            unknown_peer: self.inbound_edges((UNKNOWN, UNKNOWN, UNKNOWN)),
+            unknown_peer: self.inbound_peer((UNKNOWN, UNKNOWN, UNKNOWN)),
             passthrough: self.edge(Direction::Outbound, (PASSTHROUGH, "", ""), self.me()),
             endpoints: HashMap::new(),
             policies: HashMap::new(),
@@ -523,7 +588,7 @@ impl Builder {
             }
             // Peers: every endpoint address is a possible source of inbound traffic.
             for ep in endpoints {
-                let metrics = self.inbound_edges((&service.name, &service.namespace, &ep.version));
+                let metrics = self.inbound_peer((&service.name, &service.namespace, &ep.version));
                 for addr in &ep.addresses {
                     tables
                         .peers
@@ -606,13 +671,17 @@ impl Tables {
         &self.passthrough
     }
 
-    /// The inbound edges of a connection from `peer`.
-    pub fn inbound_edge(&self, peer: IpAddr) -> &Arc<InboundEdges> {
+    /// The inbound edges of a connection from `peer`: plaintext (`principal` `None`), or mTLS
+    /// whose verified client certificate names `principal`.
+    pub fn inbound_edges(&self, peer: IpAddr, principal: Option<&str>) -> Arc<InboundEdges> {
         let peer = match peer {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
             v4 => v4,
         };
-        self.peers.get(&peer).unwrap_or(&self.unknown_peer)
+        self.peers
+            .get(&peer)
+            .unwrap_or(&self.unknown_peer)
+            .edges(principal)
     }
 
     /// The routing state of every policy in force, ordered by namespace and service.
@@ -690,14 +759,14 @@ endpoints:
         assert_eq!(&*d.backends[1].metrics.edge().destination_version, "v2");
         assert!(t.destination("10.96.0.10:9081".parse().unwrap()).is_none());
         assert_eq!(
-            &*t.inbound_edge("10.244.0.7".parse().unwrap())
+            &*t.inbound_edges("10.244.0.7".parse().unwrap(), None)
                 .primary
                 .edge()
                 .source_workload,
             "reviews"
         );
         assert_eq!(
-            &*t.inbound_edge("10.1.1.1".parse().unwrap())
+            &*t.inbound_edges("10.1.1.1".parse().unwrap(), None)
                 .primary
                 .edge()
                 .source_workload,
@@ -705,6 +774,50 @@ endpoints:
         );
         assert_eq!(t.inbound_protocol(9080), Protocol::Grpc);
         assert_eq!(t.inbound_protocol(7000), Protocol::Detect);
+    }
+
+    #[test]
+    fn inbound_mtls_edges_are_kept_apart_by_principal_and_bounded() {
+        let b = builder();
+        let snapshot = Arc::new(file::parse(CONFIG, "1".into()).unwrap());
+        let t = b.build(snapshot, &b.empty());
+        let peer: IpAddr = "10.244.0.7".parse().unwrap();
+        let id = "spiffe://cluster.local/ns/default/sa/reviews";
+        let plain = t.inbound_edges(peer, None);
+        assert_eq!(plain.primary.edge().source_principal, None);
+        let mtls = t.inbound_edges(peer, Some(id));
+        let edge = mtls.primary.edge();
+        assert_eq!(edge.source_principal.as_deref(), Some(id));
+        assert_eq!(
+            (&*edge.source_workload, edge.direction),
+            ("reviews", Direction::Inbound),
+            "the same peer, only the principal added"
+        );
+        assert!(mtls.mirror.edge().mirror);
+        assert_eq!(mtls.mirror.edge().source_principal.as_deref(), Some(id));
+        assert!(
+            Arc::ptr_eq(&mtls, &t.inbound_edges(peer, Some(id))),
+            "made once"
+        );
+        // A certificate without a SPIFFE ID is still mTLS.
+        let anonymous = t.inbound_edges(peer, Some(""));
+        assert_eq!(
+            anonymous.primary.edge().source_principal.as_deref(),
+            Some("")
+        );
+        // Beyond the bound, further principals share one edge.
+        for i in 0..MAX_PRINCIPALS_PER_PEER {
+            t.inbound_edges(peer, Some(&format!("spiffe://td/ns/x/sa/{i}")));
+        }
+        let over = t.inbound_edges(peer, Some("spiffe://td/ns/x/sa/late"));
+        assert_eq!(
+            over.primary.edge().source_principal.as_deref(),
+            Some(OTHER_PRINCIPALS)
+        );
+        assert!(
+            Arc::ptr_eq(&mtls, &t.inbound_edges(peer, Some(id))),
+            "known ones stay"
+        );
     }
 
     #[test]

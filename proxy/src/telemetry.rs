@@ -20,6 +20,10 @@
 //! (policy, generation, rule or default route, version). Counters replaced by a new spec are read
 //! one last time, so every hit is sent once, under the generation it was counted in.
 //!
+//! Security: an inbound edge's `mtls` and `source_principal` come from its [`crate::metrics::Edge`]
+//! (the peer's edges are kept apart per verified client principal), so one peer can give an
+//! entry per principal and one for its plaintext traffic; outbound edges leave both unset.
+//!
 //! Byte counts: the proto's `received_bytes` is the request direction (towards the destination,
 //! the sidecar's `serin_tcp_sent_bytes_total`) and `sent_bytes` the response direction
 //! (`serin_tcp_received_bytes_total`), whichever side reports.
@@ -197,6 +201,8 @@ pub fn edge_stats(key: &TallyKey, d: &EdgeTotals) -> Vec<v1::EdgeStats> {
         destination_version: e.destination_version.to_string(),
         protocol: protocol as i32,
         mirror: key.edge.mirror,
+        mtls: e.source_principal.is_some(),
+        source_principal: e.source_principal.as_deref().unwrap_or("").to_owned(),
         ..v1::EdgeStats::default()
     };
     let mut out = Vec::with_capacity(2);
@@ -711,6 +717,7 @@ mod tests {
             destination_namespace: "default".into(),
             destination_version: destination_version.into(),
             mirror: false,
+            source_principal: None,
         }
     }
 

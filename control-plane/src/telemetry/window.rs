@@ -15,6 +15,9 @@ pub const MAX_BUCKETS: usize = 64;
 pub const MAX_OUTCOMES: usize = 16;
 /// Most distinct mirror outcome names per slot.
 pub const MAX_MIRROR_OUTCOMES: usize = 8;
+/// Most client principals (SPIFFE IDs) one edge remembers; a new one beyond it replaces the one
+/// seen longest ago.
+pub const MAX_PRINCIPALS: usize = 8;
 /// How much traffic one report covers when it does not say (the sidecars' default interval); a
 /// report's own `interval_end - interval_start` is used when present.
 pub const REPORT_INTERVAL_MS: u64 = 1_000;
@@ -85,6 +88,10 @@ pub struct Counts {
     pub version_fallbacks: u64,
     /// Mirror outcomes, at most [`MAX_MIRROR_OUTCOMES`] names.
     pub mirror_outcomes: Vec<(String, u64)>,
+    /// Requests that came over mTLS (a verified client certificate).
+    pub mtls_requests: u64,
+    /// TCP connections opened over mTLS.
+    pub mtls_connections: u64,
 }
 
 fn add_bounded<K: PartialEq + Clone>(list: &mut Vec<(K, u64)>, key: &K, n: u64, max: usize) {
@@ -115,6 +122,8 @@ impl Counts {
         self.sent_bytes += o.sent_bytes;
         self.received_bytes += o.received_bytes;
         self.version_fallbacks += o.version_fallbacks;
+        self.mtls_requests += o.mtls_requests;
+        self.mtls_connections += o.mtls_connections;
         for (k, n) in &o.mirror_outcomes {
             add_bounded(&mut self.mirror_outcomes, k, *n, MAX_MIRROR_OUTCOMES);
         }
@@ -249,6 +258,12 @@ pub struct WindowStats {
     pub sent_bytes_per_second: f64,
     /// Connections open now (opened minus closed since the edge was first seen).
     pub active_connections: u64,
+    /// Fraction 0..=1 of the requests (without requests: of the TCP connections opened) that
+    /// came over mTLS.
+    pub mtls_fraction: f64,
+    /// The client principals (SPIFFE IDs of verified certificates) seen in the window, sorted;
+    /// at most [`MAX_PRINCIPALS`].
+    pub source_principals: Vec<String>,
 }
 
 /// The `q` quantile (0..=1) of a non-cumulative histogram, in the bounds' unit, interpolating
@@ -300,6 +315,8 @@ pub struct EdgeWindows {
     last_ms: u64,
     opened: u64,
     closed: u64,
+    /// Client principals seen, with when each was last reported; at most [`MAX_PRINCIPALS`].
+    principals: Vec<(String, u64)>,
 }
 
 /// One report's counts for one edge, as the window code takes them.
@@ -327,6 +344,10 @@ pub struct Delta {
     pub version_fallbacks: u64,
     /// Mirror outcomes.
     pub mirror_outcomes: BTreeMap<String, u64>,
+    /// The traffic came over mTLS (telemetry.proto `mtls`).
+    pub mtls: bool,
+    /// The verified client's SPIFFE ID when `mtls` ("" when unknown).
+    pub source_principal: String,
 }
 
 impl EdgeWindows {
@@ -342,6 +363,7 @@ impl EdgeWindows {
             last_ms: now_ms,
             opened: 0,
             closed: 0,
+            principals: Vec::new(),
         }
     }
 
@@ -385,11 +407,30 @@ impl EdgeWindows {
         for (k, &n) in &d.mirror_outcomes {
             add_bounded(&mut c.mirror_outcomes, k, n, MAX_MIRROR_OUTCOMES);
         }
+        if d.mtls {
+            c.mtls_requests = c.requests;
+            c.mtls_connections = d.tcp_opened;
+            if !d.source_principal.is_empty() {
+                self.saw_principal(&d.source_principal, now_ms);
+            }
+        }
         self.opened += d.tcp_opened;
         self.closed += d.tcp_closed;
         self.fine.add(now_ms, &c);
         self.coarse.add(now_ms, &c);
         self.last_ms = self.last_ms.max(now_ms);
+    }
+
+    /// Remembers `principal` as seen at `now_ms`, in place of the one seen longest ago when
+    /// [`MAX_PRINCIPALS`] are known.
+    fn saw_principal(&mut self, principal: &str, now_ms: u64) {
+        if let Some(p) = self.principals.iter_mut().find(|(p, _)| p == principal) {
+            p.1 = p.1.max(now_ms);
+        } else if self.principals.len() < MAX_PRINCIPALS {
+            self.principals.push((principal.to_owned(), now_ms));
+        } else if let Some(oldest) = self.principals.iter_mut().min_by_key(|(_, t)| *t) {
+            *oldest = (principal.to_owned(), now_ms);
+        }
     }
 
     /// The edge over the `window_ms` ending at `now_ms`; `None` when it had no traffic then.
@@ -420,7 +461,26 @@ impl EdgeWindows {
             counts.errors as f64 / counts.requests as f64
         };
         let q = |p| quantile(&self.bounds, &counts.histogram, p).map(|s| s * 1000.0);
+        let (units, mtls_units) = if counts.requests > 0 {
+            (counts.requests, counts.mtls_requests)
+        } else {
+            (counts.tcp_opened, counts.mtls_connections)
+        };
+        let mtls_fraction = if units == 0 {
+            0.0
+        } else {
+            mtls_units.min(units) as f64 / units as f64
+        };
+        let mut source_principals: Vec<String> = self
+            .principals
+            .iter()
+            .filter(|(_, seen)| *seen >= span_start)
+            .map(|(p, _)| p.clone())
+            .collect();
+        source_principals.sort();
         Some(WindowStats {
+            mtls_fraction,
+            source_principals,
             covered_ms,
             rps,
             error_rate,
@@ -440,7 +500,15 @@ impl EdgeWindows {
             r.slots.capacity() * size_of::<Slot>()
                 + r.slots.iter().map(|s| s.counts.heap_bytes()).sum::<usize>()
         };
-        self.bounds.capacity() * 8 + ring(&self.fine) + ring(&self.coarse)
+        self.bounds.capacity() * 8
+            + ring(&self.fine)
+            + ring(&self.coarse)
+            + self.principals.capacity() * size_of::<(String, u64)>()
+            + self
+                .principals
+                .iter()
+                .map(|(p, _)| p.capacity())
+                .sum::<usize>()
     }
 }
 
@@ -612,11 +680,87 @@ mod tests {
         assert!(w.counts.responses.len() <= MAX_OUTCOMES);
     }
 
+    #[test]
+    fn mtls_share_and_principals_follow_the_window() {
+        crate::test_tracing();
+        let t0 = 9_000_000;
+        let mut e = EdgeWindows::new(t0, 1_000);
+        let alice = "spiffe://cluster.local/ns/default/sa/alice";
+        let secured = |n, principal: &str| Delta {
+            mtls: true,
+            source_principal: principal.to_owned(),
+            ..delta(n, 0, [n, 0, 0, 0, 0, 0])
+        };
+        // 30 s of 30 mTLS requests from alice and 10 plaintext ones per second, then 10 s of
+        // mTLS only (from bob).
+        for s in 0..30 {
+            e.record(t0 + s * 1000, &secured(30, alice));
+            e.record(t0 + s * 1000, &delta(10, 0, [10, 0, 0, 0, 0, 0]));
+        }
+        let bob = "spiffe://cluster.local/ns/shop/sa/bob";
+        for s in 30..40 {
+            e.record(t0 + s * 1000, &secured(20, bob));
+        }
+        let now = t0 + 39_500;
+        let w10 = e.window(now, 10_000).unwrap();
+        assert_eq!(w10.mtls_fraction, 1.0);
+        assert_eq!(w10.source_principals, [bob]);
+        let w60 = e.window(now, 60_000).unwrap();
+        let want = (30.0 * 30.0 + 10.0 * 20.0) / (30.0 * 40.0 + 10.0 * 20.0);
+        assert!(
+            (w60.mtls_fraction - want).abs() < 1e-9,
+            "{}",
+            w60.mtls_fraction
+        );
+        assert_eq!(w60.source_principals, [alice, bob]);
+        // Plaintext only: no share, no principal.
+        let mut plain = EdgeWindows::new(t0, 1_000);
+        plain.record(t0, &delta(5, 0, [5, 0, 0, 0, 0, 0]));
+        let w = plain.window(t0 + 100, 10_000).unwrap();
+        assert_eq!((w.mtls_fraction, w.source_principals.len()), (0.0, 0));
+        // TCP-only traffic counts connections; the remembered principals are bounded.
+        let mut tcp = EdgeWindows::new(t0, 1_000);
+        for i in 0..(MAX_PRINCIPALS as u64 + 4) {
+            let d = Delta {
+                tcp_opened: 1,
+                mtls: true,
+                source_principal: format!("spiffe://td/ns/a/sa/{i}"),
+                ..Delta::default()
+            };
+            tcp.record(t0 + i, &d);
+        }
+        tcp.record(
+            t0 + 50,
+            &Delta {
+                tcp_opened: 4,
+                ..Delta::default()
+            },
+        );
+        let w = tcp.window(t0 + 100, 10_000).unwrap();
+        assert!(
+            (w.mtls_fraction - 12.0 / 16.0).abs() < 1e-9,
+            "{}",
+            w.mtls_fraction
+        );
+        assert_eq!(w.source_principals.len(), MAX_PRINCIPALS);
+        assert!(
+            w.source_principals
+                .contains(&"spiffe://td/ns/a/sa/11".to_owned()),
+            "the newest replace the oldest: {:?}",
+            w.source_principals
+        );
+        assert!(
+            !w.source_principals
+                .contains(&"spiffe://td/ns/a/sa/0".to_owned())
+        );
+    }
+
     /// The most an edge holds: 120 slots with full outcome lists, mirror names and histograms.
     const MAX_EDGE_BYTES: usize = 120
         * (size_of::<Slot>()
             + MAX_OUTCOMES * 24
             + (MAX_BUCKETS + 1) * 8
             + MAX_MIRROR_OUTCOMES * 64)
-        + MAX_BUCKETS * 8;
+        + MAX_BUCKETS * 8
+        + MAX_PRINCIPALS * (size_of::<(String, u64)>() + 2048);
 }

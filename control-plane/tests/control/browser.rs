@@ -1,8 +1,10 @@
 //! The dashboard in a real browser: Debian's Chromium, headless, driven over the DevTools
 //! protocol (a WebSocket; no driver binary, no npm). Simulated sidecars report traffic while the
-//! page is open; the page must draw the version nodes and labelled edges, follow a traffic shift
+//! page is open; the page must draw the version nodes and labelled edges, mark the mTLS edges
+//! with a padlock and show an edge's client principals in its panel, follow a traffic shift
 //! live, and a weight change made in the page must reach the policy (Admin.GetPolicy). Saves
-//! screenshots as `target/screenshots/dashboard.png` and `dashboard-200-services.png`. The
+//! screenshots as `target/screenshots/dashboard.png`, `dashboard-edge.png` and
+//! `dashboard-200-services.png`. The
 //! same page against a real local mesh (real sidecars and traffic): serin-tests'
 //! `tests/browser.rs`.
 //!
@@ -19,7 +21,7 @@ use serin_proto::v1;
 use serin_tests::cdp::{self, Browser};
 use tokio::sync::Mutex;
 
-use crate::dashboard::{Sidecar, Traffic, harness_with_clock};
+use crate::dashboard::{PRODUCTPAGE_ID, Sidecar, Traffic, harness_with_clock};
 use crate::support::{eventually, workload};
 
 /// A simulated sidecar's Discovery stream that acknowledges every snapshot, so the page shows
@@ -84,20 +86,45 @@ const PODS: [(&str, &str, &str); 8] = [
     ("ratings", "v2", "10.244.0.27"),
 ];
 
-/// The traffic each second, with reviews v2 taking `v2` requests per second.
+/// The client principal of frontend's mTLS traffic.
+const FRONTEND_ID: &str = "spiffe://cluster.local/ns/default/sa/frontend";
+
+/// The traffic each second, with reviews v2 taking `v2` requests per second. Over mTLS:
+/// frontend → productpage and productpage → reviews v1 all of it, productpage → details half of
+/// it; the rest is plaintext.
 fn traffic(v2: u64) -> Vec<(usize, Traffic)> {
     let t = |src, dst, ok, failed, bucket| Traffic {
         failed,
         bucket,
         ..Traffic::inbound(src, dst, ok)
     };
+    let secured = |principal, traffic| Traffic {
+        principal: Some(principal),
+        ..traffic
+    };
     let out = vec![
         (0, t(("unknown", "unknown"), ("frontend", "v1"), 240, 0, 1)),
-        (1, t(("frontend", "v1"), ("productpage", "v1"), 238, 2, 2)),
-        (2, t(("productpage", "v1"), ("details", "v1"), 120, 0, 0)),
+        (
+            1,
+            secured(
+                FRONTEND_ID,
+                t(("frontend", "v1"), ("productpage", "v1"), 238, 2, 2),
+            ),
+        ),
+        (2, t(("productpage", "v1"), ("details", "v1"), 60, 0, 0)),
+        (
+            2,
+            secured(
+                PRODUCTPAGE_ID,
+                t(("productpage", "v1"), ("details", "v1"), 60, 0, 0),
+            ),
+        ),
         (
             3,
-            t(("productpage", "v1"), ("reviews", "v1"), 200 - v2, 0, 2),
+            secured(
+                PRODUCTPAGE_ID,
+                t(("productpage", "v1"), ("reviews", "v1"), 200 - v2, 0, 2),
+            ),
         ),
         (
             4,
@@ -301,6 +328,83 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
         .await;
     assert_eq!(foreign, json!([]));
 
+    // mTLS: a padlock on the edges whose callers all came over mTLS, an amber one on the partly
+    // secured edge, none on the plaintext ones; the labels still start with the rate.
+    let locks = page
+        .until(
+            "padlocks on the mTLS edges",
+            "(() => { const l = [...document.querySelectorAll('[data-edge-lock]')].map(l => l.dataset.edgeLock + ' ' + l.getAttribute('class')).sort(); return l.length >= 3 && l; })()",
+        )
+        .await;
+    assert_eq!(
+        locks,
+        json!([
+            "default/frontend/v1>default/productpage/v1>http1 lock mtls",
+            "default/productpage/v1>default/details/v1>http1 lock partial",
+            "default/productpage/v1>default/reviews/v1>http1 lock mtls",
+        ])
+    );
+    let secured_paths = page
+        .eval("[...document.querySelectorAll('path.edge.mtls')].map(p => p.dataset.edge).sort()")
+        .await;
+    assert_eq!(
+        secured_paths,
+        json!([
+            "default/frontend/v1>default/productpage/v1",
+            "default/productpage/v1>default/reviews/v1"
+        ])
+    );
+    let v1_label = page
+        .eval(&label_of("default/productpage/v1>default/reviews/v1"))
+        .await;
+    let v1_label = v1_label.as_str().unwrap_or_default().to_owned();
+    assert!(
+        v1_label.split(' ').next().unwrap().parse::<f64>().is_ok() && v1_label.contains("mTLS"),
+        "the rate first, the principal in the hover text: {v1_label}"
+    );
+    // Clicking the padlock opens the edge's panel: mTLS, and the caller's SPIFFE ID.
+    page.eval("document.querySelector('[data-edge-lock=\"default/productpage/v1>default/reviews/v1>http1\"]').dispatchEvent(new MouseEvent('click', {bubbles: true})), true")
+        .await;
+    let detail = page
+        .until(
+            "the edge panel with its security",
+            "(() => { const s = document.getElementById('edge-security'); const p = [...document.querySelectorAll('#edge-principals [data-principal]')].map(p => p.dataset.principal); return s && p.length && {security: s.dataset.security, principals: p, title: document.getElementById('panel-title').textContent}; })()",
+        )
+        .await;
+    assert_eq!(
+        detail,
+        json!({"security": "mtls", "principals": [PRODUCTPAGE_ID], "title": "productpage v1 → reviews v1"})
+    );
+    // The plaintext edge's panel says so, and names nobody.
+    page.eval("document.querySelector('path.edge[data-edge=\"default/productpage/v1>default/reviews/v2\"]').dispatchEvent(new MouseEvent('click', {bubbles: true})), true")
+        .await;
+    let plain = page
+        .until(
+            "the plaintext edge's panel",
+            "(() => { const s = document.getElementById('edge-security'); return s && document.getElementById('panel-title').textContent.endsWith('reviews v2') && {security: s.dataset.security, principals: document.querySelectorAll('[data-principal]').length}; })()",
+        )
+        .await;
+    assert_eq!(plain, json!({"security": "none", "principals": 0}));
+    page.eval("document.querySelector('[data-edge-lock=\"default/productpage/v1>default/details/v1>http1\"]').dispatchEvent(new MouseEvent('click', {bubbles: true})), true")
+        .await;
+    let partial = page
+        .until(
+            "the partly secured edge's panel",
+            "(() => { const s = document.getElementById('edge-security'); return s && document.getElementById('panel-title').textContent.endsWith('details v1') && s.textContent; })()",
+        )
+        .await;
+    let partial = partial.as_str().unwrap_or_default().to_owned();
+    assert!(
+        partial.contains("partly mTLS") && partial.contains("50"),
+        "{partial}"
+    );
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target/tmp is in target/")
+        .join("screenshots");
+    page.screenshot(&screenshots.join("dashboard-edge.png"))
+        .await;
+
     tracing::info!("browser test: drawn");
     // 2. Shift traffic: the label follows without a reload.
     v2_rate.store(100, Ordering::Release);
@@ -377,10 +481,6 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
     .await;
     tracing::info!("browser test: weights reached the policy");
     // 4. A screenshot to look at.
-    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target/tmp is in target/")
-        .join("screenshots");
     let path = screenshots.join("dashboard.png");
     page.screenshot(&path).await;
     tracing::info!(path = %path.display(), "screenshot saved");
@@ -404,14 +504,16 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
     edges.push({source: `default/svc-${a}/v1`, destination: `default/svc-${b}/v${1 + i % 2}`, protocol: "http1", mirror: i % 50 === 0,
       reported_by: "inbound", rps: 1 + i % 50, requests: 100, error_rate: (i % 10) / 100, p50_ms: 3, p95_ms: 9, p99_ms: 20,
       received_bytes_per_second: 1, sent_bytes_per_second: 1, response_codes: {"200": 100}, grpc_statuses: {},
-      version_fallbacks: 0, active_connections: 0, mirror_outcomes: {}});
+      version_fallbacks: 0, active_connections: 0, mirror_outcomes: {},
+      mtls: i % 3 === 0, mtls_fraction: i % 3 === 0 ? 1 : 0, source_principals: i % 3 === 0 ? [`spiffe://cluster.local/ns/default/sa/svc-${a}`] : []});
   }
   state.graph = {time_ms: Date.now(), window_seconds: 10, nodes, edges};
   let t = performance.now(); render(); const first = performance.now() - t;
   t = performance.now();
   for (let i = 0; i < 5; i++) { state.graph = {...state.graph, edges: edges.map((e) => ({...e, rps: e.rps * (1 + i / 10)}))}; render(); }
   const update = (performance.now() - t) / 5;
-  return {first, update, nodes: document.querySelectorAll("[data-node]").length, edges: document.querySelectorAll("path.edge").length};
+  return {first, update, nodes: document.querySelectorAll("[data-node]").length, edges: document.querySelectorAll("path.edge").length,
+    locks: document.querySelectorAll("[data-edge-lock]").length};
 })()"#,
         )
         .await;
@@ -419,6 +521,11 @@ async fn the_dashboard_draws_the_traffic_and_changes_weights_in_a_browser() {
     assert_eq!(
         (timing["nodes"].as_u64(), timing["edges"].as_u64()),
         (Some(400), Some(1000))
+    );
+    assert_eq!(
+        timing["locks"].as_u64(),
+        Some(334),
+        "a padlock per mTLS edge, labelled or not"
     );
     // The draw times are logged above, not asserted: speed is for benchmarks, not tests (a
     // loaded CI machine would make any bound flaky). Here, typically tens of ms per update.

@@ -32,7 +32,7 @@ pub struct Sidecar {
 }
 
 /// One edge of traffic to report: `ok` and `failed` (HTTP 503) requests, all in histogram
-/// bucket `bucket`.
+/// bucket `bucket`; over mTLS from `principal` when it is set, else plaintext.
 #[derive(Debug, Clone)]
 pub struct Traffic {
     pub direction: v1::TrafficDirection,
@@ -42,6 +42,7 @@ pub struct Traffic {
     pub failed: u64,
     pub bucket: usize,
     pub mirror: bool,
+    pub principal: Option<&'static str>,
 }
 
 impl Traffic {
@@ -58,6 +59,7 @@ impl Traffic {
             failed: 0,
             bucket: 2,
             mirror: false,
+            principal: None,
         }
     }
 
@@ -97,6 +99,8 @@ impl Traffic {
             tcp_connections_opened: 1,
             received_bytes: 200 * (self.ok + self.failed),
             sent_bytes: 1000 * (self.ok + self.failed),
+            mtls: self.principal.is_some(),
+            source_principal: self.principal.unwrap_or_default().into(),
             ..Default::default()
         }
     }
@@ -396,6 +400,89 @@ async fn topology_shows_version_edges_at_the_reported_rates() {
     clock.fetch_add(60_000, Ordering::AcqRel);
     let g = get_json(&h, "/api/topology?window=10s").await;
     assert!(g["edges"].as_array().unwrap().is_empty(), "{g}");
+}
+
+/// The client principal of the mTLS traffic in [`mtls_edges_carry_their_principals_to_the_api`].
+pub const PRODUCTPAGE_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+
+#[tokio::test]
+async fn mtls_edges_carry_their_principals_to_the_api() {
+    let (h, clock) = harness_with_clock().await;
+    register_bookinfo(&h).await;
+    let [mut page, mut r1, mut r2] = sidecars(&h).await;
+    let pp = ("productpage", "v1");
+    let secured = |dest, n| Traffic {
+        principal: Some(PRODUCTPAGE_ID),
+        ..Traffic::inbound(pp, dest, n)
+    };
+    for _ in 0..5 {
+        clock.fetch_add(1000, Ordering::AcqRel);
+        // v1 takes only mTLS; v2 as much plaintext as mTLS (two entries of one edge, as a
+        // sidecar sends them); productpage's own outbound reports say nothing of mTLS.
+        r1.report(&[secured(("reviews", "v1"), 40)]).await;
+        r2.report(&[
+            secured(("reviews", "v2"), 10),
+            Traffic::inbound(pp, ("reviews", "v2"), 10),
+        ])
+        .await;
+        page.report(&[Traffic {
+            direction: v1::TrafficDirection::Outbound,
+            ..Traffic::inbound(pp, ("reviews", "v1"), 40)
+        }])
+        .await;
+    }
+    let g = get_json(&h, "/api/topology?window=10s").await;
+    let to_v1 = edge(&g, "default/productpage/v1", "default/reviews/v1", false).unwrap();
+    assert_eq!(to_v1["reported_by"], "inbound");
+    assert_eq!(to_v1["mtls"], true, "{to_v1}");
+    assert_eq!(to_v1["mtls_fraction"], 1.0);
+    assert_eq!(
+        to_v1["source_principals"],
+        serde_json::json!([PRODUCTPAGE_ID])
+    );
+    assert_close("rps to v1", to_v1["rps"].as_f64().unwrap(), 40.0);
+    let to_v2 = edge(&g, "default/productpage/v1", "default/reviews/v2", false).unwrap();
+    assert_eq!(to_v2["mtls"], false, "partly plaintext: {to_v2}");
+    assert_eq!(to_v2["mtls_fraction"], 0.5);
+    assert_eq!(
+        to_v2["source_principals"],
+        serde_json::json!([PRODUCTPAGE_ID])
+    );
+    assert_close("rps to v2", to_v2["rps"].as_f64().unwrap(), 20.0);
+
+    // Admin.WatchTopology says the same.
+    let mut admin = h.admin().await;
+    let mut updates = admin
+        .watch_topology(v1::WatchTopologyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let update = tokio::time::timeout(Duration::from_secs(5), updates.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let e = update
+        .edges
+        .iter()
+        .find(|e| e.destination_id == "default/reviews/v1")
+        .unwrap();
+    assert!(e.mtls && e.mtls_fraction == 1.0, "{e:?}");
+    assert_eq!(e.source_principals, [PRODUCTPAGE_ID]);
+
+    // Plaintext from then on: once the mTLS traffic has left the window, so has the padlock.
+    for _ in 0..12 {
+        clock.fetch_add(1000, Ordering::AcqRel);
+        r1.report(&[Traffic::inbound(pp, ("reviews", "v1"), 40)])
+            .await;
+    }
+    let g = get_json(&h, "/api/topology?window=10s").await;
+    let to_v1 = edge(&g, "default/productpage/v1", "default/reviews/v1", false).unwrap();
+    assert_eq!(
+        (&to_v1["mtls"], &to_v1["mtls_fraction"]),
+        (&serde_json::json!(false), &serde_json::json!(0.0))
+    );
+    assert_eq!(to_v1["source_principals"], serde_json::json!([]));
 }
 
 #[tokio::test]
