@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use control_plane::{ControlPlaneProcess, LONG, free_addr, init_tracing};
 use mesh::{
-    CLIENT_IP, CLIENT_PORT, Mesh, Workload, get, sample, start_sidecar, until_certified,
-    until_meshed,
+    CLIENT_IP, CLIENT_PORT, Mesh, SidecarOptions, Workload, get, sample, start_sidecar,
+    until_certified, until_meshed,
 };
 use serin_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,7 +296,7 @@ async fn a_server_with_the_wrong_identity_or_an_untrusted_root_is_refused() {
         &cp,
         &client_workload,
         client_token,
-        None,
+        SidecarOptions::default(),
         SocketAddr::new(CLIENT_IP.into(), 0),
         SocketAddr::new(vip, port),
     )

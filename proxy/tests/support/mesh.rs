@@ -144,7 +144,7 @@ pub async fn start_sidecar(
     cp: &ControlPlaneProcess,
     workload: &Workload,
     token: String,
-    cert_ttl: Option<Duration>,
+    options: SidecarOptions,
     inbound: SocketAddr,
     orig: SocketAddr,
 ) -> Arc<Bound> {
@@ -153,12 +153,12 @@ pub async fn start_sidecar(
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
-        telemetry_interval: None,
+        telemetry_interval: options.telemetry,
         identity: Some(Box::new(IdentitySettings {
             token: TokenSource::Value(token),
             trust_domain: identity::DEFAULT_TRUST_DOMAIN.into(),
             service_account: workload.service_account.clone(),
-            cert_ttl,
+            cert_ttl: options.cert_ttl,
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_millis(300),
         })),
@@ -183,17 +183,27 @@ pub async fn start_sidecar(
     };
     let lookup = FromFn(move |_: &TcpStream| Ok(orig));
     let bound = Arc::new(Bound::start(&config, Arc::new(lookup)).await.unwrap());
-    for task in 0..2 {
+    for task in 0..3 {
         let bound = Arc::clone(&bound);
         tokio::spawn(async move {
-            if task == 0 {
-                bound.discover().await
-            } else {
-                bound.certify().await
+            match task {
+                0 => bound.discover().await,
+                1 => bound.certify().await,
+                // Never completes, and does nothing, without telemetry.
+                _ => bound.report().await,
             }
         });
     }
     bound
+}
+
+/// How a test sidecar differs from the default one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SidecarOptions {
+    /// Lifetime of its certificates; `None`: the control plane's default.
+    pub cert_ttl: Option<Duration>,
+    /// Telemetry to the control plane every so often; `None`: none.
+    pub telemetry: Option<Duration>,
 }
 
 /// Waits until the sidecar `what` holds a certificate.
@@ -321,7 +331,7 @@ pub struct MeshBuilder {
     namespace: String,
     client_service_account: String,
     server_service_account: String,
-    cert_ttl: Option<Duration>,
+    sidecar: SidecarOptions,
     mtls_mode: Option<v1::MtlsMode>,
     tweaks: Vec<Tweak>,
 }
@@ -347,7 +357,13 @@ impl MeshBuilder {
 
     /// The sidecars ask for certificates lasting `ttl` (default: the control plane's).
     pub fn cert_ttl(mut self, ttl: Duration) -> Self {
-        self.cert_ttl = Some(ttl);
+        self.sidecar.cert_ttl = Some(ttl);
+        self
+    }
+
+    /// Both sidecars report telemetry every `interval` (default: none).
+    pub fn telemetry(mut self, interval: Duration) -> Self {
+        self.sidecar.telemetry = Some(interval);
         self
     }
 
@@ -415,7 +431,7 @@ impl MeshBuilder {
             &cp,
             &server_workload,
             server_token,
-            self.cert_ttl,
+            self.sidecar,
             SocketAddr::new(SERVER_INBOUND_IP.into(), 0),
             app_addr,
         )
@@ -425,7 +441,7 @@ impl MeshBuilder {
             &cp,
             &client_workload,
             client_token,
-            self.cert_ttl,
+            self.sidecar,
             SocketAddr::new(CLIENT_IP.into(), 0),
             SocketAddr::new(vip, port),
         )
@@ -488,7 +504,7 @@ impl Mesh {
             namespace: "default".into(),
             client_service_account: "client".into(),
             server_service_account: "reviews".into(),
-            cert_ttl: None,
+            sidecar: SidecarOptions::default(),
             mtls_mode: None,
             tweaks: Vec::new(),
         }
