@@ -10,7 +10,8 @@
 //! Debian's Chromium, headless and driven over the DevTools protocol (`serin_tests::cdp`), has
 //! the dashboard open:
 //!
-//! 1. the page draws every version node and labels the edges with numbers, at the generated rate;
+//! 1. the page draws every version node and labels the edges with numbers, at the generated rate,
+//!    each edge with a green padlock (all of its traffic mTLS, every sidecar certified first);
 //! 2. the load triples: the entry edge's label follows without a reload;
 //! 3. reviews' panel in the page: 50/50, confirmed in the dialog; the policy (`/api/services`)
 //!    has it as a new generation, productpage's sidecar routes by it, and the page draws the new
@@ -294,6 +295,26 @@ async fn a_weight_change_made_in_the_dashboard_reaches_the_policy_and_the_traffi
         ))
         .await;
     assert_eq!(absent, json!([]), "reviews v2 is weighted 0");
+    // Every pod is meshed and each sidecar held its certificate before its first request (the
+    // local mesh starts sidecars on the control plane's mTLS port): the three edges carry a
+    // green padlock (all of their traffic mTLS), none an amber one (partly plaintext).
+    let locks = page
+        .until_within(
+            "padlocks on the three meshed edges",
+            WINDOW_WAIT,
+            &format!(
+                "(() => {{ const l = [...document.querySelectorAll('[data-edge-lock^=\"{NAMESPACE}/\"]')].map(l => l.dataset.edgeLock.split('>').slice(0, 2).join('>') + ' ' + l.getAttribute('class')).sort(); return l.length >= 3 && l; }})()"
+            ),
+        )
+        .await;
+    assert_eq!(
+        locks,
+        json!([
+            format!("{loadgen}>{productpage} lock mtls"),
+            format!("{productpage}>{details} lock mtls"),
+            format!("{productpage}>{reviews_v1} lock mtls"),
+        ])
+    );
     note(&format!("browser: entry edge at {RATE} rps: {entry}"));
     page.screenshot(&screenshots.join("mesh-1-traffic.png"))
         .await;
