@@ -9,7 +9,10 @@
 //! sidecar reports the client's SPIFFE ID (`source_principal`); the plain pod is served in
 //! permissive mode and refused in strict mode (set through the Admin API) while the meshed client
 //! still is; certificates renew under load with no failed request; the CA stopped for longer
-//! than a renewal period breaks nothing before expiry.
+//! than a renewal period breaks nothing before expiry; what answers on a meshed endpoint's
+//! address with the mesh certificate of another workload, or with a certificate from a root of
+//! its own, is refused by the client sidecar before any request is sent (503), and a client
+//! with a certificate from a root of its own is refused by the server sidecar (UnknownCA).
 //!
 //! Needs the binaries: `cargo build --bins -p serin-proxy -p serin-control`. Skipped, with a
 //! printed reason, without root. One scenario at a time (one lock).
@@ -552,4 +555,262 @@ fn the_ca_stopped_longer_than_a_renewal_period_breaks_nothing_before_expiry() {
         0,
         "every connection mTLS\n{server}"
     );
+}
+
+/// A certificate chain (PEM, leaf first) and its PKCS#8 key (DER).
+struct Issued {
+    chain: String,
+    key: Vec<u8>,
+}
+
+/// A certificate for `identity` from the mesh's CA (in `cp_pod`), asked for with a
+/// registration's bootstrap `token`; with the mesh's trust bundle (PEM).
+async fn mesh_certificate(cp_pod: &Pod, token: &str, identity: &str) -> (Issued, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], pods::CONTROL_PLANE_PORT));
+    let channel = pods::channel_in(cp_pod, addr).await.unwrap();
+    let signed = v1::identity_client::IdentityClient::new(channel)
+        .sign_certificate(v1::SignCertificateRequest {
+            csr_pem: csr,
+            bootstrap_token: token.into(),
+            ttl: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("SignCertificate for {identity}: {e}"))
+        .into_inner();
+    let issued = Issued {
+        chain: signed.cert_chain_pem.concat(),
+        key: key.serialize_der(),
+    };
+    (issued, signed.trust_bundle_pem.concat())
+}
+
+/// A certificate for `identity` signed by a root of its own (not the mesh's).
+fn foreign_certificate(identity: &str) -> Issued {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let root_key = KeyPair::generate().unwrap();
+    let mut root = CertificateParams::new(Vec::<String>::new()).unwrap();
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let root_pem = root.self_signed(&root_key).unwrap().pem();
+    let issuer = Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    Issued {
+        chain: format!("{}{root_pem}", cert.pem()),
+        key: key.serialize_der(),
+    }
+}
+
+/// What an impostor's TLS server on `PORT` of its pod went through.
+#[derive(Default)]
+struct ImpostorCounts {
+    handshakes_failed: std::sync::atomic::AtomicU64,
+    served: std::sync::atomic::AtomicU64,
+}
+
+/// A TLS server on `PORT` in `pod` presenting whatever `config` holds at each accept (it asks
+/// for the client's certificate, as a sidecar does), answering every request it can read
+/// `200 impostor`.
+fn start_impostor(
+    rt: &tokio::runtime::Runtime,
+    pod: &Pod,
+    config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
+) -> Arc<ImpostorCounts> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let counts = Arc::new(ImpostorCounts::default());
+    let std = pod
+        .run_in(|| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
+        .unwrap()
+        .expect("bind the impostor");
+    std.set_nonblocking(true).unwrap();
+    let _guard = rt.enter();
+    let listener = tokio::net::TcpListener::from_std(std).unwrap();
+    let seen = Arc::clone(&counts);
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.lock().unwrap().clone());
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    seen.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while let Ok(n) = tls.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        seen.served.fetch_add(1, Ordering::Relaxed);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nimpostor";
+                        if tls.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    counts
+}
+
+#[test]
+fn a_peer_with_the_wrong_identity_or_an_untrusted_root_is_refused_both_ways() {
+    // The endpoint of service payments is meshed as spiffe://…/sa/payments (its registration's
+    // token got that certificate), but what answers on its address presents (1) the mesh's
+    // certificate of another workload (sa/ratings), then (2) a certificate for sa/payments from
+    // a root of its own, then (3) the right one. The client sidecar must refuse (1) and (2)
+    // before sending any request, and serve (3).
+    let Some(f) = Fixture::new("impostor", "1h", "1h") else {
+        return;
+    };
+    let impostor = f._mesh.add_pod("payments").expect("add pod");
+    let port = v1::WorkloadPort {
+        name: "http".into(),
+        port: u32::from(PORT),
+        protocol: v1::Protocol::Http1 as i32,
+    };
+    let payments = v1::Workload {
+        service_account: "payments".into(),
+        ..workload(&impostor, "payments", "v1", port.clone())
+    };
+    let ratings = v1::Workload {
+        service_account: "ratings".into(),
+        ..workload(&f.plain, "ratings", "v1", port)
+    };
+    let payments_id = "spiffe://cluster.local/ns/default/sa/payments";
+    let ratings_id = "spiffe://cluster.local/ns/default/sa/ratings";
+    let (right, roots, wrong) = f.rt().block_on(async {
+        let token = pods::register(&f.cp_pod, payments).await;
+        let (right, roots) = mesh_certificate(&f.cp_pod, &token, payments_id).await;
+        let token = pods::register(&f.cp_pod, ratings).await;
+        let (wrong, _) = mesh_certificate(&f.cp_pod, &token, ratings_id).await;
+        (right, roots, wrong)
+    });
+    let vip = f.rt().block_on(service_vip(&f.cp_pod, "payments"));
+    f._mesh
+        .add_service(vip.into(), "payments", "default")
+        .unwrap();
+    let server_config = |issued: &Issued| {
+        serin_proxy::tls::Credentials::new(
+            issued.key.clone(),
+            &issued.chain,
+            &roots,
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )
+        .unwrap()
+        .server_config()
+    };
+    let presented = Arc::new(Mutex::new(server_config(&wrong)));
+    let counts = start_impostor(f.rt(), &impostor, Arc::clone(&presented));
+    eventually("payments meshed in the client sidecar", LONG, || {
+        let dump = admin_get(&f.client, ADMIN_PORT, "/config_dump", LONG)
+            .ok()?
+            .1;
+        dump.contains(payments_id).then_some(())
+    });
+    let refused = || {
+        sample(
+            &f.metrics(&f.client),
+            "serin_outbound_mtls_handshakes_total",
+            &["outcome=\"failed\""],
+        )
+    };
+    let get = || get_from(&f.client, SocketAddr::from((vip, PORT)));
+
+    for (case, issued) in [
+        ("a mesh certificate of another workload", &wrong),
+        (
+            "a certificate from a root of its own",
+            &foreign_certificate(payments_id),
+        ),
+    ] {
+        *presented.lock().unwrap() = server_config(issued);
+        let before = refused();
+        let answer = get();
+        note(&format!("impostor with {case}: {answer:?}"));
+        assert!(
+            answer.as_deref().is_ok_and(|l| l.starts_with("HTTP/1.1 5")),
+            "{case}: {answer:?}"
+        );
+        assert!(refused() > before, "{case}: no failed handshake counted");
+        assert_eq!(
+            counts.served.load(Ordering::Relaxed),
+            0,
+            "{case}: a request got through"
+        );
+    }
+    assert!(counts.handshakes_failed.load(Ordering::Relaxed) >= 2);
+
+    // The right certificate: served, over mTLS.
+    *presented.lock().unwrap() = server_config(&right);
+    assert_eq!(get().as_deref(), Ok("HTTP/1.1 200 OK"));
+    assert!(counts.served.load(Ordering::Relaxed) >= 1);
+
+    // The other way round: a client in the plain pod speaking the mesh's mTLS to the reviews
+    // sidecar with a certificate from a root of its own is refused by the server sidecar; with
+    // a mesh certificate (payments') it is served.
+    let handshakes_refused = || {
+        sample(
+            &f.metrics(&f.server),
+            "serin_inbound_connections_refused_total",
+            &["reason=\"handshake_failed\""],
+        )
+    };
+    let before = handshakes_refused();
+    let mtls_get = |issued: &Issued| -> Result<String, String> {
+        let credentials = serin_proxy::tls::Credentials::new(
+            issued.key.clone(),
+            &issued.chain,
+            &roots,
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )
+        .map_err(|e| e.to_string())?;
+        f.rt().block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = pods::connect_in(&f.plain, SocketAddr::from((f.server.ip(), PORT)))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut tls = credentials
+                .connect(tcp, SERVER_ID, b"serin.http1")
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            let mut out = Vec::new();
+            tokio::time::timeout(LONG, tls.read_to_end(&mut out))
+                .await
+                .map_err(|_| "no answer".to_owned())?
+                .map_err(|e| format!("read: {e}"))?;
+            let out = String::from_utf8_lossy(&out).into_owned();
+            Ok(out.lines().next().unwrap_or_default().to_owned())
+        })
+    };
+    let foreign = mtls_get(&foreign_certificate(CLIENT_ID));
+    note(&format!("client with a foreign root: {foreign:?}"));
+    assert!(foreign.is_err(), "{foreign:?}");
+    eventually(
+        "the server sidecar to count the refused handshake",
+        LONG,
+        || (handshakes_refused() > before).then_some(()),
+    );
+    assert_eq!(mtls_get(&right).as_deref(), Ok("HTTP/1.1 200 OK"));
 }
