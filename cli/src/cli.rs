@@ -23,6 +23,35 @@ pub struct Cli {
     /// first write token is used, else its first read token).
     #[arg(long, global = true, value_name = "FILE", env = "SERIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// With an https:// control plane (its mTLS port, e.g. https://HOST:15012): a client
+    /// certificate (PEM chain) to present instead of a token; its SPIFFE ID must be on a line of
+    /// the control plane's admin tokens file (`write spiffe://…`). Needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "SERIN_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM, PKCS#8) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "SERIN_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// With an https:// control plane: the roots (PEM) its certificate must chain to, e.g. the
+    /// file of `serin-control --trust-bundle-out`.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "SERIN_CONTROL_PLANE_CA"
+    )]
+    pub control_plane_ca: Option<PathBuf>,
     /// Namespace of the services and policies named on the command line.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     pub namespace: String,

@@ -1,9 +1,15 @@
-//! The connection to serin-control, with the admin token it asks for.
+//! The connection to serin-control, with the admin credential it asks for: a token, or on its
+//! mTLS port (an https:// URL) a client certificate.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serin_proto::auth::{AuthorizedAdmin, BearerToken, Role, Tokens, admin_client};
+use tonic::codegen::http::Uri;
 use tonic::transport::Endpoint;
 
 use crate::error::{CliError, root_cause};
@@ -22,7 +28,8 @@ pub struct ControlPlane {
     pub admin: AuthorizedAdmin,
 }
 
-/// Where serinctl looks for the admin token, first match wins.
+/// Where serinctl finds its admin credential: the token (first match wins) and, for an https://
+/// control plane, the roots to check it by and a client certificate.
 #[derive(Debug, Clone, Default)]
 pub struct TokenSource {
     /// `--token` / `SERIN_TOKEN`.
@@ -32,6 +39,10 @@ pub struct TokenSource {
     /// The local mesh's state directory: its tokens file is used for a control plane on
     /// loopback when neither of the above is given.
     pub local_state_dir: Option<PathBuf>,
+    /// `--client-cert` and `--client-key`: the client certificate to present on the mTLS port.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// `--control-plane-ca`: the roots an https:// control plane's certificate must chain to.
+    pub control_plane_ca: Option<PathBuf>,
 }
 
 impl TokenSource {
@@ -96,10 +107,75 @@ fn is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Reads a PEM file given by `flag`, or says which one could not be read.
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path)
+        .map_err(|e| CliError::Input(format!("cannot read {flag} {}: {e}", path.display())))
+}
+
+/// The TLS client for an https:// control plane: its certificate checked against
+/// `--control-plane-ca` and for the URL's host name (the control plane's `--tls-san` names),
+/// presenting `--client-cert` when given.
+fn tls_config(source: &TokenSource) -> Result<rustls::ClientConfig, CliError> {
+    let Some(ca) = &source.control_plane_ca else {
+        return Err(CliError::Input(
+            "an https:// control plane needs --control-plane-ca FILE (the roots its certificate \
+             chains to, e.g. the file of serin-control --trust-bundle-out)"
+                .into(),
+        ));
+    };
+    let bad = |flag: &str, path: &Path, e: &dyn std::fmt::Display| {
+        CliError::Input(format!("{flag} {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read_pem("--control-plane-ca", ca)?) {
+        let cert = cert.map_err(|e| bad("--control-plane-ca", ca, &e))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad("--control-plane-ca", ca, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("--control-plane-ca", ca, &"no certificate in it"));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| CliError::Input(format!("TLS: {e}")))?
+    .with_root_certificates(roots);
+    let mut config = match &source.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&read_pem("--client-cert", cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("--client-cert", cert, &e))?;
+            let private = PrivateKeyDer::from_pem_slice(&read_pem("--client-key", key)?)
+                .map_err(|e| bad("--client-key", key, &e))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| bad("--client-cert", cert, &e))?
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 impl ControlPlane {
-    /// Connects, sending the token `source` finds, or says why not in one line.
+    /// Connects, sending the token `source` finds (and, to an https:// URL, presenting its
+    /// client certificate), or says why not in one line.
     pub async fn connect(url: &str, source: &TokenSource) -> Result<ControlPlane, CliError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        let tls = match url.strip_prefix("https://") {
+            Some(rest) => Some((tls_config(source)?, format!("http://{rest}"))),
+            None if source.client_cert.is_some() => {
+                return Err(CliError::Input(format!(
+                    "--client-cert needs the control plane's mTLS port, an https:// URL (e.g. \
+                     https://HOST:15012), not {url}"
+                )));
+            }
+            None => None,
+        };
+        let dialled = tls.as_ref().map_or(url, |(_, plain)| plain.as_str());
+        let endpoint = Endpoint::from_shared(dialled.to_owned())
             .map_err(|e| CliError::BadUrl {
                 url: url.to_owned(),
                 reason: root_cause(&e),
@@ -116,13 +192,38 @@ impl ControlPlane {
             Some(token) => BearerToken::new(&token).map_err(CliError::Input)?,
             None => BearerToken::none(),
         };
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| CliError::Unreachable {
-                url: url.to_owned(),
-                reason: root_cause(&e),
-            })?;
+        let unreachable = |e: tonic::transport::Error| CliError::Unreachable {
+            url: url.to_owned(),
+            reason: root_cause(&e),
+        };
+        let channel = match tls {
+            None => endpoint.connect().await.map_err(unreachable)?,
+            Some((config, _)) => {
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+                endpoint
+                    .connect_with_connector(tower::service_fn(
+                        move |uri: Uri| {
+                            let connector = connector.clone();
+                            async move {
+                                let host = uri.host().unwrap_or_default();
+                                let host = host
+                                    .trim_start_matches('[')
+                                    .trim_end_matches(']')
+                                    .to_owned();
+                                let port = uri.port_u16().unwrap_or(15012);
+                                let tcp =
+                                    tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                                let name =
+                                    ServerName::try_from(host).map_err(std::io::Error::other)?;
+                                let tls = connector.connect(name, tcp).await?;
+                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                            }
+                        },
+                    ))
+                    .await
+                    .map_err(unreachable)?
+            }
+        };
         Ok(ControlPlane {
             url: url.to_owned(),
             admin: admin_client(channel, token),

@@ -112,6 +112,8 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         token: cli.token.clone(),
         file: cli.token_file.clone(),
         local_state_dir: Some(serin_local::cluster::default_state_dir()),
+        client_cert: cli.client_cert.clone().zip(cli.client_key.clone()),
+        control_plane_ca: cli.control_plane_ca.clone(),
     };
     let mut cp = ControlPlane::connect(&cli.control_plane, &tokens).await?;
     match &cli.command {

@@ -1,7 +1,9 @@
 //! Who may use the Admin API: bearer tokens with a role (`read`, or `write` which implies read),
 //! checked on every Admin rpc (a tower layer in front of the generated server) and on the
-//! dashboard's `/api/` requests. The tokens come from the operator's file (`--admin-tokens`) or,
-//! without one, from `admin-tokens` in the store directory, generated at first start (mode 0600).
+//! dashboard's `/api/` requests; on the mTLS port also client certificates, by the SPIFFE ID the
+//! tokens file names (`write spiffe://…`). The tokens come from the operator's file
+//! (`--admin-tokens`) or, without one, from `admin-tokens` in the store directory, generated at
+//! first start (mode 0600).
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -19,18 +21,24 @@ use tonic::server::NamedService;
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    /// No `authorization: Bearer` credential.
+    /// No `authorization: Bearer` credential (and no client certificate).
     #[error(
         "no admin token: send `authorization: Bearer TOKEN` with a token of the control plane's \
-         admin tokens file"
+         admin tokens file (or, on the mTLS port, a client certificate whose SPIFFE ID it names)"
     )]
     Missing,
+    /// A client certificate whose identity no line of the tokens file names (and no token).
+    #[error(
+        "the client certificate's identity {0} is not in the control plane's admin tokens file \
+         (add a line `read {0}` or `write {0}`), and no admin token was sent"
+    )]
+    UnknownIdentity(String),
     /// A credential no line of the tokens file matches.
     #[error(
         "the admin token is not valid: it matches no line of the control plane's admin tokens file"
     )]
     Invalid,
-    /// A read token on a write.
+    /// A read credential (token or client certificate) on a write.
     #[error("the admin token has role read; {what} needs a token with role write")]
     ReadOnly {
         /// What was asked ("SetWeights", "POST /api/...").
@@ -42,7 +50,9 @@ impl Denied {
     /// The gRPC status.
     pub fn status(&self) -> tonic::Status {
         match self {
-            Denied::Missing | Denied::Invalid => tonic::Status::unauthenticated(self.to_string()),
+            Denied::Missing | Denied::Invalid | Denied::UnknownIdentity(_) => {
+                tonic::Status::unauthenticated(self.to_string())
+            }
             Denied::ReadOnly { .. } => tonic::Status::permission_denied(self.to_string()),
         }
     }
@@ -69,6 +79,8 @@ pub enum AuthError {
 pub struct AdminAuth {
     /// Each credential as the SHA-256 of its token, with its role.
     digests: Arc<Vec<(Role, [u8; 32])>>,
+    /// Client certificate identities (SPIFFE IDs), with their roles.
+    identities: Arc<Vec<(Role, String)>>,
     /// Reads need no credential.
     read_anonymous: bool,
     /// Where the tokens came from.
@@ -79,6 +91,7 @@ impl std::fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminAuth")
             .field("credentials", &self.digests.len())
+            .field("identities", &self.identities)
             .field("read_anonymous", &self.read_anonymous)
             .field("path", &self.path)
             .finish()
@@ -111,16 +124,23 @@ impl AdminAuth {
         let digests = tokens
             .credentials
             .iter()
-            .map(|c| {
-                let digest = match &c.secret {
-                    Secret::Plain(token) => sha256(token.as_bytes()),
-                    Secret::Sha256(d) => *d,
-                };
-                (c.role, digest)
+            .filter_map(|c| match &c.secret {
+                Secret::Plain(token) => Some((c.role, sha256(token.as_bytes()))),
+                Secret::Sha256(d) => Some((c.role, *d)),
+                Secret::Identity(_) => None,
+            })
+            .collect();
+        let identities = tokens
+            .credentials
+            .iter()
+            .filter_map(|c| match &c.secret {
+                Secret::Identity(id) => Some((c.role, id.clone())),
+                _ => None,
             })
             .collect();
         AdminAuth {
             digests: Arc::new(digests),
+            identities: Arc::new(identities),
             read_anonymous,
             path,
         }
@@ -170,9 +190,28 @@ impl AdminAuth {
         &self.path
     }
 
-    /// The role of a presented `authorization` value.
-    pub fn role_of(&self, authorization: Option<&str>) -> Result<Role, Denied> {
-        let token = authorization.and_then(bearer).ok_or(Denied::Missing)?;
+    /// The role of a presented `authorization` value and, on the mTLS port, of the client
+    /// certificate's `identity`: the higher of the two. A token that matches nothing is refused
+    /// even with a known identity (a wrong credential is never silently ignored).
+    pub fn role_of(
+        &self,
+        authorization: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<Role, Denied> {
+        let by_identity = identity.and_then(|id| {
+            self.identities
+                .iter()
+                .filter(|(_, known)| known == id)
+                .map(|(role, _)| *role)
+                .max()
+        });
+        let Some(token) = authorization.and_then(bearer) else {
+            return match (by_identity, identity) {
+                (Some(role), _) => Ok(role),
+                (None, Some(id)) => Err(Denied::UnknownIdentity(id.to_owned())),
+                (None, None) => Err(Denied::Missing),
+            };
+        };
         let presented = sha256(token.as_bytes());
         // Every credential is compared, so the time does not say which one matched.
         let mut best: Option<Role> = None;
@@ -181,20 +220,23 @@ impl AdminAuth {
                 best = best.max(Some(*role));
             }
         }
-        best.ok_or(Denied::Invalid)
+        best.map(|role| role.max(by_identity.unwrap_or(role)))
+            .ok_or(Denied::Invalid)
     }
 
-    /// Whether `authorization` may do `what`, which needs `needed`.
+    /// Whether `authorization` (and the client certificate's `identity`, on the mTLS port) may
+    /// do `what`, which needs `needed`.
     pub fn check(
         &self,
         authorization: Option<&str>,
+        identity: Option<&str>,
         needed: Role,
         what: &str,
     ) -> Result<(), Denied> {
         if needed == Role::Read && self.read_anonymous {
             return Ok(());
         }
-        match self.role_of(authorization)? {
+        match self.role_of(authorization, identity)? {
             role if role.allows(needed) => Ok(()),
             _ => Err(Denied::ReadOnly {
                 what: what.to_owned(),
@@ -278,7 +320,14 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.auth.check(authorization, rpc_role(method), method) {
+        let identity = req
+            .extensions()
+            .get::<crate::tls::TlsPeer>()
+            .and_then(|peer| peer.identity.as_deref());
+        match self
+            .auth
+            .check(authorization, identity, rpc_role(method), method)
+        {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(denied) => {
                 tracing::debug!(rpc = method, reason = %denied, "admin rpc refused");
@@ -313,23 +362,72 @@ mod tests {
         let w = Some("Bearer writer-token-0000001");
         let r = Some("Bearer reader-token-0000001");
         let h = Some("Bearer hashed-reader-00001");
-        assert_eq!(a.check(w, Role::Write, "x"), Ok(()));
-        assert_eq!(a.check(w, Role::Read, "x"), Ok(()));
-        assert_eq!(a.check(r, Role::Read, "x"), Ok(()));
-        assert_eq!(a.check(h, Role::Read, "x"), Ok(()));
+        assert_eq!(a.check(w, None, Role::Write, "x"), Ok(()));
+        assert_eq!(a.check(w, None, Role::Read, "x"), Ok(()));
+        assert_eq!(a.check(r, None, Role::Read, "x"), Ok(()));
+        assert_eq!(a.check(h, None, Role::Read, "x"), Ok(()));
         assert_eq!(
-            a.check(r, Role::Write, "SetWeights"),
+            a.check(r, None, Role::Write, "SetWeights"),
             Err(Denied::ReadOnly {
                 what: "SetWeights".into()
             })
         );
-        assert_eq!(a.check(None, Role::Read, "x"), Err(Denied::Missing));
+        assert_eq!(a.check(None, None, Role::Read, "x"), Err(Denied::Missing));
         assert_eq!(
-            a.check(Some("Basic abc"), Role::Read, "x"),
+            a.check(Some("Basic abc"), None, Role::Read, "x"),
             Err(Denied::Missing)
         );
         assert_eq!(
-            a.check(Some("Bearer writer-token-0000002"), Role::Read, "x"),
+            a.check(Some("Bearer writer-token-0000002"), None, Role::Read, "x"),
+            Err(Denied::Invalid)
+        );
+    }
+
+    #[test]
+    fn client_certificate_identities_have_their_roles() {
+        let tokens = Tokens::parse(
+            "t",
+            "write writer-token-0000001\nwrite spiffe://td/ns/ci/sa/deployer\nread spiffe://td/ns/ops/sa/viewer\n",
+        )
+        .unwrap();
+        let a = AdminAuth::new(&tokens, false, PathBuf::from("t"));
+        let deployer = Some("spiffe://td/ns/ci/sa/deployer");
+        let viewer = Some("spiffe://td/ns/ops/sa/viewer");
+        assert_eq!(a.check(None, deployer, Role::Write, "x"), Ok(()));
+        assert_eq!(a.check(None, viewer, Role::Read, "x"), Ok(()));
+        assert!(matches!(
+            a.check(None, viewer, Role::Write, "x"),
+            Err(Denied::ReadOnly { .. })
+        ));
+        let stranger = "spiffe://td/ns/shop/sa/reviews";
+        let denied = a.check(None, Some(stranger), Role::Read, "x").unwrap_err();
+        assert_eq!(denied, Denied::UnknownIdentity(stranger.into()));
+        assert_eq!(denied.status().code(), tonic::Code::Unauthenticated);
+        assert!(
+            denied
+                .to_string()
+                .contains("write spiffe://td/ns/shop/sa/reviews")
+        );
+        // A token and an identity: the higher role; a wrong token is refused all the same.
+        let writer = Some("Bearer writer-token-0000001");
+        assert_eq!(a.check(writer, viewer, Role::Write, "x"), Ok(()));
+        assert_eq!(
+            a.check(
+                Some("Bearer no-such-token-000001"),
+                deployer,
+                Role::Read,
+                "x"
+            ),
+            Err(Denied::Invalid)
+        );
+        // An identity is not a token: sending it as one matches nothing.
+        assert_eq!(
+            a.check(
+                Some("Bearer spiffe://td/ns/ci/sa/deployer"),
+                None,
+                Role::Read,
+                "x"
+            ),
             Err(Denied::Invalid)
         );
     }
@@ -337,10 +435,10 @@ mod tests {
     #[test]
     fn anonymous_reads_never_open_writes() {
         let a = auth(true);
-        assert_eq!(a.check(None, Role::Read, "x"), Ok(()));
-        assert_eq!(a.check(None, Role::Write, "x"), Err(Denied::Missing));
+        assert_eq!(a.check(None, None, Role::Read, "x"), Ok(()));
+        assert_eq!(a.check(None, None, Role::Write, "x"), Err(Denied::Missing));
         assert!(matches!(
-            a.check(Some("Bearer reader-token-0000001"), Role::Write, "x"),
+            a.check(Some("Bearer reader-token-0000001"), None, Role::Write, "x"),
             Err(Denied::ReadOnly { .. })
         ));
     }
@@ -407,8 +505,8 @@ mod tests {
         let read = format!("Bearer {}", tokens.plain(Role::Read).unwrap());
         assert_ne!(write, read);
         let again = AdminAuth::load(None, dir.path(), false).unwrap();
-        assert_eq!(again.check(Some(&write), Role::Write, "x"), Ok(()));
-        assert!(again.check(Some(&read), Role::Write, "x").is_err());
+        assert_eq!(again.check(Some(&write), None, Role::Write, "x"), Ok(()));
+        assert!(again.check(Some(&read), None, Role::Write, "x").is_err());
     }
 
     #[test]
@@ -418,7 +516,7 @@ mod tests {
         std::fs::write(&file, "write operator-token-000001\n").unwrap();
         let auth = AdminAuth::load(Some(&file), dir.path(), false).unwrap();
         let token = Some("Bearer operator-token-000001");
-        assert_eq!(auth.check(token, Role::Write, "x"), Ok(()));
+        assert_eq!(auth.check(token, None, Role::Write, "x"), Ok(()));
         assert!(
             !dir.path().join(TOKENS_FILE).exists(),
             "nothing generated beside an operator file"

@@ -71,6 +71,7 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body>
         // a cross-site page cannot set that header.
         if let Err(denied) = state.auth.check(
             header(&req, hyper::header::AUTHORIZATION),
+            None,
             Role::Write,
             &format!("POST {path}"),
         ) {
@@ -113,9 +114,10 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body>
         // Reads also take the page's cookie: EventSource cannot send a header.
         let cookie = cookie_token(&req).map(|t| format!("Bearer {t}"));
         let authorization = header(&req, hyper::header::AUTHORIZATION).or(cookie.as_deref());
-        if let Err(denied) = state
-            .auth
-            .check(authorization, Role::Read, &format!("GET {path}"))
+        if let Err(denied) =
+            state
+                .auth
+                .check(authorization, None, Role::Read, &format!("GET {path}"))
         {
             return refused(&denied);
         }
@@ -170,7 +172,7 @@ fn cookie_token<B>(req: &Request<B>) -> Option<&str> {
 /// 401 (with `WWW-Authenticate`) for a missing or unknown token, 403 for a read-only one.
 fn refused(denied: &Denied) -> Response<Body> {
     let status = match denied {
-        Denied::Missing | Denied::Invalid => StatusCode::UNAUTHORIZED,
+        Denied::Missing | Denied::Invalid | Denied::UnknownIdentity(_) => StatusCode::UNAUTHORIZED,
         Denied::ReadOnly { .. } => StatusCode::FORBIDDEN,
     };
     let mut response = api_error(ApiError::new(status, denied.to_string()));

@@ -8,7 +8,11 @@
 //! # comments and blank lines are ignored
 //! write 3f1c...          # a token given as is
 //! read  sha256:9a0b...   # or the hex SHA-256 of a token, so the file holds no secret
+//! write spiffe://cluster.local/ns/ci/sa/deployer   # a client certificate's SPIFFE ID
 //! ```
+//!
+//! An identity line grants its role to a caller on the control plane's mTLS port whose client
+//! certificate (verified against the mesh's CA) carries that SPIFFE ID; it is no secret.
 
 use std::fmt;
 use std::path::Path;
@@ -75,6 +79,8 @@ pub enum Secret {
     Plain(String),
     /// The SHA-256 of the token.
     Sha256([u8; 32]),
+    /// Not a token: the SPIFFE ID of a client certificate presented on the mTLS port.
+    Identity(String),
 }
 
 impl fmt::Debug for Secret {
@@ -83,6 +89,7 @@ impl fmt::Debug for Secret {
         match self {
             Secret::Plain(_) => f.write_str("Plain(..)"),
             Secret::Sha256(_) => f.write_str("Sha256(..)"),
+            Secret::Identity(id) => write!(f, "Identity({id})"),
         }
     }
 }
@@ -131,7 +138,7 @@ impl fmt::Display for TokensError {
             TokensError::Line { path, line, reason } => write!(
                 f,
                 "admin tokens file {path}, line {line}: {reason} (each line is `read TOKEN`, \
-                 `write TOKEN` or `ROLE sha256:HEX`)"
+                 `write TOKEN`, `ROLE sha256:HEX` or `ROLE spiffe://TRUST-DOMAIN/ns/NS/sa/SA`)"
             ),
             TokensError::Empty { path } => write!(
                 f,
@@ -178,6 +185,9 @@ impl Tokens {
             };
             let role = role.parse::<Role>().map_err(bad)?;
             let secret = match secret.strip_prefix("sha256:") {
+                _ if secret.starts_with("spiffe://") => {
+                    Secret::Identity(spiffe_id(secret).map_err(bad)?.to_owned())
+                }
                 Some(hex) => Secret::Sha256(
                     decode_hex32(hex)
                         .ok_or_else(|| bad("sha256: must be followed by 64 hex digits".into()))?,
@@ -216,6 +226,23 @@ impl Tokens {
             Secret::Plain(token) if c.role == role => Some(token.as_str()),
             _ => None,
         })
+    }
+}
+
+/// `id` if it is `spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT`, else why not.
+fn spiffe_id(id: &str) -> Result<&str, String> {
+    let path = id.strip_prefix("spiffe://").unwrap_or_default();
+    match path.split('/').collect::<Vec<_>>()[..] {
+        [td, "ns", ns, "sa", sa]
+            if [td, ns, sa]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_graphic() && b != b'/')) =>
+        {
+            Ok(id)
+        }
+        _ => Err(format!(
+            "{id:?} is not spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT"
+        )),
     }
 }
 
@@ -310,6 +337,17 @@ mod tests {
         );
         let tokens = Tokens::parse("t", &text).unwrap();
         assert_eq!(tokens.credentials.len(), 3);
+        let with_id = format!("{text}write spiffe://cluster.local/ns/ci/sa/deployer\n");
+        let tokens_and_id = Tokens::parse("t", &with_id).unwrap();
+        assert_eq!(
+            tokens_and_id.credentials[3].secret,
+            Secret::Identity("spiffe://cluster.local/ns/ci/sa/deployer".into())
+        );
+        assert_eq!(
+            tokens_and_id.plain(Role::Write),
+            Some("0123456789abcdef0123"),
+            "an identity is no token to send"
+        );
         assert_eq!(tokens.credentials[0].role, Role::Write);
         assert_eq!(tokens.credentials[1].secret, Secret::Sha256([0xab; 32]));
         assert_eq!(tokens.plain(Role::Write), Some("0123456789abcdef0123"));
@@ -326,6 +364,14 @@ mod tests {
             (
                 "read sha256:abc",
                 "line 1: sha256: must be followed by 64 hex",
+            ),
+            (
+                "write spiffe://cluster.local/ns/ci",
+                "line 1: \"spiffe://cluster.local/ns/ci\" is not spiffe://",
+            ),
+            (
+                "write spiffe:///ns/ci/sa/x",
+                "is not spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT",
             ),
         ] {
             let e = Tokens::parse("/etc/serin/tokens", text)

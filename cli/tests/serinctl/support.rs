@@ -54,6 +54,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts serin-control on `store` and waits (with a deadline) until /ready answers 200.
     pub fn start(store: &Path) -> ControlPlane {
+        ControlPlane::start_with(store, &[])
+    }
+
+    /// [`ControlPlane::start`] with more flags.
+    pub fn start_with(store: &Path, flags: &[&str]) -> ControlPlane {
         tracing();
         let (grpc, http) = (free_port(), free_port());
         let child = Command::new(control_bin())
@@ -65,6 +70,7 @@ impl ControlPlane {
                 "--store",
             ])
             .arg(store)
+            .args(flags)
             .env("SERIN_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

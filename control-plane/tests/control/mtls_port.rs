@@ -501,3 +501,74 @@ async fn a_renewal_with_another_workloads_certificate_is_refused() {
         .into_inner();
     assert_eq!(renewed.identity, shop_id);
 }
+
+#[tokio::test]
+async fn a_client_certificate_named_in_the_tokens_file_is_an_admin_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("admin-tokens");
+    std::fs::write(
+        &tokens,
+        "write writer-token-0000000001\nread reader-token-0000000001\n\
+         write spiffe://cluster.local/ns/ci/sa/deployer\n\
+         read spiffe://cluster.local/ns/ops/sa/viewer\n",
+    )
+    .unwrap();
+    let h = Harness::start_with(|c| {
+        c.grpc_tls = Some(TlsPortConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            sans: vec!["localhost".into(), "127.0.0.1".into()],
+        });
+        c.admin_tokens = Some(tokens);
+    })
+    .await;
+    // An Admin client on the mTLS port presenting `cert`, with no token.
+    let admin_with = |cert: Cert| {
+        let addr = h.grpc_tls.unwrap();
+        async move {
+            let channel = tls_channel(
+                addr,
+                client_config(&cert.trust, Some((&cert.chain, &cert.key))),
+            )
+            .await
+            .unwrap();
+            serin_proto::auth::admin_client(channel, serin_proto::auth::BearerToken::none())
+        }
+    };
+    let list = |mut admin: serin_proto::auth::AuthorizedAdmin| async move {
+        admin
+            .list_policies(v1::ListPoliciesRequest::default())
+            .await
+            .map(|r| r.into_inner().policies.len())
+    };
+    let deployer = certificate(&h, "ci", "deployer-0", "deployer", "10.244.7.1").await;
+    let viewer = certificate(&h, "ops", "viewer-0", "viewer", "10.244.7.2").await;
+    let stranger = certificate(&h, "shop", "reviews-0", "reviews", "10.244.7.3").await;
+
+    // The deployer's certificate writes.
+    let mut admin = admin_with(deployer).await;
+    admin
+        .apply_policy(apply_request(namespaced_policy("ci", "reviews")))
+        .await
+        .expect("a write identity applies a policy");
+    assert_eq!(list(admin).await.unwrap(), 1);
+    // The viewer's reads, and may not write.
+    let mut admin = admin_with(viewer).await;
+    assert_eq!(list(admin.clone()).await.unwrap(), 1);
+    let e = admin
+        .apply_policy(apply_request(namespaced_policy("ops", "reviews")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A mesh certificate the file does not name: refused, saying which line would allow it.
+    let e = list(admin_with(stranger).await).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message()
+            .contains("spiffe://cluster.local/ns/shop/sa/reviews is not in the control plane's admin tokens file"),
+        "{}",
+        e.message()
+    );
+    // The plaintext port has no identity: no token, no access.
+    let e = list(h.admin_as(None).await).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+}
