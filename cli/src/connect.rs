@@ -201,25 +201,21 @@ impl ControlPlane {
             Some((config, _)) => {
                 let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
                 endpoint
-                    .connect_with_connector(tower::service_fn(
-                        move |uri: Uri| {
-                            let connector = connector.clone();
-                            async move {
-                                let host = uri.host().unwrap_or_default();
-                                let host = host
-                                    .trim_start_matches('[')
-                                    .trim_end_matches(']')
-                                    .to_owned();
-                                let port = uri.port_u16().unwrap_or(15012);
-                                let tcp =
-                                    tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                                let name =
-                                    ServerName::try_from(host).map_err(std::io::Error::other)?;
-                                let tls = connector.connect(name, tcp).await?;
-                                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-                            }
-                        },
-                    ))
+                    .connect_with_connector(tower::service_fn(move |uri: Uri| {
+                        let connector = connector.clone();
+                        async move {
+                            let host = uri.host().unwrap_or_default();
+                            let host = host
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .to_owned();
+                            let port = uri.port_u16().unwrap_or(15012);
+                            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                            let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
+                            let tls = connector.connect(name, tcp).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                        }
+                    }))
                     .await
                     .map_err(unreachable)?
             }
