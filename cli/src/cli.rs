@@ -362,6 +362,12 @@ pub struct InjectArgs {
     /// Control-plane URL the sidecars follow.
     #[arg(long, default_value = serin_control::inject::config::DEFAULT_CONTROL_PLANE)]
     pub sidecar_control_plane: String,
+    /// The control plane's mTLS URL the sidecars subscribe on with their certificates (`off`:
+    /// they stay on --sidecar-control-plane). With the global --control-plane-ca FILE, its
+    /// roots go into each sidecar (SERIN_CONTROL_PLANE_CA_PEM), so that its first certificate
+    /// request goes there too, as the webhook does.
+    #[arg(long, default_value = serin_control::inject::config::DEFAULT_CONTROL_PLANE_TLS)]
+    pub sidecar_control_plane_tls: String,
 }
 
 /// `convert`.

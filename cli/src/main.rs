@@ -104,7 +104,9 @@ async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Pods(args) => return verbs::local::pods(args, out),
         Command::Logs(args) => return verbs::local::logs(args, out),
         Command::Demo(args) => return verbs::demo::demo(ns, args, out).await,
-        Command::Inject(args) => return verbs::inject::inject(ns, args, out),
+        Command::Inject(args) => {
+            return verbs::inject::inject(ns, args, cli.control_plane_ca.as_deref(), out);
+        }
         Command::Convert(args) => return verbs::convert::convert(ns, args, out),
         _ => {}
     }

@@ -2,6 +2,10 @@
 //! decision and patch as the control plane's admission webhook.
 
 use std::io::Write;
+use std::path::Path;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
 use serin_control::inject::config::InjectConfig;
 use serin_control::inject::manifest::{ManifestOptions, inject_manifests};
@@ -10,9 +14,28 @@ use serin_control::inject::pod::NamespaceInjection;
 use crate::cli::{InjectArgs, NamespaceInjectionArg};
 use crate::error::CliError;
 
-/// Writes the manifests with every pod (template) injected; other documents unchanged.
-pub fn inject(namespace: &str, args: &InjectArgs, out: &mut impl Write) -> Result<(), CliError> {
+/// Writes the manifests with every pod (template) injected; other documents unchanged. With
+/// `control_plane_ca` (the control plane's roots, PEM), the sidecars get them.
+pub fn inject(
+    namespace: &str,
+    args: &InjectArgs,
+    control_plane_ca: Option<&Path>,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let (source, text) = super::read_input(&args.file)?;
+    let control_plane_tls =
+        (args.sidecar_control_plane_tls != "off").then(|| args.sidecar_control_plane_tls.clone());
+    let control_plane_ca_pem = match control_plane_ca {
+        None => String::new(),
+        Some(_) if control_plane_tls.is_none() => {
+            return Err(CliError::Input(
+                "--control-plane-ca with --sidecar-control-plane-tls off: the roots are only \
+                 for the mTLS port"
+                    .into(),
+            ));
+        }
+        Some(path) => read_roots(path)?,
+    };
     let options = ManifestOptions {
         default_namespace: namespace.to_owned(),
         namespace_injection: match args.namespace_injection {
@@ -23,6 +46,8 @@ pub fn inject(namespace: &str, args: &InjectArgs, out: &mut impl Write) -> Resul
             proxy_image: args.sidecar_image.clone(),
             init_image: args.sidecar_image.clone(),
             control_plane: args.sidecar_control_plane.clone(),
+            control_plane_tls,
+            control_plane_ca_pem,
             kubernetes_version: args.kubernetes_version,
             ..InjectConfig::default()
         },
@@ -31,4 +56,19 @@ pub fn inject(namespace: &str, args: &InjectArgs, out: &mut impl Write) -> Resul
         inject_manifests(&text, &options).map_err(|e| CliError::Input(format!("{source}: {e}")))?;
     out.write_all(injected.as_bytes())
         .map_err(|e| CliError::Input(format!("cannot write the output: {e}")))
+}
+
+/// The roots file: PEM certificates only (each one parsed), as the sidecar will read them.
+fn read_roots(path: &Path) -> Result<String, CliError> {
+    let bad = |reason: String| {
+        CliError::Input(format!("--control-plane-ca {}: {reason}", path.display()))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(text)
 }

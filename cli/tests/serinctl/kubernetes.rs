@@ -154,3 +154,79 @@ fn convert_prints_policies_that_parse_and_validate() {
     ));
     assert!(line.contains("no canary Ingress"), "{line}");
 }
+
+#[test]
+fn inject_puts_the_mtls_port_and_the_control_planes_roots_into_the_sidecar() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web, version: v1}}\nspec:\n  containers: [{name: web, image: web}]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let roots = serin_control::ca::generate_root("cluster.local")
+        .unwrap()
+        .cert_pem;
+    let ca = dir.path().join("trust-bundle.pem");
+    std::fs::write(&ca, &roots).unwrap();
+    let ca = ca.to_str().unwrap();
+
+    // By default: the mTLS URL, no roots (the first certificate request goes to 15010).
+    let out = serinctl(NOWHERE, &["inject", "-f", "-"], Some(pod));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("SERIN_CONTROL_PLANE_TLS")
+            && text.contains("https://serin-control.serin-system.svc:15012"),
+        "{text}"
+    );
+    assert!(!text.contains("SERIN_CONTROL_PLANE_CA_PEM"), "{text}");
+
+    // With the control plane's roots: each sidecar gets them, as from the webhook.
+    let out = serinctl(
+        NOWHERE,
+        &["inject", "-f", "-", "--control-plane-ca", ca],
+        Some(pod),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let docs: Vec<serde_json::Value> =
+        serde_yaml_ng::Deserializer::from_str(std::str::from_utf8(&out.stdout).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    let env = docs[0]["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .chain(docs[0]["spec"]["containers"].as_array())
+        .flatten()
+        .filter(|c| c["name"] == "serin-proxy")
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == "SERIN_CONTROL_PLANE_CA_PEM")
+        .expect("the roots in the sidecar's environment");
+    assert_eq!(env["value"], roots.as_str());
+
+    // Off: neither; roots without the mTLS port, or a file that holds none, fail in one line.
+    let out = serinctl(
+        NOWHERE,
+        &["inject", "-f", "-", "--sidecar-control-plane-tls", "off"],
+        Some(pod),
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("SERIN_CONTROL_PLANE_TLS"));
+    let line = one_error_line(&serinctl(
+        NOWHERE,
+        &[
+            "inject",
+            "-f",
+            "-",
+            "--sidecar-control-plane-tls",
+            "off",
+            "--control-plane-ca",
+            ca,
+        ],
+        Some(pod),
+    ));
+    assert!(line.contains("only for the mTLS port"), "{line}");
+    let line = one_error_line(&serinctl(
+        NOWHERE,
+        &["inject", "-f", "-", "--control-plane-ca", "/etc/hostname"],
+        Some(pod),
+    ));
+    assert!(
+        line.contains("--control-plane-ca /etc/hostname: no certificate"),
+        "{line}"
+    );
+}
