@@ -377,22 +377,7 @@ async fn topology_shows_version_edges_at_the_reported_rates() {
     assert_eq!(status, 400, "{body}");
 
     // The same edges reach Admin.WatchTopology.
-    let mut admin = h.admin().await;
-    let mut updates = admin
-        .watch_topology(v1::WatchTopologyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let update = tokio::time::timeout(Duration::from_secs(5), updates.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let e = update
-        .edges
-        .iter()
-        .find(|e| e.destination_id == "default/reviews/v1")
-        .unwrap();
+    let e = watched_edge(&h, "default/reviews/v1").await;
     assert_close("WatchTopology rps", e.rps, 90.0);
     assert!(e.response_code_counts.get(&200).copied().unwrap_or(0) > 0);
 
@@ -451,22 +436,7 @@ async fn mtls_edges_carry_their_principals_to_the_api() {
     assert_close("rps to v2", to_v2["rps"].as_f64().unwrap(), 20.0);
 
     // Admin.WatchTopology says the same.
-    let mut admin = h.admin().await;
-    let mut updates = admin
-        .watch_topology(v1::WatchTopologyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let update = tokio::time::timeout(Duration::from_secs(5), updates.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let e = update
-        .edges
-        .iter()
-        .find(|e| e.destination_id == "default/reviews/v1")
-        .unwrap();
+    let e = watched_edge(&h, "default/reviews/v1").await;
     assert!(e.mtls && e.mtls_fraction == 1.0, "{e:?}");
     assert_eq!(e.source_principals, [PRODUCTPAGE_ID]);
 
@@ -665,4 +635,25 @@ async fn the_live_stream_delivers_updates_as_traffic_changes() {
         metrics.contains("serin_control_telemetry_edges 5"),
         "{metrics}"
     );
+}
+
+/// The edge into `destination` in the first update of Admin.WatchTopology (within 5 s).
+async fn watched_edge(h: &Harness, destination: &str) -> v1::TopologyEdge {
+    let mut updates = h
+        .admin()
+        .await
+        .watch_topology(v1::WatchTopologyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let update = tokio::time::timeout(Duration::from_secs(5), updates.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    update
+        .edges
+        .into_iter()
+        .find(|e| e.destination_id == destination)
+        .unwrap_or_else(|| panic!("no edge into {destination}"))
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serin_proto::auth::AuthorizedAdmin;
 use serin_proto::v1;
 use serin_proxy::app::Bound;
-use serin_proxy::config::{Config, ConfigSource, ControlPlane, Identity, ProxySettings};
+use serin_proxy::config::{CaSource, Config, ConfigSource, ControlPlane, Identity, ProxySettings};
 use serin_proxy::identity::{self, IdentitySettings, TokenSource};
 use serin_proxy::orig_dst::FromFn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,6 +154,7 @@ pub async fn start_sidecar(
         backoff_max: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
         telemetry_interval: options.telemetry,
+        control_plane_ca: options.control_plane_ca.map(Box::new),
         identity: Some(Box::new(IdentitySettings {
             token: TokenSource::Value(token),
             trust_domain: identity::DEFAULT_TRUST_DOMAIN.into(),
@@ -162,7 +163,11 @@ pub async fn start_sidecar(
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_millis(300),
         })),
-        ..ControlPlane::new(format!("http://{}", cp.grpc))
+        ..ControlPlane::new(
+            options
+                .plaintext_url
+                .unwrap_or_else(|| format!("http://{}", cp.grpc)),
+        )
     };
     let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let config = Config {
@@ -198,12 +203,16 @@ pub async fn start_sidecar(
 }
 
 /// How a test sidecar differs from the default one.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SidecarOptions {
     /// Lifetime of its certificates; `None`: the control plane's default.
     pub cert_ttl: Option<Duration>,
     /// Telemetry to the control plane every so often; `None`: none.
     pub telemetry: Option<Duration>,
+    /// The control plane's roots, for its first certificate request on the mTLS port.
+    pub control_plane_ca: Option<CaSource>,
+    /// Its `--control-plane` URL instead of the control plane's plaintext port.
+    pub plaintext_url: Option<String>,
 }
 
 /// Waits until the sidecar `what` holds a certificate.
@@ -431,7 +440,7 @@ impl MeshBuilder {
             &cp,
             &server_workload,
             server_token,
-            self.sidecar,
+            self.sidecar.clone(),
             SocketAddr::new(SERVER_INBOUND_IP.into(), 0),
             app_addr,
         )
