@@ -24,8 +24,8 @@ use crate::store::{Change, Store, StoreError};
 mod policies;
 mod registry;
 
-pub(crate) use policies::checked;
 pub use policies::{Applied, Outcome, PolicyWarning, invalid};
+pub(crate) use policies::{checked, promoted, require_ready, require_weights, with_weights};
 pub use registry::{Lease, allocate_vip};
 
 /// Why a change was refused or failed. Each message is one lowercase line naming the resource.

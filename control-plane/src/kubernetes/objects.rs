@@ -22,7 +22,10 @@ use super::policies::{
     LAST_APPLIED_ANNOTATION, PolicyObject, api_resource, read,
 };
 use super::view::{current_revision, stored};
-use crate::mesh::{Applied, MeshError, Outcome, checked, invalid, policy_for};
+use crate::mesh::{
+    Applied, MeshError, Outcome, checked, policy_for, promoted, require_ready, require_weights,
+    with_weights,
+};
 use crate::model::{ChangeCause, MeshView, PolicyDraft, PolicyKey, Revision, StoredPolicy};
 
 /// How many times a write that lost a race (409 Conflict) is tried again.
@@ -423,11 +426,7 @@ impl PolicyObjects {
         weights: Vec<VersionWeight>,
         if_generation: Option<u64>,
     ) -> Result<Applied, MeshError> {
-        if weights.is_empty() {
-            return Err(MeshError::Invalid(
-                "weights: at least one version is required".into(),
-            ));
-        }
+        require_weights(&weights)?;
         let key = self.key_for_service(namespace, service);
         let (applied, _) = self
             .write(
@@ -437,9 +436,7 @@ impl PolicyObjects {
                 false,
                 |current| {
                     let (policy, annotations) = current_or_new(current, namespace, service);
-                    let mut policy =
-                        policy.unwrap_or_else(|| policy_for(namespace, service, Vec::new()));
-                    policy.spec.default.route = weights.clone();
+                    let policy = with_weights(policy.as_ref(), namespace, service, weights.clone());
                     Ok(Desired {
                         policy,
                         annotations,
@@ -460,17 +457,7 @@ impl PolicyObjects {
         if_generation: Option<u64>,
         force: bool,
     ) -> Result<Applied, MeshError> {
-        let ready = self
-            .view
-            .borrow()
-            .versions(namespace, service)
-            .get(version)
-            .map_or(0, |c| c.ready);
-        if ready == 0 && !force {
-            return Err(MeshError::FailedPrecondition(format!(
-                "version {version} of service {namespace}/{service} has no ready endpoints; promoting it would leave no version to serve (set force, `serinctl promote --force`, to promote anyway)"
-            )));
-        }
+        require_ready(&self.view.borrow(), namespace, service, version, force)?;
         let key = self.key_for_service(namespace, service);
         let (applied, _) = self
             .write(
@@ -480,17 +467,7 @@ impl PolicyObjects {
                 false,
                 |current| {
                     let (policy, annotations) = current_or_new(current, namespace, service);
-                    let policy = match policy {
-                        Some(p) => {
-                            serin_policy::edit::promote(&p, version).map_err(|e| match e {
-                                serin_policy::EditError::Invalid(errors) => invalid(&errors),
-                                other => MeshError::Invalid(other.to_string()),
-                            })?
-                        }
-                        None => {
-                            policy_for(namespace, service, vec![VersionWeight::new(version, 100)])
-                        }
-                    };
+                    let policy = promoted(policy.as_ref(), namespace, service, version)?;
                     Ok(Desired {
                         policy,
                         annotations,

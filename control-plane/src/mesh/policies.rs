@@ -55,6 +55,75 @@ pub fn invalid(errors: &[ValidationError]) -> MeshError {
     )
 }
 
+/// SetWeights' request check (both backends).
+pub(crate) fn require_weights(weights: &[VersionWeight]) -> Result<(), MeshError> {
+    if weights.is_empty() {
+        return Err(MeshError::Invalid(
+            "weights: at least one version is required".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The policy SetWeights makes: `current` with `weights` as its default route, or a new policy
+/// of the service with only that route.
+pub(crate) fn with_weights(
+    current: Option<&TrafficPolicy>,
+    namespace: &str,
+    service: &str,
+    weights: Vec<VersionWeight>,
+) -> TrafficPolicy {
+    match current {
+        Some(p) => {
+            let mut p = p.clone();
+            p.spec.default.route = weights;
+            p
+        }
+        None => policy_for(namespace, service, weights),
+    }
+}
+
+/// Promote's precondition (both backends): the version has a ready endpoint, unless `force`.
+pub(crate) fn require_ready(
+    view: &MeshView,
+    namespace: &str,
+    service: &str,
+    version: &str,
+    force: bool,
+) -> Result<(), MeshError> {
+    let ready = view
+        .versions(namespace, service)
+        .get(version)
+        .map_or(0, |c| c.ready);
+    if ready == 0 && !force {
+        return Err(MeshError::FailedPrecondition(format!(
+            "version {version} of service {namespace}/{service} has no ready endpoints; promoting it would leave no version to serve (set force, `serinctl promote --force`, to promote anyway)"
+        )));
+    }
+    Ok(())
+}
+
+/// The policy Promote makes: `current` taken over by `version`, or a new policy of the service
+/// sending it everything.
+pub(crate) fn promoted(
+    current: Option<&TrafficPolicy>,
+    namespace: &str,
+    service: &str,
+    version: &str,
+) -> Result<TrafficPolicy, MeshError> {
+    match current {
+        Some(p) => serin_policy::edit::promote(p, version).map_err(|e| match e {
+            serin_policy::EditError::Invalid(errors) => invalid(&errors),
+            other => MeshError::Invalid(other.to_string()),
+        }),
+        None => Ok(policy_for(
+            namespace,
+            service,
+            vec![VersionWeight::new(version, 100)],
+        )),
+    }
+}
+
 /// Validates `policy` against the service's known versions; returns its warnings.
 pub(crate) fn checked(
     view: &MeshView,
@@ -305,26 +374,13 @@ impl Writer {
         weights: Vec<VersionWeight>,
         if_generation: Option<u64>,
     ) -> Result<Applied, MeshError> {
-        if weights.is_empty() {
-            return Err(MeshError::Invalid(
-                "weights: at least one version is required".into(),
-            ));
-        }
+        require_weights(&weights)?;
         self.edit_service_policy(
             namespace,
             service,
             if_generation,
             ChangeCause::SetWeights,
-            |current| {
-                Ok(match current {
-                    Some(p) => {
-                        let mut p = p.clone();
-                        p.spec.default.route = weights;
-                        p
-                    }
-                    None => policy_for(namespace, service, weights),
-                })
-            },
+            |current| Ok(with_weights(current, namespace, service, weights)),
         )
     }
 
@@ -336,32 +392,13 @@ impl Writer {
         if_generation: Option<u64>,
         force: bool,
     ) -> Result<Applied, MeshError> {
-        let ready = self
-            .view
-            .versions(namespace, service)
-            .get(version)
-            .map_or(0, |c| c.ready);
-        if ready == 0 && !force {
-            return Err(MeshError::FailedPrecondition(format!(
-                "version {version} of service {namespace}/{service} has no ready endpoints; promoting it would leave no version to serve (set force, `serinctl promote --force`, to promote anyway)"
-            )));
-        }
+        require_ready(&self.view, namespace, service, version, force)?;
         self.edit_service_policy(
             namespace,
             service,
             if_generation,
             ChangeCause::Promote,
-            |current| match current {
-                Some(p) => serin_policy::edit::promote(p, version).map_err(|e| match e {
-                    serin_policy::EditError::Invalid(errors) => invalid(&errors),
-                    other => MeshError::Invalid(other.to_string()),
-                }),
-                None => Ok(policy_for(
-                    namespace,
-                    service,
-                    vec![VersionWeight::new(version, 100)],
-                )),
-            },
+            |current| promoted(current, namespace, service, version),
         )
     }
 
