@@ -113,6 +113,23 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, CliError> {
         .map_err(|e| CliError::Input(format!("cannot read {flag} {}: {e}", path.display())))
 }
 
+/// The control plane's roots (`--control-plane-ca`): the file's text and its certificates (at
+/// least one, each parsed).
+pub fn read_roots(path: &Path) -> Result<(String, Vec<CertificateDer<'static>>), CliError> {
+    let bad = |reason: String| {
+        CliError::Input(format!("--control-plane-ca {}: {reason}", path.display()))
+    };
+    let text =
+        String::from_utf8(read_pem("--control-plane-ca", path)?).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok((text, certs))
+}
+
 /// The TLS client for an https:// control plane: its certificate checked against
 /// `--control-plane-ca` and for the URL's host name (the control plane's `--tls-san` names),
 /// presenting `--client-cert` when given.
@@ -128,14 +145,10 @@ fn tls_config(source: &TokenSource) -> Result<rustls::ClientConfig, CliError> {
         CliError::Input(format!("{flag} {}: {e}", path.display()))
     };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&read_pem("--control-plane-ca", ca)?) {
-        let cert = cert.map_err(|e| bad("--control-plane-ca", ca, &e))?;
+    for cert in read_roots(ca)?.1 {
         roots
             .add(cert)
             .map_err(|e| bad("--control-plane-ca", ca, &e))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("--control-plane-ca", ca, &"no certificate in it"));
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -4,9 +4,6 @@
 use std::io::Write;
 use std::path::Path;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject as _;
-
 use serin_control::inject::config::InjectConfig;
 use serin_control::inject::manifest::{ManifestOptions, inject_manifests};
 use serin_control::inject::pod::NamespaceInjection;
@@ -34,7 +31,7 @@ pub fn inject(
                     .into(),
             ));
         }
-        Some(path) => read_roots(path)?,
+        Some(path) => crate::connect::read_roots(path)?.0,
     };
     let options = ManifestOptions {
         default_namespace: namespace.to_owned(),
@@ -56,19 +53,4 @@ pub fn inject(
         inject_manifests(&text, &options).map_err(|e| CliError::Input(format!("{source}: {e}")))?;
     out.write_all(injected.as_bytes())
         .map_err(|e| CliError::Input(format!("cannot write the output: {e}")))
-}
-
-/// The roots file: PEM certificates only (each one parsed), as the sidecar will read them.
-fn read_roots(path: &Path) -> Result<String, CliError> {
-    let bad = |reason: String| {
-        CliError::Input(format!("--control-plane-ca {}: {reason}", path.display()))
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("no certificate in it".into()));
-    }
-    Ok(text)
 }
