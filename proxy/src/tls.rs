@@ -141,11 +141,7 @@ impl Credentials {
             what: "certificate chain",
             reason: "the first certificate has no spiffe:// URI".into(),
         })?;
-        let mut roots = RootCertStore::empty();
-        for root in certs_from_pem("trust bundle", roots_pem)? {
-            roots.add(root)?;
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(root_store("trust bundle", roots_pem)?);
         let key = PrivateKeyDer::Pkcs8(key_pkcs8.into());
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
@@ -175,19 +171,13 @@ impl Credentials {
     /// A client config for a connection to a server that must present `expected`, offering
     /// `alpn`.
     pub fn client_config(&self, expected: &str, alpn: &[u8]) -> Result<ClientConfig, TlsError> {
-        let verifier = Arc::new(SpiffeVerifier {
-            roots: Arc::clone(&self.roots),
-            expected: expected.to_owned(),
-            provider: Arc::clone(&self.provider),
-        });
-        let mut config = ClientConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![alpn.to_vec()];
-        config.enable_sni = false;
-        Ok(config)
+        spiffe_client_config(
+            Arc::clone(&self.roots),
+            Arc::clone(&self.provider),
+            expected,
+            Some((self.chain.clone(), self.key.clone_key())),
+            alpn,
+        )
     }
 
     /// Opens mTLS on `tcp` to a server that must present `expected`.
@@ -215,21 +205,41 @@ pub fn server_checked_client_config(
     expected: &str,
     alpn: &[u8],
 ) -> Result<ClientConfig, TlsError> {
-    let provider = provider();
+    let roots = Arc::new(root_store("control plane roots", roots_pem)?);
+    spiffe_client_config(roots, provider(), expected, None, alpn)
+}
+
+/// The certificates of `pem` (named `what` in errors) as a root store.
+fn root_store(what: &'static str, pem: &str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for root in certs_from_pem("control plane roots", roots_pem)? {
+    for root in certs_from_pem(what, pem)? {
         roots.add(root)?;
     }
+    Ok(roots)
+}
+
+/// A TLS 1.3 client config offering `alpn`, without SNI, accepting only a server chained to
+/// `roots` that presents the SPIFFE ID `expected`; presenting `client` (chain and key) if given.
+fn spiffe_client_config(
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    expected: &str,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[u8],
+) -> Result<ClientConfig, TlsError> {
     let verifier = Arc::new(SpiffeVerifier {
-        roots: Arc::new(roots),
+        roots,
         expected: expected.to_owned(),
         provider: Arc::clone(&provider),
     });
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![alpn.to_vec()];
     config.enable_sni = false;
     Ok(config)
