@@ -8,16 +8,6 @@ use tonic::Code;
 
 use crate::support::*;
 
-async fn proxies(h: &Harness) -> Vec<v1::ProxyStatus> {
-    h.admin()
-        .await
-        .list_proxies(v1::ListProxiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .proxies
-}
-
 #[tokio::test]
 async fn apply_pushes_to_every_subscriber_and_acks_and_nacks_are_recorded() {
     let h = Harness::start().await;
@@ -66,7 +56,7 @@ async fn apply_pushes_to_every_subscriber_and_acks_and_nacks_are_recorded() {
         "the ACK and the NACK in ListProxies",
         Duration::from_secs(5),
         || async {
-            let list = proxies(&h).await;
+            let list = h.proxies().await;
             let a = list
                 .iter()
                 .find(|p| p.proxy.as_ref().unwrap().pod_name == "productpage-a")?;
@@ -107,7 +97,7 @@ async fn apply_pushes_to_every_subscriber_and_acks_and_nacks_are_recorded() {
         "a in sync with the newer push",
         Duration::from_secs(5),
         || async {
-            let list = proxies(&h).await;
+            let list = h.proxies().await;
             let a = list
                 .into_iter()
                 .find(|p| p.proxy.as_ref().unwrap().pod_name == "productpage-a")?;
@@ -121,7 +111,7 @@ async fn apply_pushes_to_every_subscriber_and_acks_and_nacks_are_recorded() {
     eventually(
         "b gone from ListProxies",
         Duration::from_secs(5),
-        || async { (proxies(&h).await.len() == 1).then_some(()) },
+        || async { (h.proxies().await.len() == 1).then_some(()) },
     )
     .await;
     let metrics = reqwest_metrics(&h).await;
@@ -227,7 +217,7 @@ async fn a_slow_subscriber_does_not_delay_the_others() {
             start.elapsed()
         );
     }
-    let list = proxies(&h).await;
+    let list = h.proxies().await;
     let slow = list
         .iter()
         .find(|p| p.proxy.as_ref().unwrap().pod_name == "slow")
@@ -288,7 +278,7 @@ async fn a_resubscribing_proxy_keeps_its_entry_when_the_old_stream_ends() {
     drop(old);
     new.ack(&again).await;
     let listed = eventually("the new stream in sync", Duration::from_secs(5), || async {
-        let list = proxies(&h).await;
+        let list = h.proxies().await;
         (list.len() == 1 && list[0].in_sync).then_some(list)
     })
     .await;
@@ -384,14 +374,7 @@ async fn one_apply_reaches_a_hundred_subscribers() {
     }
     tracing::info!(elapsed = ?start.elapsed(), "100 subscribers got the push");
     eventually("all 100 in sync", Duration::from_secs(10), || async {
-        let list = h
-            .admin()
-            .await
-            .list_proxies(v1::ListProxiesRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .proxies;
+        let list = h.proxies().await;
         (list.len() == 100 && list.iter().all(|p| p.in_sync)).then_some(())
     })
     .await;
@@ -431,7 +414,7 @@ async fn a_nacked_version_is_not_pushed_again() {
         .await
         .unwrap();
     eventually("the NACK recorded", Duration::from_secs(5), || async {
-        let list = proxies(&h).await;
+        let list = h.proxies().await;
         (list[0].nacked_version == pushed.version).then_some(())
     })
     .await;
@@ -446,7 +429,7 @@ async fn a_nacked_version_is_not_pushed_again() {
         "the rejected version was not resent"
     );
     assert_eq!(policy_names(snapshot(&next)), ["ratings", "reviews"]);
-    let list = proxies(&h).await;
+    let list = h.proxies().await;
     assert_eq!(
         list[0].nacked_version, pushed.version,
         "the NACK stays visible after later pushes"

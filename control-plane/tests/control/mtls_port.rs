@@ -295,14 +295,7 @@ async fn a_sidecar_on_the_mtls_port_sees_its_namespace_and_public_ones_only() {
         e.message()
     );
     // The refused stream is not listed as a proxy: shop, bank and the plaintext one are.
-    let proxies = h
-        .admin()
-        .await
-        .list_proxies(v1::ListProxiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .proxies;
+    let proxies = h.proxies().await;
     assert_eq!(proxies.len(), 3, "{proxies:?}");
 }
 
@@ -331,14 +324,7 @@ async fn an_untrusted_certificate_fails_the_handshake() {
         Ok(channel) => subscribe(channel, "shop").await.is_err(),
     };
     assert!(refused, "a certificate of an untrusted root is refused");
-    let proxies = h
-        .admin()
-        .await
-        .list_proxies(v1::ListProxiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .proxies;
+    let proxies = h.proxies().await;
     assert!(proxies.is_empty(), "{proxies:?}");
 }
 
@@ -378,14 +364,7 @@ async fn without_a_certificate_a_caller_can_bootstrap_but_not_subscribe() {
     eventually("the shop proxy listed", Duration::from_secs(5), || {
         let h = &h;
         async move {
-            let proxies = h
-                .admin()
-                .await
-                .list_proxies(v1::ListProxiesRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .proxies;
+            let proxies = h.proxies().await;
             (proxies.len() == 1).then_some(())
         }
     })

@@ -118,6 +118,17 @@ impl Harness {
             .expect("a generated token of each role")
     }
 
+    /// The proxies subscribed to it (Admin.ListProxies).
+    pub async fn proxies(&self) -> Vec<v1::ProxyStatus> {
+        self.admin()
+            .await
+            .list_proxies(v1::ListProxiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .proxies
+    }
+
     /// An Admin client with the write token.
     pub async fn admin(&self) -> AuthorizedAdmin {
         self.admin_as(Some(self.token(Role::Write))).await
